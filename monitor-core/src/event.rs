@@ -1,0 +1,198 @@
+//! The event schema: JSON lines with Microsoft Defender's column names.
+//!
+//! One [`DeviceEvent`] is one line. `Table` names the Defender table it belongs to so that the store and
+//! `monitor hunt` can file it; every other key is a Defender column. Fields the monitor cannot know
+//! (process fields for gateway flows and replay) are `null`, never invented.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The Defender table an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Table {
+    DeviceNetworkEvents,
+    DeviceEvents,
+}
+
+/// `ActionType` values the monitor emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    ConnectionSuccess,
+    ConnectionFailed,
+    ExploitGuardNetworkProtectionAudited,
+    ExploitGuardNetworkProtectionBlocked,
+}
+
+impl ActionType {
+    pub fn table(self) -> Table {
+        match self {
+            ActionType::ConnectionSuccess | ActionType::ConnectionFailed => Table::DeviceNetworkEvents,
+            ActionType::ExploitGuardNetworkProtectionAudited
+            | ActionType::ExploitGuardNetworkProtectionBlocked => Table::DeviceEvents,
+        }
+    }
+}
+
+/// The process that opened the connection. Absent for flows seen only on the wire (gateway, replay).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitiatingProcess {
+    pub pid: u32,
+    pub parent_pid: Option<u32>,
+    pub file_name: String,
+    pub folder_path: Option<String>,
+    pub command_line: String,
+    pub account_name: String,
+    pub account_uid: u32,
+}
+
+/// One event, as written to the JSON-lines sink and the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeviceEvent {
+    /// RFC 3339, UTC, with microseconds.
+    pub timestamp: String,
+    pub table: Table,
+    pub device_name: String,
+    pub action_type: ActionType,
+    #[serde(rename = "RemoteIP")]
+    pub remote_ip: String,
+    pub remote_port: u16,
+    /// The real target: a domain name, or a URL for absolute-form requests; empty when none was named.
+    pub remote_url: String,
+    #[serde(rename = "LocalIP")]
+    pub local_ip: String,
+    pub local_port: u16,
+    /// `Tcp` or `Udp`.
+    pub protocol: String,
+    pub initiating_process_id: Option<u32>,
+    pub initiating_process_parent_id: Option<u32>,
+    pub initiating_process_file_name: Option<String>,
+    pub initiating_process_folder_path: Option<String>,
+    pub initiating_process_command_line: Option<String>,
+    pub initiating_process_account_name: Option<String>,
+    /// Monotonic per daemon run (or per replay), so lines can be told apart.
+    pub report_id: u64,
+    pub additional_fields: Map<String, Value>,
+}
+
+impl DeviceEvent {
+    /// An event with the process fields filled from `process` (or null when there is none).
+    #[expect(clippy::too_many_arguments, reason = "one argument per Defender column; a builder would only rename them")]
+    pub fn new(
+        timestamp: String,
+        device_name: String,
+        action_type: ActionType,
+        remote: (String, u16),
+        local: (String, u16),
+        protocol: &str,
+        remote_url: String,
+        process: Option<&InitiatingProcess>,
+        report_id: u64,
+        additional_fields: Map<String, Value>,
+    ) -> Self {
+        DeviceEvent {
+            timestamp,
+            table: action_type.table(),
+            device_name,
+            action_type,
+            remote_ip: remote.0,
+            remote_port: remote.1,
+            remote_url,
+            local_ip: local.0,
+            local_port: local.1,
+            protocol: protocol.to_string(),
+            initiating_process_id: process.map(|p| p.pid),
+            initiating_process_parent_id: process.and_then(|p| p.parent_pid),
+            initiating_process_file_name: process.map(|p| p.file_name.clone()),
+            initiating_process_folder_path: process.and_then(|p| p.folder_path.clone()),
+            initiating_process_command_line: process.map(|p| p.command_line.clone()),
+            initiating_process_account_name: process.map(|p| p.account_name.clone()),
+            report_id,
+            additional_fields,
+        }
+    }
+
+    /// One JSON line, without the newline.
+    pub fn to_json_line(&self) -> String {
+        // Serialising a struct of strings, numbers and a JSON map cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"SerializeError\":\"{e}\"}}"))
+    }
+}
+
+/// RFC 3339 UTC timestamp with microseconds from a UNIX time in nanoseconds.
+pub fn rfc3339_utc(unix_nanos: u128) -> String {
+    let secs = (unix_nanos / 1_000_000_000) as i64;
+    let micros = ((unix_nanos % 1_000_000_000) / 1_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00.000000Z");
+        // 2024-02-29T12:34:56.789012Z, a leap day.
+        assert_eq!(rfc3339_utc(1_709_210_096_789_012_000), "2024-02-29T12:34:56.789012Z");
+    }
+
+    #[test]
+    fn event_uses_defender_column_names() {
+        let process = InitiatingProcess {
+            pid: 42,
+            parent_pid: Some(1),
+            file_name: "curl".into(),
+            folder_path: Some("/usr/bin".into()),
+            command_line: "curl -x http://10.0.0.5:3128 https://example.com".into(),
+            account_name: "root".into(),
+            account_uid: 0,
+        };
+        let event = DeviceEvent::new(
+            rfc3339_utc(0),
+            "host".into(),
+            ActionType::ConnectionSuccess,
+            ("10.0.0.5".into(), 3128),
+            ("10.0.0.2".into(), 40000),
+            "Tcp",
+            "example.com".into(),
+            Some(&process),
+            7,
+            Map::new(),
+        );
+        let v: Value = serde_json::from_str(&event.to_json_line()).unwrap();
+        assert_eq!(v["Table"], "DeviceNetworkEvents");
+        assert_eq!(v["ActionType"], "ConnectionSuccess");
+        assert_eq!(v["RemoteIP"], "10.0.0.5");
+        assert_eq!(v["RemotePort"], 3128);
+        assert_eq!(v["RemoteUrl"], "example.com");
+        assert_eq!(v["InitiatingProcessId"], 42);
+        assert_eq!(v["InitiatingProcessFileName"], "curl");
+        assert_eq!(v["LocalIP"], "10.0.0.2");
+        assert!(v["AdditionalFields"].is_object());
+        let back: DeviceEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, event);
+    }
+}

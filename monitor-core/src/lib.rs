@@ -1,0 +1,5 @@
+//! Everything the monitor does that needs no kernel: naming the real target from a connection's
+//! first bytes, indicators and verdicts, the event schema, and replay of packet captures.
+//! It builds on any OS; the Linux daemon in `monitor` feeds it what the kernel programs capture.
+
+pub mod event;
