@@ -1,1 +1,29 @@
-#![no_std] #![no_main] 
+//! Kernel programs of the monitor.
+//!
+//! - `connect4`/`connect6` (cgroup sock_addr): who connects where; IP and CIDR indicators stop the SYN.
+//! - `sock_ops` (cgroup): the connection's outcome, and enrolment of its socket in `SOCKS` for inspection.
+//! - `inspect_send` (sk_msg on `SOCKS`): the client's first bytes, handed to user space and judged against
+//!   domain indicators before they leave; a denied send fails in the application.
+//! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
+//!
+//! Each program is a thin entry that calls `try_*`; every early exit is visible there.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod parse;
+mod policy;
+mod send;
+mod sockops;
+mod wire;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

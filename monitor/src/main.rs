@@ -1,1 +1,18 @@
-fn main(){}
+//! `monitor`: the daemon and its command line.
+
+mod cli;
+#[cfg(target_os = "linux")]
+mod daemon;
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("monitor: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Ring-buffer records, kernel to user space. Each starts with a [`RecordHeader`].
+
+/// `connect()` of a TCP socket in a watched cgroup: the process behind the socket cookie.
+pub const KIND_PROCESS: u32 = 1;
+/// The three-way handshake of an outgoing connection completed.
+pub const KIND_ESTABLISHED: u32 = 2;
+/// An outgoing connection failed before it was established.
+pub const KIND_FAILED: u32 = 3;
+/// An established connection closed; user space may forget it.
+pub const KIND_CLOSED: u32 = 4;
+/// A chunk of the client's first bytes, seen by sk_msg.
+pub const KIND_PAYLOAD: u32 = 5;
+/// The kernel judged the connection's target.
+pub const KIND_VERDICT: u32 = 6;
+/// A chunk of a forwarded flow's first client bytes, seen by TC (no socket, no process).
+pub const KIND_WIRE: u32 = 7;
+
+/// Bytes of payload in one record.
+pub const PAYLOAD_CHUNK: usize = 1024;
+/// Longest DNS name, plus room for a port or a trailing dot.
+pub const NAME_MAX: usize = 256;
+pub const COMM_LEN: usize = 16;
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    pub kind: u32,
+    pub _pad: u32,
+    /// Socket cookie; 0 for wire records.
+    pub cookie: u64,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+}
+
+/// Addresses as the kernel holds them: IPv4 in `addr[0]`, network byte order; ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints {
+    pub family: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub _pad: u32,
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcessRecord {
+    pub header: RecordHeader,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Only the remote side is known at connect(); the local one comes with [`SocketRecord`].
+    pub endpoints: Endpoints,
+    /// A `VERDICT_*` from an IP or CIDR indicator on the remote address.
+    pub verdict: u32,
+    pub _pad: u32,
+}
+
+/// Established, failed or closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketRecord {
+    pub header: RecordHeader,
+    pub endpoints: Endpoints,
+    /// TCP state the socket left (for KIND_FAILED: SYN_SENT = 2).
+    pub old_state: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadRecord {
+    pub header: RecordHeader,
+    /// Offset of `data[0]` in the client's byte stream.
+    pub offset: u32,
+    pub len: u32,
+    pub data: [u8; PAYLOAD_CHUNK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct VerdictRecord {
+    pub header: RecordHeader,
+    pub verdict: u32,
+    pub source: u32,
+    /// 1 when the kernel will not look at this connection again.
+    pub last: u32,
+    pub name_len: u32,
+    pub name: [u8; NAME_MAX],
+}
+
+/// A forwarded flow seen on an interface: its 4-tuple in place of a socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WireRecord {
+    pub header: RecordHeader,
+    /// `local` is the client (the SYN sender), `remote` the server.
+    pub endpoints: Endpoints,
+    /// TCP flags of the segment (SYN = 0x02, FIN = 0x01, RST = 0x04, ACK = 0x10).
+    pub tcp_flags: u32,
+    /// Offset of `data[0]` in the client's byte stream (sequence number minus ISN minus one).
+    pub offset: u32,
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; PAYLOAD_CHUNK],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for RecordHeader {}
+    unsafe impl aya::Pod for ProcessRecord {}
+    unsafe impl aya::Pod for SocketRecord {}
+    unsafe impl aya::Pod for PayloadRecord {}
+    unsafe impl aya::Pod for VerdictRecord {}
+    unsafe impl aya::Pod for WireRecord {}
+}
+
+/// Per-connection state the kernel keeps while it still inspects a connection (map `FLOWS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowState {
+    /// Socket cookie, set when the connection starts (sk_msg has no cookie helper).
+    pub cookie: u64,
+    /// Client bytes already seen (and handed to user space up to `CAPTURE_LIMIT`).
+    pub seen: u32,
+    /// One of `PHASE_*`.
+    pub phase: u32,
+    /// The last verdict.
+    pub verdict: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowState {}
+
+/// Waiting for the first request or ClientHello.
+pub const PHASE_FIRST: u32 = 0;
+/// A CONNECT or SOCKS request passed: the next write opens the tunnel (a ClientHello, or HTTP).
+pub const PHASE_TUNNEL: u32 = 1;
+/// A SOCKS5 greeting passed: the next write is the request (or an auth sub-negotiation first).
+pub const PHASE_SOCKS5_REQUEST: u32 = 2;
+/// Nothing more to inspect: pass everything.
+pub const PHASE_DONE: u32 = 3;
+/// Blocked: drop everything.
+pub const PHASE_BLOCKED: u32 = 4;
+
+/// Key of a forwarded flow in the TC flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireFlowKey {
+    pub family: u32,
+    pub client_port: u16,
+    pub server_port: u16,
+    pub client_addr: [u32; 4],
+    pub server_addr: [u32; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WireFlowState {
+    /// Initial sequence number + 1: offset 0 of the client stream.
+    pub isn_next: u32,
+    /// 1 once the client acknowledged the server's SYN-ACK.
+    pub established: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WireFlowKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WireFlowState {}

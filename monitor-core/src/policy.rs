@@ -1,0 +1,388 @@
+//! Indicators (allow and block lists) and the verdicts they give.
+//!
+//! A file holds one indicator per line; `#` starts a comment; blank lines are ignored. An indicator is
+//! a domain (it and every subdomain), an IPv4 or IPv6 address, or a CIDR range. Allow wins over block.
+//! The kernel holds the same sets in its maps (see `monitor_common::name_hash`); this module parses and
+//! validates them and answers "which indicator matched" for events.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum IndicatorError {
+    #[error("{path}:{line}: {reason}: {text:?}")]
+    BadLine { path: PathBuf, line: usize, text: String, reason: &'static str },
+    #[error("cannot read indicator file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListKind {
+    Allow,
+    Block,
+}
+
+impl fmt::Display for ListKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListKind::Allow => "allow",
+            ListKind::Block => "block",
+        })
+    }
+}
+
+/// One entry of an allow or block list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Indicator {
+    /// A normalised domain: lower case, no trailing dot.
+    Domain(String),
+    /// An address range; a single address is a /32 or /128.
+    Net { addr: IpAddr, prefix: u8 },
+}
+
+impl fmt::Display for Indicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Indicator::Domain(d) => f.write_str(d),
+            Indicator::Net { addr, prefix } => {
+                let full = if addr.is_ipv4() { 32 } else { 128 };
+                if *prefix == full { write!(f, "{addr}") } else { write!(f, "{addr}/{prefix}") }
+            }
+        }
+    }
+}
+
+/// Lower case, without one trailing dot; `None` if it cannot be a host name.
+pub fn normalize_domain(text: &str) -> Option<String> {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if text.is_empty() || text.len() > 253 {
+        return None;
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !text.split('.').all(ok_label) {
+        return None;
+    }
+    Some(text.to_ascii_lowercase())
+}
+
+impl Indicator {
+    /// Parse one indicator (a line without comment or surrounding space).
+    pub fn parse(text: &str) -> Result<Indicator, &'static str> {
+        if let Some((addr, prefix)) = text.split_once('/') {
+            let addr: IpAddr = addr.parse().map_err(|_| "not an IP address before '/'")?;
+            let prefix: u8 = prefix.parse().map_err(|_| "CIDR prefix is not a number")?;
+            let full = if addr.is_ipv4() { 32 } else { 128 };
+            if prefix > full {
+                return Err("CIDR prefix longer than the address");
+            }
+            return Ok(Indicator::Net { addr: mask(addr, prefix), prefix });
+        }
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            let prefix = if addr.is_ipv4() { 32 } else { 128 };
+            return Ok(Indicator::Net { addr, prefix });
+        }
+        if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err("neither a valid IPv4 address nor a domain");
+        }
+        normalize_domain(text).map(Indicator::Domain).ok_or("not a domain, address or CIDR range")
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix as u32) };
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+fn contains(net: &IpAddr, prefix: u8, addr: &IpAddr) -> bool {
+    match (net, addr) {
+        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => mask(*addr, prefix) == *net,
+        _ => false,
+    }
+}
+
+/// Parse an indicator list. A bad line fails the whole file with its path and line number.
+pub fn parse_list(path: &Path, text: &str) -> Result<Vec<Indicator>, IndicatorError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let indicator = Indicator::parse(line).map_err(|reason| IndicatorError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            text: raw.to_string(),
+            reason,
+        })?;
+        out.push(indicator);
+    }
+    Ok(out)
+}
+
+pub fn read_list(path: &Path) -> Result<Vec<Indicator>, IndicatorError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| IndicatorError::Io { path: path.to_path_buf(), source })?;
+    parse_list(path, &text)
+}
+
+/// What the lists say about a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    NoMatch,
+    /// An allow indicator matched (whether or not a block one did too).
+    Allowed(Indicator),
+    Blocked(Indicator),
+}
+
+/// Both lists, as user space keeps them to explain verdicts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndicatorSet {
+    domains: HashMap<String, ListBits>,
+    nets: BTreeMap<(IpAddr, u8), ListBits>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListBits {
+    pub allow: bool,
+    pub block: bool,
+}
+
+impl IndicatorSet {
+    pub fn from_lists(allow: &[Indicator], block: &[Indicator]) -> Self {
+        let mut set = IndicatorSet::default();
+        for i in allow {
+            set.insert(ListKind::Allow, i.clone());
+        }
+        for i in block {
+            set.insert(ListKind::Block, i.clone());
+        }
+        set
+    }
+
+    pub fn insert(&mut self, kind: ListKind, indicator: Indicator) {
+        let bits = match indicator {
+            Indicator::Domain(d) => self.domains.entry(d).or_default(),
+            Indicator::Net { addr, prefix } => self.nets.entry((addr, prefix)).or_default(),
+        };
+        match kind {
+            ListKind::Allow => bits.allow = true,
+            ListKind::Block => bits.block = true,
+        }
+    }
+
+    /// Returns whether it was present.
+    pub fn remove(&mut self, kind: ListKind, indicator: &Indicator) -> bool {
+        let (present, empty) = match indicator {
+            Indicator::Domain(d) => match self.domains.get_mut(d) {
+                Some(bits) => (clear(bits, kind), *bits == ListBits::default()),
+                None => (false, false),
+            },
+            Indicator::Net { addr, prefix } => match self.nets.get_mut(&(*addr, *prefix)) {
+                Some(bits) => (clear(bits, kind), *bits == ListBits::default()),
+                None => (false, false),
+            },
+        };
+        if empty {
+            match indicator {
+                Indicator::Domain(d) => {
+                    self.domains.remove(d);
+                }
+                Indicator::Net { addr, prefix } => {
+                    self.nets.remove(&(*addr, *prefix));
+                }
+            }
+        }
+        present
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = (&str, ListBits)> {
+        self.domains.iter().map(|(d, b)| (d.as_str(), *b))
+    }
+
+    pub fn nets(&self) -> impl Iterator<Item = (IpAddr, u8, ListBits)> + '_ {
+        self.nets.iter().map(|((a, p), b)| (*a, *p, *b))
+    }
+
+    /// Each list's entries, sorted.
+    pub fn list(&self, kind: ListKind) -> Vec<Indicator> {
+        let pick = |b: &ListBits| match kind {
+            ListKind::Allow => b.allow,
+            ListKind::Block => b.block,
+        };
+        let mut out: Vec<Indicator> = self
+            .domains
+            .iter()
+            .filter(|(_, b)| pick(b))
+            .map(|(d, _)| Indicator::Domain(d.clone()))
+            .chain(self.nets.iter().filter(|(_, b)| pick(b)).map(|((a, p), _)| Indicator::Net { addr: *a, prefix: *p }))
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        let count = |kind| self.list(kind).len();
+        (count(ListKind::Allow), count(ListKind::Block))
+    }
+
+    /// The decision for a host name (or an IP literal written as a name).
+    pub fn judge_host(&self, host: &str) -> Decision {
+        if let Ok(addr) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return self.judge_addr(&addr);
+        }
+        let Some(host) = normalize_domain(host) else {
+            return Decision::NoMatch;
+        };
+        let mut blocked = None;
+        let mut suffix = host.as_str();
+        loop {
+            if let Some(bits) = self.domains.get(suffix) {
+                if bits.allow {
+                    return Decision::Allowed(Indicator::Domain(suffix.to_string()));
+                }
+                if bits.block && blocked.is_none() {
+                    blocked = Some(Indicator::Domain(suffix.to_string()));
+                }
+            }
+            match suffix.split_once('.') {
+                Some((_, rest)) => suffix = rest,
+                None => break,
+            }
+        }
+        blocked.map(Decision::Blocked).unwrap_or(Decision::NoMatch)
+    }
+
+    pub fn judge_addr(&self, addr: &IpAddr) -> Decision {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*addr),
+            _ => *addr,
+        };
+        let mut blocked: Option<Indicator> = None;
+        for ((net, prefix), bits) in &self.nets {
+            if !contains(net, *prefix, &addr) {
+                continue;
+            }
+            let indicator = Indicator::Net { addr: *net, prefix: *prefix };
+            if bits.allow {
+                return Decision::Allowed(indicator);
+            }
+            if bits.block {
+                blocked = Some(indicator);
+            }
+        }
+        blocked.map(Decision::Blocked).unwrap_or(Decision::NoMatch)
+    }
+
+    /// The kernel's LPM trie answers with the longest matching prefix only. So that allow still wins
+    /// over a longer block prefix inside an allowed range, every block prefix covered by an allow
+    /// prefix is stored as allow.
+    pub fn kernel_nets(&self) -> Vec<(IpAddr, u8, ListBits)> {
+        let allows: Vec<(IpAddr, u8)> = self.nets.iter().filter(|(_, b)| b.allow).map(|(k, _)| *k).collect();
+        self.nets
+            .iter()
+            .map(|((addr, prefix), bits)| {
+                let covered = allows.iter().any(|(a, p)| p <= prefix && contains(a, *p, addr));
+                let bits = if covered { ListBits { allow: true, block: bits.block } } else { *bits };
+                (*addr, *prefix, bits)
+            })
+            .collect()
+    }
+}
+
+fn clear(bits: &mut ListBits, kind: ListKind) -> bool {
+    let flag = match kind {
+        ListKind::Allow => &mut bits.allow,
+        ListKind::Block => &mut bits.block,
+    };
+    std::mem::replace(flag, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(allow: &[&str], block: &[&str]) -> IndicatorSet {
+        let parse = |l: &[&str]| l.iter().map(|t| Indicator::parse(t).unwrap()).collect::<Vec<_>>();
+        IndicatorSet::from_lists(&parse(allow), &parse(block))
+    }
+
+    #[test]
+    fn domains_match_themselves_and_subdomains_only() {
+        let s = set(&[], &["example.com"]);
+        assert!(matches!(s.judge_host("example.com"), Decision::Blocked(_)));
+        assert!(matches!(s.judge_host("a.b.example.com"), Decision::Blocked(_)));
+        assert_eq!(s.judge_host("badexample.com"), Decision::NoMatch);
+        assert_eq!(s.judge_host("example.com.evil.net"), Decision::NoMatch);
+    }
+
+    #[test]
+    fn case_and_trailing_dot_do_not_matter() {
+        let s = set(&[], &["Example.COM."]);
+        assert_eq!(s.judge_host("WWW.EXAMPLE.com."), Decision::Blocked(Indicator::Domain("example.com".into())));
+    }
+
+    #[test]
+    fn allow_wins_over_block_at_any_depth() {
+        let s = set(&["ok.example.com"], &["example.com"]);
+        assert!(matches!(s.judge_host("ok.example.com"), Decision::Allowed(_)));
+        assert!(matches!(s.judge_host("x.ok.example.com"), Decision::Allowed(_)));
+        assert!(matches!(s.judge_host("other.example.com"), Decision::Blocked(_)));
+        let s = set(&["example.com"], &["bad.example.com"]);
+        assert!(matches!(s.judge_host("bad.example.com"), Decision::Allowed(_)));
+    }
+
+    #[test]
+    fn punycode_names_are_plain_labels() {
+        let s = set(&[], &["xn--bcher-kva.example"]);
+        assert!(matches!(s.judge_host("www.XN--BCHER-KVA.example"), Decision::Blocked(_)));
+        assert_eq!(s.judge_host("bcher-kva.example"), Decision::NoMatch);
+    }
+
+    #[test]
+    fn addresses_and_ranges() {
+        let s = set(&["10.1.0.0/16"], &["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]);
+        assert!(matches!(s.judge_host("10.2.3.4"), Decision::Blocked(_)));
+        assert!(matches!(s.judge_host("10.1.3.4"), Decision::Allowed(_)));
+        assert!(matches!(s.judge_host("192.0.2.7"), Decision::Blocked(_)));
+        assert_eq!(s.judge_host("192.0.2.8"), Decision::NoMatch);
+        assert!(matches!(s.judge_host("[2001:db8::1]"), Decision::Blocked(_)));
+        assert!(matches!(s.judge_addr(&"::ffff:10.9.9.9".parse().unwrap()), Decision::Blocked(_)));
+    }
+
+    #[test]
+    fn kernel_prefixes_keep_allow_winning_inside_allowed_ranges() {
+        let s = set(&["10.0.0.0/8"], &["10.1.0.0/16"]);
+        let nets = s.kernel_nets();
+        let inner = nets.iter().find(|(_, p, _)| *p == 16).unwrap();
+        assert!(inner.2.allow, "a block range inside an allowed one must read as allowed");
+    }
+
+    #[test]
+    fn bad_lines_name_file_and_line() {
+        let err = parse_list(Path::new("block.txt"), "# c\nexample.com\n\nbad name!\n").unwrap_err();
+        assert_eq!(err.to_string(), "block.txt:4: not a domain, address or CIDR range: \"bad name!\"");
+        assert!(parse_list(Path::new("f"), "10.0.0.0/33").is_err());
+        assert!(parse_list(Path::new("f"), "300.1.1.1").is_err());
+        assert_eq!(parse_list(Path::new("f"), "a.com # trailing comment\n  b.org  ").unwrap().len(), 2);
+    }
+}

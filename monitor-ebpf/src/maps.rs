@@ -1,0 +1,61 @@
+//! Maps shared by the programs. User space sizes `EVENTS`, `SOCKS` and the indicator maps at load time.
+
+use crate::parse::Scratch;
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
+};
+use monitor_common::{
+    config::Config,
+    name_hash::NameKey,
+    record::{FlowState, WireFlowKey, WireFlowState},
+    verdict::{DROP_REASONS, IndicatorSlots},
+};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Records the kernel could not hand over, by `DROP_*` reason.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Sockets whose sends `inspect_send` sees, by cookie. User space removes a socket once judged.
+#[map]
+pub static SOCKS: SockHash<u64> = SockHash::with_max_entries(65_536, 0);
+
+/// Per-connection inspection state; freed by the kernel with the socket.
+#[btf_map]
+pub static FLOWS: SkStorage<FlowState> = SkStorage::new();
+
+#[map]
+pub static DOMAINS: HashMap<NameKey, IndicatorSlots> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+pub static NETS_V4: LpmTrie<[u8; 4], IndicatorSlots> = LpmTrie::with_max_entries(1024, 0);
+
+#[map]
+pub static NETS_V6: LpmTrie<[u8; 16], IndicatorSlots> = LpmTrie::with_max_entries(1024, 0);
+
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Forwarded flows seen on TC, while their first bytes are captured.
+#[map]
+pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with_max_entries(65_536, 0);
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(counter) = DROPS.get_ptr_mut(reason) {
+        // Per-CPU: no other writer.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}

@@ -1,0 +1,252 @@
+//! `inspect_send`: sk_msg on every send of an enrolled socket until its target is judged.
+//!
+//! A send that does not yet hold the bytes that decide (a ClientHello still arriving, a request line
+//! written a byte at a time) is corked: the kernel holds it, nothing is transmitted, and the program
+//! runs again on the whole when the rest has been written. So a denied request never leaves, however
+//! it is split.
+
+use core::{ffi::c_void, ptr::addr_of};
+
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel,
+        bpf_sk_storage_get,
+    },
+    macros::sk_msg,
+    programs::SkMsgContext,
+};
+use monitor_common::{
+    config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
+    record::{
+        FlowState, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_DONE,
+        PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader, VerdictRecord,
+    },
+    verdict::{
+        DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_SOCKS_IP, SOURCE_SOCKS4A,
+        SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH, VERDICT_UNINSPECTABLE_ALLOWED,
+        VERDICT_UNINSPECTABLE_BLOCKED,
+    },
+};
+
+use crate::{
+    maps::{EVENTS, FLOWS, SCRATCH, config, count_drop},
+    parse::{MASK, Scan, Scratch, WINDOW, scan_client_hello, scan_http, scan_socks},
+    policy::{domain_bits, ipv4_bits, verdict},
+};
+
+const TLS_RECORDS_MAX: u32 = 8;
+
+#[sk_msg]
+pub fn inspect_send(ctx: SkMsgContext) -> u32 {
+    // Any failure to inspect lets the bytes through: the daemon counts and reports it.
+    try_inspect_send(&ctx).unwrap_or(SK_PASS)
+}
+
+fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
+    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk };
+    if sk.is_null() {
+        return Ok(SK_PASS);
+    }
+    let state =
+        unsafe { bpf_sk_storage_get(addr_of!(FLOWS) as *mut c_void, sk.cast(), core::ptr::null_mut(), 0) }
+            as *mut FlowState;
+    if state.is_null() {
+        return Ok(SK_PASS);
+    }
+    let state = unsafe { &mut *state };
+    match state.phase {
+        PHASE_DONE => return Ok(SK_PASS),
+        PHASE_BLOCKED => return Ok(SK_DROP),
+        _ => {}
+    }
+    let config = config().ok_or(())?;
+    let size = ctx.size();
+    let window = if size < WINDOW { size } else { WINDOW };
+    if window == 0 {
+        return Ok(SK_PASS);
+    }
+    if unsafe { bpf_msg_pull_data(ctx.msg, 0, window, 0) } != 0 {
+        count_drop(DROP_PULL_FAILED);
+        return Ok(SK_PASS);
+    }
+    let data = ctx.data() as *const u8;
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    let scratch = unsafe { &mut *scratch };
+
+    let mut first = 0u8;
+    read(&mut first as *mut u8, 1, data);
+    let scan = if first == 0x16 && (state.phase == PHASE_FIRST || state.phase == PHASE_TUNNEL) {
+        match copy_handshake(scratch, data, window) {
+            Ok(n) => scan_client_hello(scratch, n),
+            Err(need) => Scan::NeedBytes(need),
+        }
+    } else {
+        read(scratch.bytes.as_mut_ptr(), window, data);
+        match state.phase {
+            PHASE_SOCKS5_REQUEST => scan_socks(scratch, window, true),
+            PHASE_FIRST if first == 4 || first == 5 => scan_socks(scratch, window, false),
+            _ => scan_http(scratch, window),
+        }
+    };
+
+    if let Scan::NeedBytes(need) = scan {
+        if need > size && need <= WINDOW {
+            // Hold this send until the rest is written; nothing leaves meanwhile.
+            unsafe { bpf_msg_cork_bytes(ctx.msg, need) };
+            return Ok(SK_PASS);
+        }
+    }
+
+    capture(state, data, size, window);
+
+    let tunnel = state.phase == PHASE_TUNNEL;
+    let (outcome, source, start, len) = match scan {
+        Scan::Name { source, start, len } => {
+            (verdict(domain_bits(scratch, start, len, config), config), source, start, len)
+        }
+        Scan::Ipv4 { source, addr } => (verdict(ipv4_bits(addr, config), config), source, 0, 0),
+        Scan::Greeting => {
+            state.phase = PHASE_SOCKS5_REQUEST;
+            return Ok(SK_PASS);
+        }
+        // Inside a tunnel the outer request already named the target.
+        _ if tunnel => (VERDICT_NO_MATCH, SOURCE_NONE, 0, 0),
+        _ => (uninspectable(config), SOURCE_NONE, 0, 0),
+    };
+    let opens_tunnel =
+        matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP) && !tunnel;
+    state.verdict = outcome;
+    state.phase = if outcome == VERDICT_BLOCKED || outcome == VERDICT_UNINSPECTABLE_BLOCKED {
+        PHASE_BLOCKED
+    } else if opens_tunnel {
+        PHASE_TUNNEL
+    } else {
+        PHASE_DONE
+    };
+    report_verdict(state, scratch, outcome, source, start, len);
+    if state.phase == PHASE_BLOCKED {
+        return Ok(SK_DROP);
+    }
+    if state.phase == PHASE_DONE {
+        // Later sends of this socket need no program run until user space takes it out of SOCKS.
+        unsafe { bpf_msg_apply_bytes(ctx.msg, u32::MAX) };
+    }
+    Ok(SK_PASS)
+}
+
+#[inline(always)]
+fn uninspectable(config: &Config) -> u32 {
+    if config.mode == MODE_BLOCK && config.uninspectable == UNINSPECTABLE_BLOCK {
+        VERDICT_UNINSPECTABLE_BLOCKED
+    } else {
+        VERDICT_UNINSPECTABLE_ALLOWED
+    }
+}
+
+#[inline(always)]
+fn read(dst: *mut u8, len: u32, src: *const u8) {
+    unsafe { bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
+}
+
+/// Copy the TLS handshake bytes of the records at the start of the message into `scratch`, without
+/// their record headers, so a ClientHello fragmented over several records reads as one message.
+/// `Err(n)`: the message must hold `n` bytes before the ClientHello is whole.
+#[inline(always)]
+fn copy_handshake(scratch: &mut Scratch, data: *const u8, size: u32) -> Result<u32, u32> {
+    let mut src = 0u32;
+    let mut dst = 0u32;
+    let mut header = [0u8; 5];
+    for _ in 0..TLS_RECORDS_MAX {
+        if src + 5 > size {
+            return Err(src + 5);
+        }
+        read(header.as_mut_ptr(), 5, unsafe { data.add(src as usize) });
+        if header[0] != 0x16 {
+            break;
+        }
+        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
+        let available = size - src - 5;
+        let mut n = if record_len < available { record_len } else { available };
+        if dst + n > WINDOW {
+            n = WINDOW - dst;
+        }
+        let n = n & (WINDOW * 2 - 1);
+        if n > WINDOW {
+            break;
+        }
+        let at = dst & MASK;
+        read(unsafe { scratch.bytes.as_mut_ptr().add(at as usize) }, n, unsafe {
+            data.add((src + 5) as usize)
+        });
+        dst += n;
+        src += 5 + record_len;
+        if dst >= 4 {
+            let handshake_len =
+                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+            if dst >= handshake_len + 4 || dst >= WINDOW {
+                return Ok(dst);
+            }
+        }
+        if src > size {
+            return Err(if src < WINDOW { src } else { WINDOW });
+        }
+    }
+    Ok(dst)
+}
+
+/// Hand this send's bytes to user space, up to `CAPTURE_LIMIT` per connection.
+#[inline(always)]
+fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
+    let base = state.seen;
+    state.seen = base.saturating_add(size);
+    let mut off = 0u32;
+    for _ in 0..(WINDOW / PAYLOAD_CHUNK as u32) {
+        if off >= window || base + off >= CAPTURE_LIMIT {
+            break;
+        }
+        let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
+            count_drop(DROP_RINGBUF_FULL);
+            return;
+        };
+        let rec = entry.as_mut_ptr();
+        let remaining = window - off;
+        let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
+        unsafe {
+            (*rec).header = header(KIND_PAYLOAD, state.cookie);
+            (*rec).offset = base + off;
+            (*rec).len = n;
+            bpf_probe_read_kernel((*rec).data.as_mut_ptr().cast(), n, data.add(off as usize).cast());
+        }
+        entry.submit(0);
+        off += PAYLOAD_CHUNK as u32;
+    }
+}
+
+#[inline(always)]
+fn report_verdict(state: &FlowState, scratch: &Scratch, outcome: u32, source: u32, start: u32, len: u32) {
+    let Some(mut entry) = EVENTS.reserve::<VerdictRecord>(0) else {
+        count_drop(DROP_RINGBUF_FULL);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = if len < NAME_MAX as u32 { len } else { NAME_MAX as u32 - 1 };
+    unsafe {
+        (*rec).header = header(KIND_VERDICT, state.cookie);
+        (*rec).verdict = outcome;
+        (*rec).source = source;
+        (*rec).last = (state.phase == PHASE_DONE || state.phase == PHASE_BLOCKED) as u32;
+        (*rec).name_len = n;
+        bpf_probe_read_kernel(
+            (*rec).name.as_mut_ptr().cast(),
+            n & (NAME_MAX as u32 - 1),
+            scratch.bytes.as_ptr().add((start & MASK) as usize).cast(),
+        );
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+pub fn header(kind: u32, cookie: u64) -> RecordHeader {
+    RecordHeader { kind, _pad: 0, cookie, ktime_ns: unsafe { bpf_ktime_get_ns() } }
+}

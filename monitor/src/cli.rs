@@ -1,0 +1,132 @@
+//! Command-line interface. The `run` flags are a contract scripts rely on; keep them stable.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "monitor",
+    version,
+    about = "A network monitor that sees the real target behind forward proxies"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon in the foreground: attach the kernel programs and emit events.
+    Run(RunArgs),
+    /// Change or list the indicators of the running daemon.
+    Indicators(IndicatorsArgs),
+    /// Show what the running daemon is doing.
+    Status(ControlArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// No payload inspection: connection events only.
+    Off,
+    /// Inspect, name targets, report indicator matches, block nothing.
+    Audit,
+    /// As audit, and stop connections to blocked targets in the kernel.
+    Block,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Uninspectable {
+    Allow,
+    Block,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "audit")]
+    pub mode: Mode,
+    /// cgroup v2 directory to watch (repeatable); default: the root of the cgroup2 hierarchy (the whole host).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+    /// Interface whose ingress is watched for forwarded flows (gateway mode; repeatable).
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// Where events go: a file path, or - for stdout.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    pub events: String,
+    /// Block indicators: one domain, address or CIDR range per line.
+    #[arg(long = "block", value_name = "FILE")]
+    pub block: Option<PathBuf>,
+    /// Allow indicators (allow wins over block).
+    #[arg(long = "allow", value_name = "FILE")]
+    pub allow: Option<PathBuf>,
+    /// The embedded event store (SQLite); `none` disables it.
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// What to do with a connection whose first bytes name no target within the bounds (block mode).
+    #[arg(long, value_enum, default_value = "allow")]
+    pub uninspectable: Uninspectable,
+    /// The control socket (`monitor indicators`, `monitor status`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+    pub control: PathBuf,
+}
+
+pub const DEFAULT_CONTROL: &str = "/run/monitor/control.sock";
+
+#[derive(Args, Debug)]
+pub struct ControlArgs {
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+    pub control: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct IndicatorsArgs {
+    #[command(subcommand)]
+    pub op: IndicatorOp,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL, global = true)]
+    pub control: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndicatorOp {
+    /// Add indicators to a list of the running daemon.
+    Add {
+        #[arg(value_enum)]
+        list: ListArg,
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Remove indicators from a list of the running daemon.
+    Remove {
+        #[arg(value_enum)]
+        list: ListArg,
+        #[arg(required = true)]
+        values: Vec<String>,
+    },
+    /// Print the running daemon's indicators.
+    List {
+        #[arg(value_enum)]
+        list: Option<ListArg>,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListArg {
+    Allow,
+    Block,
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        #[cfg(target_os = "linux")]
+        Command::Run(args) => crate::daemon::run(args),
+        #[cfg(target_os = "linux")]
+        Command::Indicators(args) => crate::daemon::control::indicators(args),
+        #[cfg(target_os = "linux")]
+        Command::Status(args) => crate::daemon::control::status(args),
+        #[cfg(not(target_os = "linux"))]
+        Command::Run(_) | Command::Indicators(_) | Command::Status(_) => {
+            anyhow::bail!("the daemon runs on Linux only; replay, hunt and timeline work here")
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Connections as user space follows them, from the kernel's records to events.
+//!
+//! A socket flow (keyed by socket cookie) starts with its process at connect(), learns its addresses
+//! when established, gets its first bytes from sk_msg and the kernel's verdicts, and ends when closed.
+//! Its ConnectionSuccess is emitted once the real target is named (or clearly will not be), so the
+//! event carries the target, the proxy and the process together. A wire flow (gateway mode, keyed by
+//! its 4-tuple) is the same without a process.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use monitor_common::{
+    record::{PayloadRecord, ProcessRecord, SocketRecord, VerdictRecord, WireRecord},
+    verdict::{
+        VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
+        source_name,
+    },
+};
+use monitor_core::{
+    event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc},
+    extract::FlowInspector,
+    policy::{Decision, IndicatorSet},
+};
+use serde_json::{Map, Value};
+
+use super::{
+    process::{Accounts, describe},
+    records::{addr, comm, local, remote},
+    sink::Sink,
+};
+
+/// How long a connection may stay silent before its ConnectionSuccess goes out without a target
+/// (a server-speaks-first protocol, an idle client).
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1500);
+/// After a CONNECT or SOCKS request: how long to wait for the tunnel's first bytes (the proxy must
+/// answer first).
+const TUNNEL_WAIT: Duration = Duration::from_millis(1500);
+/// Reported flows whose close was never seen are forgotten after this long.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+const WIRE_REORDER_MAX: usize = 64;
+
+struct Verdict {
+    outcome: u32,
+    source: u32,
+    name: String,
+}
+
+struct SocketFlow {
+    opened_ns: u64,
+    process: Option<InitiatingProcess>,
+    remote: Option<(IpAddr, u16)>,
+    local: Option<(IpAddr, u16)>,
+    inspector: FlowInspector,
+    next_offset: u32,
+    lost_bytes: bool,
+    verdicts: Vec<Verdict>,
+    reported: bool,
+    blocked: bool,
+    deadline: Option<Instant>,
+    touched: Instant,
+}
+
+struct WireFlow {
+    opened_ns: u64,
+    established: bool,
+    inspector: FlowInspector,
+    next_offset: u32,
+    pending: BTreeMap<u32, Vec<u8>>,
+    reported: bool,
+    deadline: Option<Instant>,
+}
+
+type FourTuple = ((IpAddr, u16), (IpAddr, u16));
+
+/// Counters for `monitor status` and the logs.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct FlowCounters {
+    pub records: u64,
+    pub undecodable_records: u64,
+    pub connections: u64,
+    pub named: u64,
+    pub blocked: u64,
+    pub audited: u64,
+    pub lost_payload: u64,
+    pub wire_flows: u64,
+    pub wire_duplicates: u64,
+}
+
+pub struct Flows {
+    inspect: bool,
+    sockets: HashMap<u64, SocketFlow>,
+    wires: HashMap<FourTuple, WireFlow>,
+    /// 4-tuples of local sockets, so TC does not report them a second time.
+    local_tuples: HashSet<FourTuple>,
+    accounts: Accounts,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to date kernel records.
+    wall_offset_ns: i128,
+    pub counters: FlowCounters,
+    /// Cookies the kernel will not inspect again: user space takes them out of SOCKS.
+    pub judged: Vec<u64>,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // Both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Flows {
+    pub fn new(inspect: bool) -> Self {
+        Flows {
+            inspect,
+            sockets: HashMap::new(),
+            wires: HashMap::new(),
+            local_tuples: HashSet::new(),
+            accounts: Accounts::load(),
+            wall_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            counters: FlowCounters::default(),
+            judged: Vec::new(),
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.sockets.len() + self.wires.len()
+    }
+
+    fn timestamp(&self, ktime_ns: u64) -> String {
+        rfc3339_utc((ktime_ns as i128 + self.wall_offset_ns).max(0) as u128)
+    }
+
+    fn socket(&mut self, cookie: u64, ktime_ns: u64) -> &mut SocketFlow {
+        self.sockets.entry(cookie).or_insert_with(|| SocketFlow {
+            opened_ns: ktime_ns,
+            process: None,
+            remote: None,
+            local: None,
+            inspector: FlowInspector::new(),
+            next_offset: 0,
+            lost_bytes: false,
+            verdicts: Vec::new(),
+            reported: false,
+            blocked: false,
+            deadline: None,
+            touched: Instant::now(),
+        })
+    }
+
+    pub fn on_process(&mut self, rec: &ProcessRecord, set: &IndicatorSet, sink: &mut Sink) {
+        let process = describe(rec.tgid, rec.uid, &comm(&rec.comm), &self.accounts);
+        self.counters.connections += 1;
+        let cookie = rec.header.cookie;
+        let flow = self.socket(cookie, rec.header.ktime_ns);
+        flow.opened_ns = rec.header.ktime_ns;
+        flow.process = Some(process);
+        flow.remote = Some(remote(&rec.endpoints));
+        if matches!(rec.verdict, VERDICT_BLOCKED | VERDICT_AUDITED) {
+            let target = remote(&rec.endpoints).0.to_string();
+            let verdict = Verdict {
+                outcome: rec.verdict,
+                source: monitor_common::verdict::SOURCE_REMOTE_IP,
+                name: target,
+            };
+            self.protection_event(cookie, &verdict, set, sink);
+            if rec.verdict == VERDICT_BLOCKED {
+                // connect() failed with EPERM: there will be no other record for this socket.
+                self.sockets.remove(&cookie);
+            }
+        }
+    }
+
+    pub fn on_established(&mut self, rec: &SocketRecord, sink: &mut Sink) {
+        let inspect = self.inspect;
+        let tuple = (local(&rec.endpoints), remote(&rec.endpoints));
+        self.local_tuples.insert(tuple);
+        let flow = self.socket(rec.header.cookie, rec.header.ktime_ns);
+        flow.local = Some(tuple.0);
+        flow.remote = Some(tuple.1);
+        flow.touched = Instant::now();
+        if inspect {
+            flow.deadline = Some(Instant::now() + FIRST_BYTES_WAIT);
+        } else {
+            self.report_success(rec.header.cookie, sink);
+        }
+    }
+
+    pub fn on_failed(&mut self, rec: &SocketRecord, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        let flow = self.socket(cookie, rec.header.ktime_ns);
+        flow.remote = Some(remote(&rec.endpoints));
+        let endpoints_local = local(&rec.endpoints);
+        if endpoints_local.1 != 0 {
+            flow.local = Some(endpoints_local);
+        }
+        if !flow.blocked {
+            let mut fields = Map::new();
+            fields.insert(
+                "TcpStateBeforeClose".into(),
+                Value::from(if rec.old_state == 2 { "SYN_SENT" } else { "SYN_RECV" }),
+            );
+            self.report(cookie, ActionType::ConnectionFailed, fields, sink);
+        }
+        self.forget(cookie);
+    }
+
+    pub fn on_closed(&mut self, rec: &SocketRecord, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        if let Some(flow) = self.sockets.get_mut(&cookie) {
+            flow.inspector.finish();
+            if !flow.reported && !flow.blocked {
+                self.report_success(cookie, sink);
+            }
+        }
+        self.forget(cookie);
+    }
+
+    fn forget(&mut self, cookie: u64) {
+        if let Some(flow) = self.sockets.remove(&cookie)
+            && let (Some(l), Some(r)) = (flow.local, flow.remote)
+        {
+            self.local_tuples.remove(&(l, r));
+        }
+    }
+
+    pub fn on_payload(&mut self, rec: &PayloadRecord, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        let flow = self.socket(cookie, rec.header.ktime_ns);
+        let len = (rec.len as usize).min(rec.data.len());
+        if rec.offset != flow.next_offset {
+            // A chunk was lost (ring buffer full): the bytes after it cannot be parsed in order.
+            if !flow.lost_bytes {
+                flow.lost_bytes = true;
+                self.counters.lost_payload += 1;
+            }
+            return;
+        }
+        flow.inspector.client_bytes(&rec.data[..len]);
+        flow.next_offset += len as u32;
+        flow.touched = Instant::now();
+        if flow.inspector.is_complete() {
+            if !flow.reported && !flow.blocked {
+                self.report_success(cookie, sink);
+            }
+        } else {
+            flow.deadline = Some(Instant::now() + TUNNEL_WAIT);
+        }
+    }
+
+    pub fn on_verdict(&mut self, rec: &VerdictRecord, set: &IndicatorSet, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        let len = (rec.name_len as usize).min(rec.name.len());
+        let verdict = Verdict {
+            outcome: rec.verdict,
+            source: rec.source,
+            name: String::from_utf8_lossy(&rec.name[..len])
+                .to_ascii_lowercase()
+                .trim_end_matches('.')
+                .to_string(),
+        };
+        if rec.last != 0 {
+            self.judged.push(cookie);
+        }
+        let outcome = verdict.outcome;
+        if matches!(outcome, VERDICT_BLOCKED | VERDICT_AUDITED | VERDICT_UNINSPECTABLE_BLOCKED) {
+            self.protection_event(cookie, &verdict, set, sink);
+        }
+        let flow = self.socket(cookie, rec.header.ktime_ns);
+        flow.verdicts.push(verdict);
+        if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
+            flow.blocked = true;
+        } else if rec.last != 0 && !flow.reported {
+            // The kernel has seen all it will look at: what we have is the answer.
+            flow.inspector.finish();
+            self.report_success(cookie, sink);
+        }
+    }
+
+    fn base_fields(flow: &SocketFlow) -> Map<String, Value> {
+        let mut fields = flow.inspector.inspection().additional_fields();
+        if let Some(v) = flow.verdicts.iter().rev().find(|v| !v.name.is_empty()) {
+            fields.insert("KernelTarget".into(), Value::from(v.name.as_str()));
+            fields.insert("KernelTargetSource".into(), Value::from(source_name(v.source)));
+        }
+        if flow.verdicts.iter().any(|v| v.outcome == VERDICT_UNINSPECTABLE_ALLOWED) {
+            fields.insert("Uninspectable".into(), Value::from(true));
+        }
+        if flow.lost_bytes {
+            fields.insert("PayloadLost".into(), Value::from(true));
+        }
+        fields
+    }
+
+    fn report_success(&mut self, cookie: u64, sink: &mut Sink) {
+        let named = self
+            .sockets
+            .get(&cookie)
+            .map(|f| f.inspector.inspection().remote_url().is_some())
+            .unwrap_or(false);
+        if named {
+            self.counters.named += 1;
+        }
+        let fields = self.sockets.get(&cookie).map(Self::base_fields).unwrap_or_default();
+        self.report(cookie, ActionType::ConnectionSuccess, fields, sink);
+    }
+
+    fn report(&mut self, cookie: u64, action: ActionType, fields: Map<String, Value>, sink: &mut Sink) {
+        let Some(flow) = self.sockets.get(&cookie) else { return };
+        let timestamp = self.timestamp(flow.opened_ns);
+        let unknown = (IpAddr::from([0u8, 0, 0, 0]), 0);
+        let remote_url = flow.inspector.inspection().remote_url().unwrap_or("").to_string();
+        let event = DeviceEvent::new(
+            timestamp,
+            sink.device_name.clone(),
+            action,
+            to_text(flow.remote.unwrap_or(unknown)),
+            to_text(flow.local.unwrap_or(unknown)),
+            "Tcp",
+            remote_url,
+            flow.process.as_ref(),
+            sink.next_report_id(),
+            fields,
+        );
+        sink.emit(&event);
+        if let Some(flow) = self.sockets.get_mut(&cookie) {
+            flow.reported = true;
+            flow.deadline = None;
+        }
+    }
+
+    /// ExploitGuardNetworkProtectionBlocked / Audited.
+    fn protection_event(&mut self, cookie: u64, verdict: &Verdict, set: &IndicatorSet, sink: &mut Sink) {
+        let (action, is_audit) = match verdict.outcome {
+            VERDICT_AUDITED => (ActionType::ExploitGuardNetworkProtectionAudited, true),
+            _ => (ActionType::ExploitGuardNetworkProtectionBlocked, false),
+        };
+        if is_audit {
+            self.counters.audited += 1;
+        } else {
+            self.counters.blocked += 1;
+        }
+        let flow = self.socket(cookie, 0);
+        let mut fields = Self::base_fields(flow);
+        fields.insert("IsAudit".into(), Value::from(is_audit));
+        let uninspectable = verdict.outcome == VERDICT_UNINSPECTABLE_BLOCKED;
+        fields.insert(
+            "ResponseCategory".into(),
+            Value::from(if uninspectable { "Uninspectable" } else { "CustomBlockList" }),
+        );
+        fields.insert("TargetSource".into(), Value::from(source_name(verdict.source)));
+        if !uninspectable {
+            let matched = match set.judge_host(&verdict.name) {
+                Decision::Blocked(indicator) => Some(indicator.to_string()),
+                _ => None,
+            };
+            fields.insert("MatchedIndicator".into(), matched.map(Value::from).unwrap_or(Value::Null));
+        }
+        let remote_url = if verdict.name.is_empty() {
+            flow.inspector.inspection().remote_url().unwrap_or("").to_string()
+        } else {
+            verdict.name.clone()
+        };
+        let unknown = (IpAddr::from([0u8, 0, 0, 0]), 0);
+        let ktime = if flow.opened_ns == 0 { None } else { Some(flow.opened_ns) };
+        let timestamp = match ktime {
+            Some(k) => self.timestamp(k),
+            None => rfc3339_utc(clock_ns(libc::CLOCK_REALTIME).max(0) as u128),
+        };
+        let flow = self.sockets.get(&cookie);
+        let event = DeviceEvent::new(
+            timestamp,
+            sink.device_name.clone(),
+            action,
+            to_text(flow.and_then(|f| f.remote).unwrap_or(unknown)),
+            to_text(flow.and_then(|f| f.local).unwrap_or(unknown)),
+            "Tcp",
+            remote_url,
+            flow.and_then(|f| f.process.as_ref()),
+            sink.next_report_id(),
+            fields,
+        );
+        sink.emit(&event);
+    }
+
+    pub fn on_wire(&mut self, rec: &WireRecord, sink: &mut Sink) {
+        const SYN: u32 = 0x02;
+        const FIN: u32 = 0x01;
+        const RST: u32 = 0x04;
+        const ACK: u32 = 0x10;
+        let e = &rec.endpoints;
+        let client = (addr(e.family, e.local_addr), e.local_port as u16);
+        let server = (addr(e.family, e.remote_addr), e.remote_port as u16);
+        let key = (client, server);
+        if self.local_tuples.contains(&key) {
+            self.counters.wire_duplicates += 1;
+            return;
+        }
+        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 {
+            self.counters.wire_flows += 1;
+            self.wires.insert(
+                key,
+                WireFlow {
+                    opened_ns: rec.header.ktime_ns,
+                    established: false,
+                    inspector: FlowInspector::new(),
+                    next_offset: 0,
+                    pending: BTreeMap::new(),
+                    reported: false,
+                    deadline: Some(Instant::now() + FIRST_BYTES_WAIT),
+                },
+            );
+            return;
+        }
+        let Some(flow) = self.wires.get_mut(&key) else { return };
+        if rec.tcp_flags & ACK != 0 {
+            flow.established = true;
+        }
+        let len = (rec.len as usize).min(rec.data.len());
+        if len > 0 {
+            flow.established = true;
+            if flow.pending.len() < WIRE_REORDER_MAX && rec.offset >= flow.next_offset {
+                flow.pending.insert(rec.offset, rec.data[..len].to_vec());
+            }
+            while let Some(entry) = flow.pending.first_entry() {
+                let offset = *entry.key();
+                if offset > flow.next_offset {
+                    break;
+                }
+                let bytes = entry.remove();
+                // A retransmission may overlap what was already fed.
+                let skip = (flow.next_offset - offset) as usize;
+                if skip < bytes.len() {
+                    flow.inspector.client_bytes(&bytes[skip..]);
+                    flow.next_offset += (bytes.len() - skip) as u32;
+                }
+            }
+            flow.deadline = Some(Instant::now() + TUNNEL_WAIT);
+        }
+        let ended = rec.tcp_flags & (FIN | RST) != 0;
+        if ended {
+            flow.inspector.finish();
+        }
+        if !flow.reported && (ended || flow.inspector.is_complete()) {
+            self.report_wire(key, sink);
+        }
+        if ended {
+            self.wires.remove(&key);
+        }
+    }
+
+    fn report_wire(&mut self, key: FourTuple, sink: &mut Sink) {
+        let Some(flow) = self.wires.get(&key) else { return };
+        let action =
+            if flow.established { ActionType::ConnectionSuccess } else { ActionType::ConnectionFailed };
+        let inspection = flow.inspector.inspection();
+        if inspection.remote_url().is_some() {
+            self.counters.named += 1;
+        }
+        let mut fields = inspection.additional_fields();
+        fields.insert("SeenOn".into(), Value::from("tc"));
+        let event = DeviceEvent::new(
+            self.timestamp(flow.opened_ns),
+            sink.device_name.clone(),
+            action,
+            to_text(key.1),
+            to_text(key.0),
+            "Tcp",
+            inspection.remote_url().unwrap_or("").to_string(),
+            None,
+            sink.next_report_id(),
+            fields,
+        );
+        sink.emit(&event);
+        if let Some(flow) = self.wires.get_mut(&key) {
+            flow.reported = true;
+            flow.deadline = None;
+        }
+    }
+
+    /// Report flows whose wait ran out; forget ones whose close was lost.
+    pub fn tick(&mut self, sink: &mut Sink) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, f)| !f.reported && !f.blocked && f.deadline.is_some_and(|d| d <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in due {
+            if let Some(flow) = self.sockets.get_mut(&cookie) {
+                flow.inspector.finish();
+            }
+            self.report_success(cookie, sink);
+        }
+        let stale: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, f)| (f.reported || f.blocked) && now.duration_since(f.touched) > FORGET_AFTER)
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in stale {
+            self.forget(cookie);
+        }
+        let due: Vec<FourTuple> = self
+            .wires
+            .iter()
+            .filter(|(_, f)| !f.reported && f.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(flow) = self.wires.get_mut(&key) {
+                flow.inspector.finish();
+            }
+            self.report_wire(key, sink);
+        }
+        self.wires.retain(|_, f| !f.reported || f.deadline.is_some());
+    }
+
+    /// Report everything still pending (at shutdown).
+    pub fn drain(&mut self, sink: &mut Sink) {
+        let cookies: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter(|(_, f)| !f.reported && !f.blocked && f.remote.is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        for cookie in cookies {
+            if let Some(flow) = self.sockets.get_mut(&cookie) {
+                flow.inspector.finish();
+            }
+            self.report_success(cookie, sink);
+        }
+    }
+}
+
+fn to_text((ip, port): (IpAddr, u16)) -> (String, u16) {
+    (ip.to_string(), port)
+}

@@ -1,0 +1,363 @@
+//! The daemon: load and attach the kernel programs, follow connections, emit events, apply policy.
+
+pub mod control;
+mod flows;
+mod indicators;
+mod kernel;
+mod policy;
+mod process;
+mod records;
+mod sink;
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf, SockHash};
+use monitor_common::{
+    config::{Config, MODE_AUDIT, MODE_BLOCK, MODE_OFF, UNINSPECTABLE_ALLOW, UNINSPECTABLE_BLOCK},
+    verdict::{DROP_REASONS, drop_reason_name},
+};
+use monitor_core::policy::{Indicator, ListKind};
+use serde_json::{Value, json};
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
+
+use crate::cli::{Mode, RunArgs, Uninspectable};
+use control::{Call, Request};
+use flows::Flows;
+use indicators::Indicators;
+use kernel::{Kernel, LoadOptions, cgroup2_root};
+use policy::KernelPolicy;
+use records::Record;
+use sink::Sink;
+
+/// Where events are kept for `monitor hunt` unless `--store` says otherwise.
+pub const DEFAULT_STORE: &str = "/var/lib/monitor/events.db";
+const TICK: Duration = Duration::from_millis(100);
+const FILE_POLL: Duration = Duration::from_millis(250);
+
+fn log(message: std::fmt::Arguments<'_>) {
+    eprintln!("monitor: {message}");
+}
+
+macro_rules! info {
+    ($($t:tt)*) => { log(format_args!($($t)*)) };
+}
+
+fn random_seed() -> anyhow::Result<[u64; 2]> {
+    let mut bytes = [0u8; 16];
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        bail!("getrandom failed: {}", std::io::Error::last_os_error());
+    }
+    Ok([
+        u64::from_ne_bytes(bytes[..8].try_into().context("seed")?),
+        u64::from_ne_bytes(bytes[8..].try_into().context("seed")?),
+    ])
+}
+
+/// Tell systemd (Type=notify) that the programs are attached.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let _ = socket.send_to(b"READY=1", PathBuf::from(path));
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`monitor run` must run as root: it loads BPF programs and attaches them to cgroups and interfaces \
+             (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+        );
+    }
+    let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())?;
+    let set = indicators.effective();
+    let cgroups = if args.cgroups.is_empty() { vec![cgroup2_root()?] } else { args.cgroups.clone() };
+    for cgroup in &cgroups {
+        if !cgroup.join("cgroup.procs").exists() {
+            bail!("{} is not a cgroup v2 directory (no cgroup.procs)", cgroup.display());
+        }
+    }
+    for iface in &args.ifaces {
+        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
+            bail!("no network interface named {iface:?} (see `ip link`)");
+        }
+    }
+    let mode = match args.mode {
+        Mode::Off => MODE_OFF,
+        Mode::Audit => MODE_AUDIT,
+        Mode::Block => MODE_BLOCK,
+    };
+    let uninspectable = match args.uninspectable {
+        Uninspectable::Allow => UNINSPECTABLE_ALLOW,
+        Uninspectable::Block => UNINSPECTABLE_BLOCK,
+    };
+    let config = Config::new(mode, uninspectable, 0, random_seed()?);
+
+    let store = match args.store.as_deref() {
+        Some(p) if p.as_os_str() == "none" => None,
+        other => {
+            let path = other.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+            let writer = sink::open_store(&path)
+                .with_context(|| format!("open the event store {}", path.display()))?;
+            Some((path, writer))
+        }
+    };
+    let store_path = store.as_ref().map(|(p, _)| p.clone());
+    let sink = Sink::open(&args.events, store.map(|(_, w)| w))?;
+    let listener = control::bind(&args.control)?;
+
+    let capacity = |n: usize| ((n + n / 4).max(1024).min(u32::MAX as usize / 2)) as u32;
+    let mut kernel = Kernel::load(&LoadOptions {
+        config,
+        cgroups: &cgroups,
+        ifaces: &args.ifaces,
+        domain_capacity: capacity(set.domains().count() + 65_536),
+        net_capacity: capacity(set.nets().count() + 16_384),
+    })?;
+    let mut policy = KernelPolicy::take(&mut kernel, config)?;
+    let applied = policy.apply(&set).context("load the indicators into the kernel")?;
+    let (allow_n, block_n) = set.counts();
+    info!(
+        "indicators: {allow_n} allow, {block_n} block ({} map writes in {} ms)",
+        applied.writes, applied.millis
+    );
+    let events = kernel.take_events()?;
+    let socks = kernel.take_socks()?;
+    for a in &kernel.attachments {
+        info!("attached {} to {}", a.program, a.target);
+    }
+    info!("mode {:?}; ready", args.mode);
+    notify_ready();
+
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
+    let daemon = Daemon {
+        args: args.clone(),
+        kernel,
+        policy,
+        indicators,
+        set,
+        sink,
+        flows: Flows::new(mode != MODE_OFF),
+        socks,
+        started: Instant::now(),
+        store_path,
+    };
+    let result = runtime.block_on(daemon.serve(events, listener));
+    let _ = std::fs::remove_file(&args.control);
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+struct Daemon {
+    args: RunArgs,
+    kernel: Kernel,
+    policy: KernelPolicy,
+    indicators: Indicators,
+    set: monitor_core::policy::IndicatorSet,
+    sink: Sink,
+    flows: Flows,
+    socks: SockHash<MapData, u64>,
+    started: Instant,
+    store_path: Option<PathBuf>,
+}
+
+impl Daemon {
+    async fn serve(
+        mut self,
+        events: RingBuf<MapData>,
+        listener: std::os::unix::net::UnixListener,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd holds it.
+        let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
+        let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+        tokio::spawn(control::serve(listener, calls_tx));
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut sighup = tokio::signal::unix::signal(SignalKind::hangup()).context("SIGHUP handler")?;
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_poll = Instant::now();
+        let mut reported_drops = [0u64; DROP_REASONS as usize];
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("wait on the ring buffer")?;
+                    self.drain_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                Some(call) = calls.recv() => {
+                    let answer = self.handle(call.request, call.peer_uid);
+                    let _ = call.reply.send(answer);
+                }
+                _ = tick.tick() => {
+                    self.drain_ring(ring.get_mut());
+                    self.flows.tick(&mut self.sink);
+                    self.release_judged();
+                    if last_poll.elapsed() >= FILE_POLL {
+                        last_poll = Instant::now();
+                        self.reload_files();
+                        if let Ok(drops) = self.kernel.drops() {
+                            for (i, (&now, seen)) in drops.iter().zip(reported_drops.iter_mut()).enumerate() {
+                                if now > *seen {
+                                    info!("warning: kernel dropped {} records ({}); total {now}", now - *seen, drop_reason_name(i as u32));
+                                    *seen = now;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = sighup.recv() => {
+                    info!("SIGHUP: reloading indicators");
+                    self.reload_files();
+                }
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        info!("stopping: flushing events");
+        self.drain_ring(ring.get_mut());
+        self.flows.drain(&mut self.sink);
+        self.sink.close()?;
+        // Dropping `kernel` detaches every program.
+        Ok(())
+    }
+
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            self.flows.counters.records += 1;
+            let Some(record) = records::decode(&item) else {
+                self.flows.counters.undecodable_records += 1;
+                continue;
+            };
+            drop(item);
+            match record {
+                Record::Process(r) => self.flows.on_process(&r, &self.set, &mut self.sink),
+                Record::Established(r) => self.flows.on_established(&r, &mut self.sink),
+                Record::Failed(r) => self.flows.on_failed(&r, &mut self.sink),
+                Record::Closed(r) => self.flows.on_closed(&r, &mut self.sink),
+                Record::Payload(r) => self.flows.on_payload(&r, &mut self.sink),
+                Record::Verdict(r) => self.flows.on_verdict(&r, &self.set, &mut self.sink),
+                Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
+            }
+        }
+        self.release_judged();
+    }
+
+    /// Sockets the kernel has judged leave SOCKS, so their later sends skip the sk_msg path entirely.
+    fn release_judged(&mut self) {
+        for cookie in self.flows.judged.drain(..) {
+            // Already gone when the socket closed first.
+            let _ = self.socks.remove(&cookie);
+        }
+    }
+
+    fn apply(&mut self) -> anyhow::Result<()> {
+        let set = self.indicators.effective();
+        let applied = self.policy.apply(&set)?;
+        let (allow_n, block_n) = set.counts();
+        info!(
+            "indicators now {allow_n} allow, {block_n} block ({} map writes in {} ms)",
+            applied.writes, applied.millis
+        );
+        self.set = set;
+        Ok(())
+    }
+
+    fn reload_files(&mut self) {
+        match self.indicators.reload_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(e) = self.apply() {
+                    info!("error: applying reloaded indicators: {e:#}");
+                }
+            }
+            Err(e) => info!("error: indicator file rejected, keeping the previous set: {e}"),
+        }
+    }
+
+    fn handle(&mut self, request: Request, peer_uid: u32) -> Value {
+        let kind = |list: &str| match list {
+            "allow" => Some(ListKind::Allow),
+            "block" => Some(ListKind::Block),
+            _ => None,
+        };
+        match request {
+            Request::Status => json!({ "ok": true, "status": self.status() }),
+            Request::List { list } => {
+                let mut lists = serde_json::Map::new();
+                for k in [ListKind::Allow, ListKind::Block] {
+                    if list.as_deref().is_some_and(|l| kind(l) != Some(k)) {
+                        continue;
+                    }
+                    let entries: Vec<String> = self.set.list(k).iter().map(|i| i.to_string()).collect();
+                    lists.insert(k.to_string(), Value::from(entries));
+                }
+                json!({ "ok": true, "lists": lists })
+            }
+            Request::Add { .. } | Request::Remove { .. } if peer_uid != 0 => {
+                control::error("only root may change policy")
+            }
+            Request::Add { list, values } => self.change(&list, &values, true),
+            Request::Remove { list, values } => self.change(&list, &values, false),
+        }
+    }
+
+    fn change(&mut self, list: &str, values: &[String], add: bool) -> Value {
+        let kind = match list {
+            "allow" => ListKind::Allow,
+            "block" => ListKind::Block,
+            other => return control::error(&format!("unknown list {other:?} (allow or block)")),
+        };
+        let mut parsed = Vec::new();
+        for v in values {
+            match Indicator::parse(v.trim()) {
+                Ok(i) => parsed.push(i),
+                Err(reason) => return control::error(&format!("{v:?}: {reason}")),
+            }
+        }
+        let n = parsed.len();
+        for i in parsed {
+            if add {
+                self.indicators.add(kind, i);
+            } else {
+                self.indicators.remove(kind, i);
+            }
+        }
+        match self.apply() {
+            Ok(()) => {
+                json!({ "ok": true, "message": format!("{} {n} {kind} indicator(s)", if add { "added" } else { "removed" }) })
+            }
+            Err(e) => control::error(&format!("{e:#}")),
+        }
+    }
+
+    fn status(&self) -> Value {
+        let drops = self.kernel.drops().ok().map(|d| {
+            (0..DROP_REASONS)
+                .map(|i| (drop_reason_name(i).to_string(), Value::from(d[i as usize])))
+                .collect::<serde_json::Map<_, _>>()
+        });
+        let (allow_n, block_n) = self.set.counts();
+        let uptime = self.started.elapsed().as_secs_f64();
+        let store_size = self.store_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
+        json!({
+            "mode": format!("{:?}", self.args.mode).to_lowercase(),
+            "pid": std::process::id(),
+            "uptime_seconds": uptime,
+            "attached": self.kernel.attachments.iter().map(|a| json!({"program": a.program, "target": a.target})).collect::<Vec<_>>(),
+            "indicators": { "allow": allow_n, "block": block_n, "files": self.indicators.paths() },
+            "events": self.sink.emitted,
+            "events_per_second": self.sink.emitted as f64 / uptime.max(1e-3),
+            "write_errors": self.sink.write_errors,
+            "store": { "path": self.store_path.as_ref().map(|p| p.display().to_string()), "bytes": store_size,
+                       "dropped": self.sink.store().map(|s| s.dropped()) },
+            "flows": self.flows.counters,
+            "open_flows": self.flows.open_count(),
+            "kernel_drops": drops,
+        })
+    }
+}

@@ -1,0 +1,161 @@
+//! The indicator sets in the kernel maps, replaced atomically.
+//!
+//! Each map value holds one byte per generation. A new set is written into the idle generation's
+//! byte of every entry it touches, then `Config::generation` is flipped in one word write: programs see
+//! the old set or the new one, never a mix and never an empty one. Afterwards both bytes are made equal
+//! and entries of neither generation are deleted, so the next reload writes only what changed.
+
+use std::{collections::HashMap, hash::Hash, net::IpAddr, time::Instant};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
+use monitor_common::{
+    config::Config,
+    name_hash::{NameKey, name_key},
+    verdict::{IND_ALLOW, IND_BLOCK, IndicatorSlots},
+};
+use monitor_core::policy::{IndicatorSet, ListBits};
+
+use super::kernel::Kernel;
+
+trait SlotMap<K> {
+    fn put(&mut self, key: &K, slots: IndicatorSlots) -> anyhow::Result<()>;
+    fn delete(&mut self, key: &K) -> anyhow::Result<()>;
+}
+
+impl SlotMap<NameKey> for BpfHashMap<MapData, NameKey, IndicatorSlots> {
+    fn put(&mut self, key: &NameKey, slots: IndicatorSlots) -> anyhow::Result<()> {
+        self.insert(key, slots, 0).context("write DOMAINS (is the map full? raise the capacity)")
+    }
+    fn delete(&mut self, key: &NameKey) -> anyhow::Result<()> {
+        self.remove(key).context("delete from DOMAINS")
+    }
+}
+
+impl<const N: usize> SlotMap<([u8; N], u32)> for LpmTrie<MapData, [u8; N], IndicatorSlots> {
+    fn put(&mut self, key: &([u8; N], u32), slots: IndicatorSlots) -> anyhow::Result<()> {
+        self.insert(&Key::new(key.1, key.0), slots, 0).context("write an address-range map")
+    }
+    fn delete(&mut self, key: &([u8; N], u32)) -> anyhow::Result<()> {
+        self.remove(&Key::new(key.1, key.0)).context("delete from an address-range map")
+    }
+}
+
+/// One kernel map and what user space knows it holds.
+struct Table<K, M> {
+    map: M,
+    held: HashMap<K, IndicatorSlots>,
+}
+
+impl<K: Hash + Eq + Clone, M: SlotMap<K>> Table<K, M> {
+    /// Write `wanted` into generation `next` (other generation untouched).
+    fn stage(&mut self, wanted: &HashMap<K, u8>, next: usize) -> anyhow::Result<usize> {
+        let mut writes = 0;
+        for (key, &bits) in wanted {
+            let slots = self.held.entry(key.clone()).or_insert([0, 0]);
+            if slots[next] != bits {
+                slots[next] = bits;
+                self.map.put(key, *slots)?;
+                writes += 1;
+            }
+        }
+        for (key, slots) in self.held.iter_mut() {
+            if slots[next] != 0 && !wanted.contains_key(key) {
+                slots[next] = 0;
+                self.map.put(key, *slots)?;
+                writes += 1;
+            }
+        }
+        Ok(writes)
+    }
+
+    /// After the flip to `live`: make the idle byte equal to the live one, drop dead entries.
+    fn settle(&mut self, live: usize) -> anyhow::Result<()> {
+        let idle = 1 - live;
+        let mut dead = Vec::new();
+        for (key, slots) in self.held.iter_mut() {
+            if slots[live] == 0 {
+                dead.push(key.clone());
+            } else if slots[idle] != slots[live] {
+                slots[idle] = slots[live];
+                self.map.put(key, *slots)?;
+            }
+        }
+        for key in dead {
+            self.map.delete(&key)?;
+            self.held.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+pub struct KernelPolicy {
+    config_map: Array<MapData, Config>,
+    pub config: Config,
+    domains: Table<NameKey, BpfHashMap<MapData, NameKey, IndicatorSlots>>,
+    nets_v4: Table<([u8; 4], u32), LpmTrie<MapData, [u8; 4], IndicatorSlots>>,
+    nets_v6: Table<([u8; 16], u32), LpmTrie<MapData, [u8; 16], IndicatorSlots>>,
+}
+
+fn bits(b: ListBits) -> u8 {
+    (if b.allow { IND_ALLOW } else { 0 }) | (if b.block { IND_BLOCK } else { 0 })
+}
+
+/// What one reload cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    pub writes: usize,
+    pub millis: u128,
+}
+
+impl KernelPolicy {
+    pub fn take(kernel: &mut Kernel, config: Config) -> anyhow::Result<KernelPolicy> {
+        let mut take = |name: &str| kernel.ebpf.take_map(name).with_context(|| format!("map {name}"));
+        Ok(KernelPolicy {
+            config_map: Array::try_from(take("CONFIG")?).context("map CONFIG")?,
+            config,
+            domains: Table {
+                map: BpfHashMap::try_from(take("DOMAINS")?).context("map DOMAINS")?,
+                held: HashMap::new(),
+            },
+            nets_v4: Table {
+                map: LpmTrie::try_from(take("NETS_V4")?).context("map NETS_V4")?,
+                held: HashMap::new(),
+            },
+            nets_v6: Table {
+                map: LpmTrie::try_from(take("NETS_V6")?).context("map NETS_V6")?,
+                held: HashMap::new(),
+            },
+        })
+    }
+
+    /// Replace the kernel's indicators with `set`, atomically for the programs.
+    pub fn apply(&mut self, set: &IndicatorSet) -> anyhow::Result<Applied> {
+        let started = Instant::now();
+        let seed = self.config.seed;
+        let domains: HashMap<NameKey, u8> =
+            set.domains().map(|(d, b)| (name_key(d.as_bytes(), seed), bits(b))).collect();
+        let mut v4 = HashMap::new();
+        let mut v6 = HashMap::new();
+        for (addr, prefix, b) in set.kernel_nets() {
+            match addr {
+                IpAddr::V4(a) => {
+                    v4.insert((a.octets(), prefix as u32), bits(b));
+                }
+                IpAddr::V6(a) => {
+                    v6.insert((a.octets(), prefix as u32), bits(b));
+                }
+            }
+        }
+        let next = (1 - (self.config.generation & 1)) as usize;
+        let mut writes = self.domains.stage(&domains, next)?;
+        writes += self.nets_v4.stage(&v4, next)?;
+        writes += self.nets_v6.stage(&v6, next)?;
+        self.config.generation = next as u32;
+        self.config_map.set(0, self.config, 0).context("flip the indicator generation in CONFIG")?;
+        self.domains.settle(next)?;
+        self.nets_v4.settle(next)?;
+        self.nets_v6.settle(next)?;
+        Ok(Applied { writes, millis: started.elapsed().as_millis() })
+    }
+}

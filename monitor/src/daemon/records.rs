@@ -1,0 +1,67 @@
+//! Decoding ring-buffer records. A record of unknown kind or short length is counted, never trusted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use monitor_common::record::{
+    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_VERDICT,
+    KIND_WIRE, PayloadRecord, ProcessRecord, RecordHeader, SocketRecord, VerdictRecord, WireRecord,
+};
+
+pub enum Record {
+    Process(ProcessRecord),
+    Established(SocketRecord),
+    Failed(SocketRecord),
+    Closed(SocketRecord),
+    Payload(Box<PayloadRecord>),
+    Verdict(Box<VerdictRecord>),
+    Wire(Box<WireRecord>),
+}
+
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
+        return None;
+    }
+    // The kernel wrote a `T` (checked by kind and length); the ring buffer gives no alignment promise.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Option<Record> {
+    let header: RecordHeader = read(bytes)?;
+    Some(match header.kind {
+        KIND_PROCESS => Record::Process(read(bytes)?),
+        KIND_ESTABLISHED => Record::Established(read(bytes)?),
+        KIND_FAILED => Record::Failed(read(bytes)?),
+        KIND_CLOSED => Record::Closed(read(bytes)?),
+        KIND_PAYLOAD => Record::Payload(Box::new(read(bytes)?)),
+        KIND_VERDICT => Record::Verdict(Box::new(read(bytes)?)),
+        KIND_WIRE => Record::Wire(Box::new(read(bytes)?)),
+        _ => return None,
+    })
+}
+
+pub fn addr(family: u32, raw: [u32; 4]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::from(u32::from_be(raw[0])))
+    } else {
+        let mut bytes = [0u8; 16];
+        for (i, word) in raw.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        let v6 = Ipv6Addr::from(bytes);
+        // Report an IPv4-mapped peer as the IPv4 address it is.
+        v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+    }
+}
+
+pub fn local(e: &Endpoints) -> (IpAddr, u16) {
+    (addr(e.family, e.local_addr), e.local_port as u16)
+}
+
+pub fn remote(e: &Endpoints) -> (IpAddr, u16) {
+    (addr(e.family, e.remote_addr), e.remote_port as u16)
+}
+
+pub fn comm(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}

@@ -1,0 +1,85 @@
+//! Where events go: JSON lines to stdout or a file (flushed per event), and the embedded store.
+
+use std::{
+    fs::OpenOptions,
+    io::{BufWriter, Write},
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use monitor_core::event::DeviceEvent;
+
+pub struct Sink {
+    out: Box<dyn Write + Send>,
+    store: Option<EventStore>,
+    pub device_name: String,
+    next_report_id: u64,
+    pub emitted: u64,
+    pub write_errors: u64,
+}
+
+pub fn device_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl Sink {
+    pub fn open(events: &str, store: Option<EventStore>) -> anyhow::Result<Sink> {
+        let out: Box<dyn Write + Send> = if events == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            // Events name processes and destinations: not for every local user to read.
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(Path::new(events))
+                .with_context(|| format!("open the events file {events}"))?;
+            Box::new(BufWriter::new(file))
+        };
+        Ok(Sink { out, store, device_name: device_name(), next_report_id: 1, emitted: 0, write_errors: 0 })
+    }
+
+    pub fn next_report_id(&mut self) -> u64 {
+        let id = self.next_report_id;
+        self.next_report_id += 1;
+        id
+    }
+
+    pub fn emit(&mut self, event: &DeviceEvent) {
+        let line = event.to_json_line();
+        let ok = writeln!(self.out, "{line}").and_then(|_| self.out.flush()).is_ok();
+        if !ok {
+            self.write_errors += 1;
+        }
+        if let Some(store) = &self.store {
+            match serde_json::to_value(event) {
+                Ok(value) => store.send(&value),
+                Err(_) => self.write_errors += 1,
+            }
+        }
+        self.emitted += 1;
+    }
+
+    pub fn store(&self) -> Option<&EventStore> {
+        self.store.as_ref()
+    }
+
+    pub fn close(self) -> anyhow::Result<()> {
+        let Sink { mut out, store, .. } = self;
+        out.flush().context("flush events")?;
+        if let Some(store) = store {
+            store.close().context("close the event store")?;
+        }
+        Ok(())
+    }
+}
+
+/// The embedded store the events also go to.
+pub type EventStore = monitor_hunt::StoreWriter;
+
+pub fn open_store(path: &Path) -> anyhow::Result<EventStore> {
+    Ok(monitor_hunt::StoreWriter::open(path, monitor_hunt::Retention::default())?)
+}
