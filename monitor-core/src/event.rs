@@ -77,7 +77,10 @@ pub struct DeviceEvent {
 
 impl DeviceEvent {
     /// An event with the process fields filled from `process` (or null when there is none).
-    #[expect(clippy::too_many_arguments, reason = "one argument per Defender column; a builder would only rename them")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per Defender column; a builder would only rename them"
+    )]
     pub fn new(
         timestamp: String,
         device_name: String,
@@ -126,12 +129,7 @@ pub fn rfc3339_utc(unix_nanos: u128) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).

@@ -3,3 +3,6 @@
 //! It builds on any OS; the Linux daemon in `monitor` feeds it what the kernel programs capture.
 
 pub mod event;
+pub mod extract;
+pub mod policy;
+pub mod replay;

@@ -140,8 +140,8 @@ pub fn parse_list(path: &Path, text: &str) -> Result<Vec<Indicator>, IndicatorEr
 }
 
 pub fn read_list(path: &Path) -> Result<Vec<Indicator>, IndicatorError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| IndicatorError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| IndicatorError::Io { path: path.to_path_buf(), source })?;
     parse_list(path, &text)
 }
 
@@ -234,7 +234,12 @@ impl IndicatorSet {
             .iter()
             .filter(|(_, b)| pick(b))
             .map(|(d, _)| Indicator::Domain(d.clone()))
-            .chain(self.nets.iter().filter(|(_, b)| pick(b)).map(|((a, p), _)| Indicator::Net { addr: *a, prefix: *p }))
+            .chain(
+                self.nets
+                    .iter()
+                    .filter(|(_, b)| pick(b))
+                    .map(|((a, p), _)| Indicator::Net { addr: *a, prefix: *p }),
+            )
             .collect();
         out.sort();
         out
@@ -338,7 +343,10 @@ mod tests {
     #[test]
     fn case_and_trailing_dot_do_not_matter() {
         let s = set(&[], &["Example.COM."]);
-        assert_eq!(s.judge_host("WWW.EXAMPLE.com."), Decision::Blocked(Indicator::Domain("example.com".into())));
+        assert_eq!(
+            s.judge_host("WWW.EXAMPLE.com."),
+            Decision::Blocked(Indicator::Domain("example.com".into()))
+        );
     }
 
     #[test]

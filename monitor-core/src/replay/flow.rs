@@ -1,0 +1,282 @@
+//! One TCP connection in a capture: both byte streams reassembled by sequence number, fed to the
+//! inspectors in order, and the client told from the server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::decode::TcpSegment;
+use crate::extract::{FlowInspector, Inspection};
+
+/// Bytes of one direction that are reassembled and inspected; the inspector looks at no more.
+pub(crate) const STREAM_BUDGET: usize = crate::extract::INSPECTION_BUDGET;
+
+/// One direction of a TCP connection, put back in sequence order.
+#[derive(Debug, Default)]
+struct Stream {
+    /// The sequence number of the next byte to deliver; unknown until a SYN or the first data.
+    next_seq: Option<u32>,
+    /// Segments that arrived ahead of `next_seq`, by their first sequence number.
+    ahead: BTreeMap<u32, Vec<u8>>,
+    ahead_bytes: usize,
+    delivered: usize,
+    fin: bool,
+}
+
+impl Stream {
+    fn on_syn(&mut self, seq: u32) {
+        // A repeated SYN (retransmission) restates the same number.
+        self.next_seq.get_or_insert(seq.wrapping_add(1));
+    }
+
+    /// Accepts a segment's payload and returns the bytes that are now in order, if any.
+    fn on_data(&mut self, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let next = *self.next_seq.get_or_insert(seq);
+        let mut ready = Vec::new();
+        if self.delivered >= STREAM_BUDGET {
+            return ready;
+        }
+        // Signed distance, so that sequence numbers wrapping past 2^32 still order correctly.
+        let ahead_by = seq.wrapping_sub(next) as i32;
+        if ahead_by > 0 {
+            if self.ahead_bytes + payload.len() <= STREAM_BUDGET {
+                self.ahead_bytes += payload.len();
+                if let Some(old) = self.ahead.insert(seq, payload.to_vec()) {
+                    self.ahead_bytes -= old.len();
+                }
+            }
+            return ready;
+        }
+        self.take_in_order(ahead_by, payload, &mut ready);
+        // Segments held back may now follow on.
+        while let Some(next) = self.next_seq
+            && let Some(first) = self.ahead.keys().copied().find(|&s| s.wrapping_sub(next) as i32 <= 0)
+            && let Some(held) = self.ahead.remove(&first)
+        {
+            self.ahead_bytes -= held.len();
+            self.take_in_order(first.wrapping_sub(next) as i32, &held, &mut ready);
+        }
+        ready
+    }
+
+    /// Appends the part of a segment starting `-offset` bytes before `next_seq` that is new.
+    fn take_in_order(&mut self, offset: i32, payload: &[u8], ready: &mut Vec<u8>) {
+        let already = usize::try_from(offset.unsigned_abs()).unwrap_or(usize::MAX);
+        let Some(fresh) = payload.get(already..) else {
+            return;
+        };
+        let room = STREAM_BUDGET - self.delivered;
+        let fresh = &fresh[..fresh.len().min(room)];
+        if let Some(next) = &mut self.next_seq {
+            // The sequence space moves by the whole segment, including any bytes past the budget.
+            *next = next.wrapping_add((payload.len() - already) as u32);
+        }
+        self.delivered += fresh.len();
+        ready.extend_from_slice(fresh);
+    }
+
+    /// Data captured past a hole that never filled.
+    fn has_gap(&self) -> bool {
+        !self.ahead.is_empty()
+    }
+}
+
+/// Which end of the connection, by the first packet seen: `A` sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    A,
+    B,
+}
+
+impl End {
+    fn other(self) -> End {
+        match self {
+            End::A => End::B,
+            End::B => End::A,
+        }
+    }
+}
+
+/// A TCP connection seen in the capture.
+#[derive(Debug)]
+pub(crate) struct TcpFlow {
+    pub first_nanos: u128,
+    /// The end that sent the first packet seen.
+    pub a: SocketAddr,
+    pub b: SocketAddr,
+    /// The end that sent a SYN without ACK.
+    syn_from: Option<End>,
+    syn_seq: Option<u32>,
+    syn_ack_seen: bool,
+    first_payload_from: Option<End>,
+    rst: bool,
+    streams: [Stream; 2],
+    /// A's bytes as the client's.
+    a_as_client: FlowInspector,
+    /// B's bytes as the client's (a reverse proxy, or a capture without the SYN).
+    b_as_client: FlowInspector,
+}
+
+/// How a finished flow is reported.
+#[derive(Debug)]
+pub(crate) struct FlowReport {
+    pub first_nanos: u128,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub failed: bool,
+    pub inspection: Inspection,
+    /// The SYN sender's peer sent the request (reverse SOCKS and the like).
+    pub request_from_responder: bool,
+}
+
+impl TcpFlow {
+    pub fn new(first_nanos: u128, a: SocketAddr, b: SocketAddr) -> Self {
+        TcpFlow {
+            first_nanos,
+            a,
+            b,
+            syn_from: None,
+            syn_seq: None,
+            syn_ack_seen: false,
+            first_payload_from: None,
+            rst: false,
+            streams: [Stream::default(), Stream::default()],
+            a_as_client: FlowInspector::new(),
+            b_as_client: FlowInspector::new(),
+        }
+    }
+
+    /// Whether a SYN for this 4-tuple starts a new connection rather than repeating this one's.
+    pub fn is_new_connection(&self, segment: &TcpSegment<'_>) -> bool {
+        if !segment.syn || segment.ack {
+            return false;
+        }
+        let closed = self.rst || (self.streams[0].fin && self.streams[1].fin);
+        let other_isn = self.syn_seq.is_some_and(|isn| isn != segment.seq);
+        let data_without_syn = self.syn_seq.is_none() && self.first_payload_from.is_some();
+        closed || other_isn || data_without_syn
+    }
+
+    /// Both ends said goodbye (or one reset) and no held-back data can still be completed.
+    pub fn is_closed(&self) -> bool {
+        let ended = self.rst || (self.streams[0].fin && self.streams[1].fin);
+        ended && !self.streams.iter().any(Stream::has_gap)
+    }
+
+    pub fn on_segment(&mut self, segment: &TcpSegment<'_>) {
+        let from = if segment.src == self.a { End::A } else { End::B };
+        let index = from as usize;
+        if segment.syn {
+            self.streams[index].on_syn(segment.seq);
+            if segment.ack {
+                self.syn_ack_seen = true;
+            } else if self.syn_from.is_none() {
+                self.syn_from = Some(from);
+                self.syn_seq = Some(segment.seq);
+            }
+        }
+        self.rst |= segment.rst;
+        let data_seq = if segment.syn { segment.seq.wrapping_add(1) } else { segment.seq };
+        if !segment.payload.is_empty() {
+            self.first_payload_from.get_or_insert(from);
+            let ready = self.streams[index].on_data(data_seq, &segment.payload);
+            if !ready.is_empty() {
+                let (client_side, server_side) = match from {
+                    End::A => (&mut self.a_as_client, &mut self.b_as_client),
+                    End::B => (&mut self.b_as_client, &mut self.a_as_client),
+                };
+                client_side.client_bytes(&ready);
+                server_side.server_bytes(&ready);
+            }
+        }
+        self.streams[index].fin |= segment.fin;
+    }
+
+    /// Decides who the client was and what its bytes named.
+    pub fn report(mut self) -> FlowReport {
+        self.a_as_client.finish();
+        self.b_as_client.finish();
+        let inspector = |end| match end {
+            End::A => &self.a_as_client,
+            End::B => &self.b_as_client,
+        };
+        let (client, request_from_responder) = match self.syn_from {
+            // The SYN sender is the client; only if its bytes are no request we know and the peer's
+            // are, the request came from the responder (reverse SOCKS).
+            Some(syn_from) => {
+                let own = inspector(syn_from).inspection();
+                let peer = inspector(syn_from.other()).inspection();
+                let reverse = own.protocol.is_none() && score(peer) > score(own);
+                (syn_from, reverse)
+            }
+            // Without a SYN, the client is the end whose first payload reads as a request.
+            None => {
+                let first = self.first_payload_from.unwrap_or(End::A);
+                let other = first.other();
+                let pick = if score(inspector(other).inspection()) > score(inspector(first).inspection()) {
+                    other
+                } else {
+                    first
+                };
+                (pick, false)
+            }
+        };
+        let named_by = if request_from_responder { client.other() } else { client };
+        let (client_addr, server_addr) = match client {
+            End::A => (self.a, self.b),
+            End::B => (self.b, self.a),
+        };
+        let server_end = client.other();
+        let server_spoke =
+            self.streams[server_end as usize].delivered > 0 || self.streams[server_end as usize].has_gap();
+        let failed = self.syn_from.is_some() && !self.syn_ack_seen && !server_spoke;
+        FlowReport {
+            first_nanos: self.first_nanos,
+            client: client_addr,
+            server: server_addr,
+            failed,
+            inspection: inspector(named_by).inspection().clone(),
+            request_from_responder,
+        }
+    }
+}
+
+/// How much an end's bytes look like a client's request: a name beats a known protocol, which beats a
+/// broken one, which beats nothing.
+fn score(inspection: &Inspection) -> u8 {
+    match (inspection.remote_url().is_some(), inspection.protocol.is_some(), inspection.malformed.is_none()) {
+        (true, _, _) => 3,
+        (false, true, true) => 2,
+        (false, true, false) => 1,
+        (false, false, _) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_reorders_and_drops_retransmissions() {
+        let mut stream = Stream::default();
+        stream.on_syn(u32::MAX - 2);
+        let base = u32::MAX - 1;
+        // "world" arrives before "hello ", sequence numbers wrap past 2^32 in between.
+        assert!(stream.on_data(base.wrapping_add(6), b"world").is_empty());
+        assert_eq!(stream.on_data(base, b"hello "), b"hello world");
+        // A retransmission of old bytes, and one overlapping old and new ones.
+        assert!(stream.on_data(base, b"hello ").is_empty());
+        assert_eq!(stream.on_data(base.wrapping_add(9), b"ld!"), b"!");
+        assert!(!stream.has_gap());
+        stream.on_data(base.wrapping_add(100), b"late");
+        assert!(stream.has_gap());
+    }
+
+    #[test]
+    fn stream_stops_at_the_budget() {
+        let mut stream = Stream::default();
+        let chunk = vec![0u8; 40_000];
+        assert_eq!(stream.on_data(1, &chunk).len(), 40_000);
+        assert_eq!(stream.on_data(40_001, &chunk).len(), STREAM_BUDGET - 40_000);
+        assert!(stream.on_data(80_001, &chunk).is_empty());
+    }
+}
