@@ -162,7 +162,13 @@ fn emit(ctx: &TcContext, segment: &Segment, offset: u32, in_packet: u32, len: u3
         (*rec)._pad = 0;
         if len > 0 && len <= PAYLOAD_CHUNK as u32 {
             let from = segment.payload_off + in_packet;
-            if bpf_skb_load_bytes(ctx.skb.skb.cast(), from, (*rec).data.as_mut_ptr().cast(), len) == 0 {
+            // A volatile read hides what the compiler knows of `len`, so the bounds check below stays on
+            // the very register passed to the helper, where the verifier can see it.
+            let below = core::ptr::read_volatile(&(len - 1));
+            if below < PAYLOAD_CHUNK as u32
+                && bpf_skb_load_bytes(ctx.skb.skb.cast(), from, (*rec).data.as_mut_ptr().cast(), below + 1)
+                    == 0
+            {
                 (*rec).len = len;
             }
         }

@@ -1,1 +1,236 @@
-fn main(){}
+//! Project tasks: `cargo xtask run|build|test|setup|bench`. Each installs what it needs first and
+//! says what it is doing.
+
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the integration tests and benchmarks use as real peers.
+const TEST_PACKAGES: &[&str] = &[
+    "squid",
+    "tinyproxy",
+    "microsocks",
+    "nginx-light",
+    "curl",
+    "openssl",
+    "gnutls-bin",
+    "chromium",
+    "iproute2",
+    "ethtool",
+    "tshark",
+    "python3",
+];
+
+#[derive(Parser)]
+#[command(about = "Tasks for the monitor workspace")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces the kernel programs need (rust-src, bpf-linker).
+    Setup {
+        /// Also install the Debian packages the integration tests use.
+        #[arg(long)]
+        test_peers: bool,
+    },
+    /// Build everything; the daemon lands at target/release/monitor.
+    Build {
+        /// Cross-compile the daemon for another target (e.g. aarch64-unknown-linux-gnu).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Build and run `monitor run ARGS` in the foreground (as root).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: unit tests, then the network-namespace integration tests (as root).
+    Test,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn tools() -> PathBuf {
+    root().join(".tools")
+}
+
+fn step(message: &str) {
+    eprintln!("xtask: {message}");
+}
+
+/// Run a command, failing with its full command line.
+fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let line = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("start {line}"))?;
+    if !out.status.success() {
+        bail!("{line} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// PATH with the project's tools first, so aya-build finds bpf-linker.
+fn path_with_tools() -> std::ffi::OsString {
+    let mut paths = vec![tools().join("bin")];
+    if let Some(p) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&p));
+    }
+    env::join_paths(paths).unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root()).env("PATH", path_with_tools());
+    cmd
+}
+
+fn setup_toolchain() -> anyhow::Result<()> {
+    step("checking the nightly toolchain's rust-src (needed to build core for the BPF target)");
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .context("rustup is needed, with a nightly toolchain")?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("installing rust-src for nightly");
+        exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = tools().join("bin/bpf-linker");
+    if linker.exists() {
+        step(&format!("bpf-linker found at {}", linker.display()));
+        return Ok(());
+    }
+    // bpf-linker links against LLVM; the nightly toolchain ships its own libLLVM, so no system LLVM is needed.
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let verbose = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    let major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("rustc +nightly -vV shows no LLVM version")?
+        .to_string();
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&lib)
+        .with_context(|| format!("read {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with("libLLVM") && n.contains(".so"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    let prefix = tools().join("llvm");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link).with_context(|| format!("link {}", link.display()))?;
+    step(&format!(
+        "building bpf-linker 0.13 against the nightly toolchain's LLVM {major} (once; about a minute)"
+    ));
+    exec(
+        Command::new("cargo")
+            .args(["+nightly", "install", "--root"])
+            .arg(tools())
+            .args(["bpf-linker", "--version", "~0.13", "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+fn setup_test_peers() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect();
+    if missing.is_empty() {
+        step("test peers installed (squid, tinyproxy, microsocks, nginx, curl, chromium, ...)");
+        return Ok(());
+    }
+    step(&format!("installing Debian packages for the integration tests: {}", missing.join(" ")));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn build(target: Option<&str>) -> anyhow::Result<()> {
+    setup_toolchain()?;
+    step("building the workspace (kernel programs through aya-build, then the daemon)");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "-p", "monitor"]);
+    if let Some(target) = target {
+        cmd.args(["--target", target]);
+    }
+    exec(&mut cmd)?;
+    let bin = match target {
+        Some(t) => root().join("target").join(t).join("release/monitor"),
+        None => root().join("target/release/monitor"),
+    };
+    step(&format!("daemon built: {}", bin.display()));
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup { test_peers } => {
+            setup_toolchain()?;
+            if test_peers {
+                setup_test_peers()?;
+            }
+            Ok(())
+        }
+        Task::Build { target } => build(target.as_deref()),
+        Task::Run { args } => {
+            build(None)?;
+            let bin = root().join("target/release/monitor");
+            step(&format!("running {} run {}", bin.display(), args.join(" ")));
+            use std::os::unix::process::CommandExt as _;
+            let err = Command::new(&bin).arg("run").args(&args).exec();
+            Err(err).with_context(|| format!("exec {}", bin.display()))
+        }
+        Task::Test => {
+            setup_toolchain()?;
+            setup_test_peers()?;
+            build(None)?;
+            step("unit tests, parser tests and the capture corpus");
+            exec(cargo().args(["test", "--release", "--workspace", "--exclude", "tests"]))?;
+            step("integration tests in network namespaces (real proxies, clients and kernel programs)");
+            exec(
+                cargo()
+                    .args(["test", "--release", "-p", "tests"])
+                    .env("MONITOR_BIN", root().join("target/release/monitor")),
+            )
+        }
+    }
+}

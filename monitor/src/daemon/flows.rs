@@ -38,6 +38,8 @@ const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1500);
 /// After a CONNECT or SOCKS request: how long to wait for the tunnel's first bytes (the proxy must
 /// answer first).
 const TUNNEL_WAIT: Duration = Duration::from_millis(1500);
+/// How long a named connection waits for the kernel's verdict record before it is reported anyway.
+const VERDICT_GRACE: Duration = Duration::from_millis(250);
 /// Reported flows whose close was never seen are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 const WIRE_REORDER_MAX: usize = 64;
@@ -240,13 +242,10 @@ impl Flows {
         flow.inspector.client_bytes(&rec.data[..len]);
         flow.next_offset += len as u32;
         flow.touched = Instant::now();
-        if flow.inspector.is_complete() {
-            if !flow.reported && !flow.blocked {
-                self.report_success(cookie, sink);
-            }
-        } else {
-            flow.deadline = Some(Instant::now() + TUNNEL_WAIT);
-        }
+        // The kernel's verdict on these bytes follows them in the ring buffer: the success is reported
+        // when it arrives (a blocked connection reports no success), or after a grace period if it was lost.
+        flow.deadline =
+            Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
     }
 
     pub fn on_verdict(&mut self, rec: &VerdictRecord, set: &IndicatorSet, sink: &mut Sink) {
@@ -271,9 +270,11 @@ impl Flows {
         flow.verdicts.push(verdict);
         if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
             flow.blocked = true;
-        } else if rec.last != 0 && !flow.reported {
-            // The kernel has seen all it will look at: what we have is the answer.
-            flow.inspector.finish();
+        } else if (rec.last != 0 || flow.inspector.is_complete()) && !flow.reported {
+            // The kernel has judged what named the target: what we have is the answer.
+            if rec.last != 0 {
+                flow.inspector.finish();
+            }
             self.report_success(cookie, sink);
         }
     }

@@ -1,10 +1,6 @@
 //! Loading and attaching the kernel programs, and the maps user space writes.
 
-use std::{
-    fs::File,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
-};
+use std::{fs::File, os::fd::AsFd as _, path::PathBuf};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -45,6 +41,15 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
             (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
         })
         .context("no cgroup2 file system is mounted: the monitor attaches to cgroup v2 (mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup`)")
+}
+
+/// The interface exists in this network namespace (/sys may show another one under nsenter).
+pub fn check_iface(iface: &str) -> anyhow::Result<()> {
+    let name = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        bail!("no network interface named {iface:?} in this network namespace (see `ip link`)");
+    }
+    Ok(())
 }
 
 impl Kernel {
@@ -113,9 +118,7 @@ impl Kernel {
         prog.load().context("load wire_ingress (tc classifier)")?;
         let mut attached = Vec::new();
         for iface in ifaces {
-            if !Path::new("/sys/class/net").join(iface).exists() {
-                bail!("no network interface named {iface:?} (see `ip link`)");
-            }
+            check_iface(iface)?;
             // Links are independent of each other: Single only forbids the legacy multi-attach flag.
             // Already present is fine; tcx (6.6+) does not need it at all.
             let _ = tc::qdisc_add_clsact(iface);

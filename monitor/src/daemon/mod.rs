@@ -82,9 +82,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for iface in &args.ifaces {
-        if !std::path::Path::new("/sys/class/net").join(iface).exists() {
-            bail!("no network interface named {iface:?} (see `ip link`)");
-        }
+        kernel::check_iface(iface)?;
     }
     let mode = match args.mode {
         Mode::Off => MODE_OFF,

@@ -1,0 +1,153 @@
+//! The daemon under test: `monitor run` started with its events in a file, stopped on drop.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn monitor_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MONITOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("target/release/monitor")
+}
+
+pub struct Monitor {
+    child: Child,
+    pub events_path: PathBuf,
+    pub store_path: PathBuf,
+    pub control: PathBuf,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Monitor {
+    /// Start `monitor run ARGS` (plus events, store and control paths under `dir`), optionally inside a
+    /// network namespace, and wait until it says it is ready.
+    pub fn start(dir: &std::path::Path, name: &str, netns: Option<&str>, args: &[String]) -> Monitor {
+        let events_path = dir.join(format!("{name}-events.jsonl"));
+        let store_path = dir.join(format!("{name}-events.db"));
+        let control = dir.join(format!("{name}-control.sock"));
+        let _ = fs::remove_file(&events_path);
+        let bin = monitor_bin();
+        assert!(bin.exists(), "no monitor binary at {} (run `cargo xtask build`)", bin.display());
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("run")
+            .args(args)
+            .arg("--events")
+            .arg(&events_path)
+            .arg("--store")
+            .arg(&store_path)
+            .arg("--control")
+            .arg(&control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().expect("stderr pipe");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("  [monitor] {line}");
+                sink.lock().expect("stderr lock").push_str(&(line + "\n"));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if stderr.lock().expect("stderr lock").contains("ready") {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("monitor exited ({status}) before it was ready:\n{}", stderr.lock().expect("lock"));
+            }
+            assert!(Instant::now() < deadline, "monitor not ready after 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Monitor { child, events_path, store_path, control, stderr }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        fs::read_to_string(&self.events_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Wait (up to `secs`) for events matching `pred`; returns all matching.
+    pub fn wait_events(&self, secs: u64, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let found: Vec<Value> = self.events().into_iter().filter(|e| pred(e)).collect();
+            if !found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Run a `monitor` subcommand against this daemon's control socket.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(monitor_bin())
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap_or_else(|e| panic!("run monitor {args:?}: {e}"))
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait monitor");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Events of one client process.
+pub fn of_pid(events: &[Value], pid: u32) -> Vec<Value> {
+    events.iter().filter(|e| e["InitiatingProcessId"] == pid).cloned().collect()
+}

@@ -1,0 +1,520 @@
+//! End-to-end tests: real proxies (squid, tinyproxy, microsocks), real clients (curl, openssl,
+//! chromium) in network namespaces, the monitor's kernel programs attached to the clients' cgroup.
+//! One test bed serves every case; each case asserts on the events of its own client process.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::{
+    Bed, Cgroup, ClientRun, Monitor, Runner,
+    bed::{ORIGIN_V4, ORIGIN2_V4, ROUTER_V4, ROUTER_V6, SOCKS_PORT, SQUID_PORT, TINYPROXY_PORT},
+    client,
+    monitor::of_pid,
+};
+
+const SQUID: &str = "http://10.200.1.1:3128";
+const TINYPROXY: &str = "http://10.200.1.1:8888";
+const SOCKS: &str = "10.200.1.1:1080";
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn curl(bed: &Bed, cg: &Cgroup, args: &[&str]) -> ClientRun {
+    let mut argv =
+        vec!["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"];
+    let cert = bed.cert();
+    argv.push(cert.to_str().expect("utf-8 path"));
+    argv.extend_from_slice(args);
+    client(cg, &bed.client_ns, &argv, TIMEOUT)
+}
+
+fn describe(events: &[Value]) -> String {
+    events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// The ConnectionSuccess of `run`'s process to `remote`, naming `url`.
+fn expect_success(mon: &Monitor, run: &ClientRun, remote: (&str, u16), url: &str, file_name: &str) -> Value {
+    let found = mon.wait_events(10, |e| {
+        e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == url
+    });
+    let all = of_pid(&mon.events(), run.pid);
+    assert!(
+        !found.is_empty(),
+        "no ConnectionSuccess naming {url} for pid {} ({run:?}); its events:\n{}",
+        run.pid,
+        describe(&all)
+    );
+    let e = &found[0];
+    assert_eq!(e["Table"], "DeviceNetworkEvents");
+    assert_eq!(e["RemoteIP"], remote.0, "RemoteIP: {e}");
+    assert_eq!(e["RemotePort"], remote.1, "RemotePort: {e}");
+    assert_eq!(e["InitiatingProcessFileName"], file_name, "InitiatingProcessFileName: {e}");
+    assert_eq!(e["Protocol"], "Tcp");
+    assert!(e["LocalPort"].as_u64().unwrap_or(0) > 0, "LocalPort: {e}");
+    assert!(e["Timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "Timestamp: {e}");
+    e.clone()
+}
+
+fn audit_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("audit");
+    let Some(mon) = r.setup("audit_monitor_starts", || {
+        Monitor::start(&bed.dir, "audit", None, &["--cgroup".into(), cg.path.display().to_string()])
+    }) else {
+        return;
+    };
+
+    r.case("squid_connect_names_target_and_process", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        assert!(run.ok(), "curl through squid failed: {run:?}");
+        let e = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+        assert_eq!(e["AdditionalFields"]["ConnectHost"], "origin.test", "{e}");
+        assert_eq!(e["AdditionalFields"]["Sni"], "origin.test", "the tunnel's ClientHello: {e}");
+        assert_eq!(e["AdditionalFields"]["DomainFronting"], false, "{e}");
+        assert!(
+            e["InitiatingProcessCommandLine"].as_str().is_some_and(|c| c.contains("https://origin.test/")),
+            "{e}"
+        );
+        assert_eq!(e["InitiatingProcessAccountName"], "root");
+    });
+    r.case("squid_absolute_form_names_url", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "http://origin.test/index.html"]);
+        assert!(run.ok(), "curl through squid failed: {run:?}");
+        let e = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "http://origin.test/index.html", "curl");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "AbsoluteForm");
+    });
+    r.case("tinyproxy_connect_and_absolute_form", || {
+        let run = curl(bed, &cg, &["-x", TINYPROXY, "https://other.test/"]);
+        assert!(run.ok(), "curl through tinyproxy failed: {run:?}");
+        expect_success(&mon, &run, (ROUTER_V4, TINYPROXY_PORT), "other.test", "curl");
+        let run = curl(bed, &cg, &["-x", TINYPROXY, "http://other.test/"]);
+        assert!(run.ok(), "curl through tinyproxy failed: {run:?}");
+        expect_success(&mon, &run, (ROUTER_V4, TINYPROXY_PORT), "http://other.test/", "curl");
+    });
+    r.case("microsocks_socks5_hostname", || {
+        let run = curl(bed, &cg, &["--socks5-hostname", SOCKS, "https://origin.test/"]);
+        assert!(run.ok(), "curl through microsocks failed: {run:?}");
+        let e = expect_success(&mon, &run, (ROUTER_V4, SOCKS_PORT), "origin.test", "curl");
+        assert_eq!(e["AdditionalFields"]["SocksHost"], "origin.test", "{e}");
+    });
+    r.case("direct_tls_sni", || {
+        let run =
+            curl(bed, &cg, &["--resolve", &format!("origin.test:443:{ORIGIN_V4}"), "https://origin.test/"]);
+        assert!(run.ok(), "direct curl failed: {run:?}");
+        let e = expect_success(&mon, &run, (ORIGIN_V4, 443), "origin.test", "curl");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "TlsSni", "{e}");
+    });
+    r.case("plain_http_host_header", || {
+        let run = curl(bed, &cg, &["-H", "Host: other.test", &format!("http://{ORIGIN_V4}/")]);
+        assert!(run.ok(), "direct curl failed: {run:?}");
+        let e = expect_success(&mon, &run, (ORIGIN_V4, 80), "other.test", "curl");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "HttpHost", "{e}");
+    });
+    r.case("ipv6_squid_connect", || {
+        let proxy = format!("http://[{ROUTER_V6}]:{SQUID_PORT}");
+        let run = curl(bed, &cg, &["-x", &proxy, "https://v6.test/"]);
+        assert!(run.ok(), "curl through squid over IPv6 failed: {run:?}");
+        expect_success(&mon, &run, (ROUTER_V6, SQUID_PORT), "v6.test", "curl");
+    });
+    r.case("connection_failed_is_reported", || {
+        let run = curl(bed, &cg, &[&format!("http://{ORIGIN_V4}:9/")]);
+        assert!(!run.ok(), "nothing listens on port 9: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionFailed"
+        });
+        assert!(!found.is_empty(), "no ConnectionFailed: {}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["RemoteIP"], ORIGIN_V4);
+        assert_eq!(found[0]["RemotePort"], 9);
+    });
+    r.case("chromium_through_squid", || {
+        let profile = bed.dir.join("chromium-profile");
+        let proxy = format!("--proxy-server={SQUID}");
+        let profile_arg = format!("--user-data-dir={}", profile.display());
+        let run = client(
+            &cg,
+            &bed.client_ns,
+            &[
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--ignore-certificate-errors",
+                &proxy,
+                &profile_arg,
+                "--dump-dom",
+                "https://origin.test/",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["ActionType"] == "ConnectionSuccess"
+                && e["RemoteUrl"] == "origin.test"
+                && e["RemotePort"] == SQUID_PORT
+                && e["InitiatingProcessFileName"].as_str().is_some_and(|n| n.contains("chrom"))
+        });
+        assert!(!found.is_empty(), "no event names chromium and origin.test:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["RemoteIP"], ROUTER_V4);
+    });
+    let _ = ORIGIN2_V4;
+    drop(mon);
+}
+
+/// Gateway mode: the monitor runs in the router namespace with TC on the client-facing interface;
+/// the client's traffic is forwarded, no local socket sends it.
+fn gateway_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("gateway-empty");
+    let clients = Cgroup::new("gateway-clients");
+    let Some(mon) = r.setup("gateway_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "gateway",
+            Some(&bed.router_ns),
+            &[
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--iface".into(),
+                bed.router_client_if.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    r.case("gateway_tc_names_forwarded_flow", || {
+        let run = curl(
+            bed,
+            &clients,
+            &["--resolve", &format!("other.test:443:{ORIGIN_V4}"), "https://other.test/"],
+        );
+        assert!(run.ok(), "forwarded curl failed: {run:?}");
+        let found = mon.wait_events(10, |e| e["RemoteUrl"] == "other.test" && e["RemoteIP"] == ORIGIN_V4);
+        assert!(!found.is_empty(), "no event for the forwarded flow:\n{}", describe(&mon.events()));
+        let e = &found[0];
+        assert_eq!(e["ActionType"], "ConnectionSuccess");
+        assert_eq!(e["RemotePort"], 443);
+        assert_eq!(e["LocalIP"], "10.200.1.2");
+        assert_eq!(e["InitiatingProcessId"], Value::Null, "no process on the wire: {e}");
+        assert_eq!(e["AdditionalFields"]["SeenOn"], "tc");
+        assert_eq!(found.len(), 1, "reported once: {}", describe(&found));
+    });
+    drop(mon);
+}
+
+const BLOCK_LIST: &str = "# test block list\nblocked.test\n10.200.2.3\nfd00:200:2::/64\n";
+const ALLOW_LIST: &str = "ok.blocked.test\n";
+
+fn write_lists(bed: &Bed, name: &str) -> (String, String) {
+    let block = bed.dir.join(format!("{name}-block.txt"));
+    let allow = bed.dir.join(format!("{name}-allow.txt"));
+    std::fs::write(&block, BLOCK_LIST).expect("write block list");
+    std::fs::write(&allow, ALLOW_LIST).expect("write allow list");
+    (block.display().to_string(), allow.display().to_string())
+}
+
+/// A protection event (Blocked or Audited) of `run`'s process naming `target`.
+fn expect_protection(mon: &Monitor, run: &ClientRun, action: &str, target: &str) -> Value {
+    let found = mon.wait_events(10, |e| {
+        e["InitiatingProcessId"] == run.pid && e["ActionType"] == action && e["RemoteUrl"] == target
+    });
+    assert!(
+        !found.is_empty(),
+        "no {action} naming {target} for pid {} ({run:?}); its events:\n{}",
+        run.pid,
+        describe(&of_pid(&mon.events(), run.pid))
+    );
+    let e = found[0].clone();
+    assert_eq!(e["Table"], "DeviceEvents");
+    assert_eq!(e["InitiatingProcessFileName"], "curl", "{e}");
+    assert_eq!(e["AdditionalFields"]["ResponseCategory"], "CustomBlockList", "{e}");
+    assert_eq!(e["AdditionalFields"]["IsAudit"], action.ends_with("Audited"), "{e}");
+    e
+}
+
+/// Blocked: the client fails within a second, the event names process and target, and the proxy never
+/// saw the name.
+fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, proxy_log: &dyn Fn() -> String) {
+    assert!(!run.ok(), "the client should have failed: {run:?}");
+    assert!(
+        run.elapsed < Duration::from_secs(1),
+        "the client must fail at once, took {:?}: {run:?}",
+        run.elapsed
+    );
+    let e = expect_protection(mon, run, "ExploitGuardNetworkProtectionBlocked", target);
+    assert!(e["AdditionalFields"]["MatchedIndicator"].as_str().is_some(), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = proxy_log();
+    assert!(!log.contains(target), "the proxy saw {target}:\n{log}");
+    let successes = of_pid(&mon.events(), run.pid)
+        .into_iter()
+        .filter(|e| e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == target)
+        .count();
+    assert_eq!(successes, 0, "a blocked connection must not also report ConnectionSuccess for its target");
+    let _ = bed;
+}
+
+fn block_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("block");
+    let (block, allow) = write_lists(bed, "block");
+    let Some(mon) = r.setup("block_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "block",
+            None,
+            &[
+                "--mode".into(),
+                "block".into(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--block".into(),
+                block.clone(),
+                "--allow".into(),
+                allow.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    let squid_log = || bed.squid_log();
+    let tiny_log = || bed.tinyproxy_log();
+    let nginx_log = || bed.nginx_log();
+    r.case("block_squid_connect", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "blocked.test", &squid_log);
+    });
+    r.case("block_tinyproxy_connect", || {
+        let run = curl(bed, &cg, &["-x", TINYPROXY, "https://blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "blocked.test", &tiny_log);
+    });
+    r.case("block_absolute_form", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "http://blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "blocked.test", &squid_log);
+    });
+    r.case("block_socks5", || {
+        let run = curl(bed, &cg, &["--socks5-hostname", SOCKS, "https://a.blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "a.blocked.test", &nginx_log);
+    });
+    r.case("block_direct_tls_sni", || {
+        let run =
+            curl(bed, &cg, &["--resolve", &format!("blocked.test:443:{ORIGIN_V4}"), "https://blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "blocked.test", &nginx_log);
+    });
+    r.case("block_subdomain", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://a.blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "a.blocked.test", &squid_log);
+    });
+    r.case("block_allowed_subdomain_works", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://ok.blocked.test/"]);
+        assert!(run.ok(), "an allow-listed subdomain must work: {run:?}");
+        expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "ok.blocked.test", "curl");
+    });
+    r.case("block_unrelated_name_works", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        assert!(run.ok(), "an unrelated name must work: {run:?}");
+        expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+    });
+    r.case("block_ip_indicator_at_connect", || {
+        let run = curl(bed, &cg, &[&format!("http://{ORIGIN2_V4}/")]);
+        assert!(!run.ok() && run.elapsed < Duration::from_secs(1), "connect() must fail at once: {run:?}");
+        let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", ORIGIN2_V4);
+        assert_eq!(e["AdditionalFields"]["MatchedIndicator"], ORIGIN2_V4, "{e}");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "RemoteIp", "{e}");
+    });
+    r.case("block_cidr_indicator_at_connect", || {
+        let run = curl(bed, &cg, &["-g", "http://[fd00:200:2::2]/"]);
+        assert!(!run.ok() && run.elapsed < Duration::from_secs(1), "connect() must fail at once: {run:?}");
+        let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", "fd00:200:2::2");
+        assert_eq!(e["AdditionalFields"]["MatchedIndicator"], "fd00:200:2::/64", "{e}");
+    });
+    r.case("block_chromium", || {
+        let profile = bed.dir.join("chromium-block");
+        let proxy = format!("--proxy-server={SQUID}");
+        let profile_arg = format!("--user-data-dir={}", profile.display());
+        let run = client(
+            &cg,
+            &bed.client_ns,
+            &[
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--ignore-certificate-errors",
+                &proxy,
+                &profile_arg,
+                "--dump-dom",
+                "https://a.blocked.test/",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(!run.stdout.contains("origin ok"), "chromium must not load the blocked page: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+                && e["RemoteUrl"] == "a.blocked.test"
+                && e["InitiatingProcessFileName"].as_str().is_some_and(|n| n.contains("chrom"))
+        });
+        assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
+        assert!(!bed.squid_log().contains("a.blocked.test"), "squid saw the blocked name");
+    });
+    r.case("block_runtime_indicators_add_remove_list", || {
+        let out = mon.ctl(&["indicators", "add", "block", "later.test"]);
+        assert!(out.status.success(), "indicators add: {}", String::from_utf8_lossy(&out.stderr));
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        expect_blocked(bed, &mon, &run, "later.test", &squid_log);
+        let out = mon.ctl(&["indicators", "list", "block"]);
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(listed.contains("later.test") && listed.contains("blocked.test"), "list: {listed}");
+        let out = mon.ctl(&["indicators", "remove", "block", "later.test"]);
+        assert!(out.status.success(), "indicators remove: {}", String::from_utf8_lossy(&out.stderr));
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        assert!(run.ok(), "removed indicator must no longer block: {run:?}");
+        let out = mon.ctl(&["indicators", "add", "block", "not a domain!"]);
+        assert!(!out.status.success(), "a bad indicator must be refused");
+    });
+    r.case("block_file_reload_keeps_running_download", || {
+        let out = bed.dir.join("download.bin");
+        let out_arg = out.display().to_string();
+        let cert = bed.cert().display().to_string();
+        let procs = cg.path.join("cgroup.procs");
+        // A download of about six seconds through squid, started before the indicator exists.
+        let mut download = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"cg=$1; ns=$2; shift 2; echo $$ > "$cg" && exec nsenter --net="$ns" -- "$@""#)
+            .arg("sh")
+            .arg(&procs)
+            .arg(Bed::netns_path(&bed.client_ns))
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "--cacert",
+                &cert,
+                "-x",
+                SQUID,
+                "-o",
+                &out_arg,
+                "https://front.test/big.bin",
+            ])
+            .spawn()
+            .expect("start download");
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::write(&block, format!("{BLOCK_LIST}front.test\n")).expect("append to block list");
+        std::thread::sleep(Duration::from_millis(1000));
+        let run = curl(bed, &cg, &["-x", SQUID, "https://front.test/"]);
+        expect_blocked(bed, &mon, &run, "front.test", &|| String::new());
+        let status = download.wait().expect("wait download");
+        assert!(status.success(), "the running download must complete: {status}");
+        assert_eq!(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0), 24 << 20, "complete file");
+        // A malformed file is refused and the previous set stays.
+        std::fs::write(&block, "front.test\nthis is not valid\n").expect("write bad list");
+        std::thread::sleep(Duration::from_millis(1000));
+        assert!(mon.stderr().contains("keeping the previous set"), "the daemon says why: {}", mon.stderr());
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(!run.ok(), "the previous set (with blocked.test) must still hold: {run:?}");
+        std::fs::write(&block, BLOCK_LIST).expect("restore block list");
+    });
+    drop(mon);
+}
+
+fn audit_mode_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("auditmode");
+    let (block, allow) = write_lists(bed, "auditmode");
+    let Some(mon) = r.setup("audit_mode_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "auditmode",
+            None,
+            &[
+                "--mode".into(),
+                "audit".into(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--block".into(),
+                block.clone(),
+                "--allow".into(),
+                allow.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    r.case("audit_mode_reports_and_connects", || {
+        for (args, target) in [
+            (vec!["-x", SQUID, "https://blocked.test/"], "blocked.test"),
+            (vec!["-x", TINYPROXY, "https://a.blocked.test/"], "a.blocked.test"),
+            (vec!["--socks5-hostname", SOCKS, "https://blocked.test/"], "blocked.test"),
+        ] {
+            let run = curl(bed, &cg, &args);
+            assert!(run.ok(), "audit mode blocks nothing: {run:?}");
+            let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionAudited", target);
+            assert_eq!(e["AdditionalFields"]["MatchedIndicator"], "blocked.test", "{e}");
+            expect_success(&mon, &run, (ROUTER_V4, run_port(&args)), target, "curl");
+        }
+        let run = curl(bed, &cg, &[&format!("http://{ORIGIN2_V4}/")]);
+        assert!(run.ok(), "audit mode lets the IP indicator's connection through: {run:?}");
+        expect_protection(&mon, &run, "ExploitGuardNetworkProtectionAudited", ORIGIN2_V4);
+    });
+    drop(mon);
+
+    let cg = Cgroup::new("offmode");
+    let Some(mon) = r.setup("off_mode_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "offmode",
+            None,
+            &[
+                "--mode".into(),
+                "off".into(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--block".into(),
+                block.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    r.case("off_mode_connection_events_only", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(run.ok(), "off mode blocks nothing: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess"
+        });
+        assert!(!found.is_empty(), "off mode still reports connections");
+        assert_eq!(found[0]["RemoteUrl"], "", "off mode does not inspect payload: {}", found[0]);
+        std::thread::sleep(Duration::from_millis(300));
+        let inspected =
+            of_pid(&mon.events(), run.pid).into_iter().filter(|e| e["Table"] == "DeviceEvents").count();
+        assert_eq!(inspected, 0, "off mode emits no protection events");
+    });
+    drop(mon);
+}
+
+fn run_port(args: &[&str]) -> u16 {
+    if args.contains(&SQUID) {
+        SQUID_PORT
+    } else if args.contains(&TINYPROXY) {
+        TINYPROXY_PORT
+    } else {
+        SOCKS_PORT
+    }
+}
+
+fn main() {
+    if !tests::require_root() {
+        println!("0 passed, 0 failed");
+        return;
+    }
+    let mut r = Runner::new();
+    let bed = Bed::new();
+    audit_cases(&mut r, &bed);
+    gateway_cases(&mut r, &bed);
+    block_cases(&mut r, &bed);
+    audit_mode_cases(&mut r, &bed);
+    drop(bed);
+    r.finish();
+}
