@@ -23,6 +23,18 @@ pub enum Command {
     Indicators(IndicatorsArgs),
     /// Show what the running daemon is doing.
     Status(ControlArgs),
+    /// Run the same extraction over a packet capture (pcap or pcapng) and print the same events
+    /// (without process fields). Needs no kernel and runs on any OS.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// The capture file.
+    pub file: PathBuf,
+    /// Where events go: a file path, or - for stdout.
+    #[arg(long, value_name = "PATH|-", default_value = "-")]
+    pub events: String,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -118,6 +130,7 @@ pub enum ListArg {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Replay(args) => crate::replay::run(&args),
         #[cfg(target_os = "linux")]
         Command::Run(args) => crate::daemon::run(args),
         #[cfg(target_os = "linux")]

@@ -3,6 +3,7 @@
 mod cli;
 #[cfg(target_os = "linux")]
 mod daemon;
+mod replay;
 
 use clap::Parser as _;
 
