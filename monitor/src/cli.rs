@@ -26,6 +26,10 @@ pub enum Command {
     /// Run the same extraction over a packet capture (pcap or pcapng) and print the same events
     /// (without process fields). Needs no kernel and runs on any OS.
     Replay(ReplayArgs),
+    /// Run a KQL query over the stored DeviceNetworkEvents and DeviceEvents.
+    Hunt(monitor_hunt::cli::HuntArgs),
+    /// The device timeline, newest first (or a self-contained HTML page with --html).
+    Timeline(monitor_hunt::cli::TimelineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +135,12 @@ pub enum ListArg {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay(args) => crate::replay::run(&args),
+        Command::Hunt(args) => {
+            monitor_hunt::cli::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Timeline(args) => {
+            monitor_hunt::cli::timeline(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
         #[cfg(target_os = "linux")]
         Command::Run(args) => crate::daemon::run(args),
         #[cfg(target_os = "linux")]

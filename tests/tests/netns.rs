@@ -157,8 +157,37 @@ fn audit_cases(r: &mut Runner, bed: &Bed) {
         assert!(!found.is_empty(), "no event names chromium and origin.test:\n{}", describe(&mon.events()));
         assert_eq!(found[0]["RemoteIP"], ROUTER_V4);
     });
-    let _ = ORIGIN2_V4;
-    drop(mon);
+    let store = mon.store_path.clone();
+    r.case("sigterm_flushes_and_exits_zero", || {
+        let status = mon.stop();
+        assert!(status.success(), "monitor run exits 0 on SIGTERM: {status}");
+    });
+    r.case("hunt_seed_queries_over_live_events", || {
+        let hunt = |query: &str| -> Vec<Value> {
+            let out = std::process::Command::new(tests::monitor::monitor_bin())
+                .args(["hunt", "--format", "json", "--store"])
+                .arg(&store)
+                .arg(query)
+                .output()
+                .expect("run monitor hunt");
+            assert!(out.status.success(), "monitor hunt {query}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON row")).collect()
+        };
+        let rows = hunt(r#"DeviceNetworkEvents
+| where ActionType == "ConnectionSuccess"
+| take 10"#);
+        assert_eq!(rows.len(), 10, "{rows:?}");
+        let rows = hunt(r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" and RemoteIP == "10.200.1.1" | project RemoteIP, RemotePort, RemoteUrl, InitiatingProcessFileName"#);
+        assert!(
+            rows.iter().any(|r| r["RemoteUrl"] == "origin.test" && r["RemotePort"] == SQUID_PORT && r["InitiatingProcessFileName"] == "curl"),
+            "the proxied connections with their real targets: {rows:?}"
+        );
+        let rows = hunt(r#"DeviceNetworkEvents
+| where ActionType == "ConnectionSuccess" and RemoteIP != "10.200.1.1"
+| take 10"#);
+        assert!(!rows.is_empty() && rows.iter().all(|r| r["RemoteIP"] != "10.200.1.1"), "{rows:?}");
+        assert!(rows.iter().any(|r| r["RemoteIP"] == ORIGIN_V4 && r["RemoteUrl"] == "origin.test"), "direct ones: {rows:?}");
+    });
 }
 
 /// Gateway mode: the monitor runs in the router namespace with TC on the client-facing interface;

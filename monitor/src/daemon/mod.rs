@@ -34,8 +34,6 @@ use policy::KernelPolicy;
 use records::Record;
 use sink::Sink;
 
-/// Where events are kept for `monitor hunt` unless `--store` says otherwise.
-pub const DEFAULT_STORE: &str = "/var/lib/monitor/events.db";
 const TICK: Duration = Duration::from_millis(100);
 const FILE_POLL: Duration = Duration::from_millis(250);
 
@@ -98,7 +96,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = match args.store.as_deref() {
         Some(p) if p.as_os_str() == "none" => None,
         other => {
-            let path = other.map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_STORE));
+            let path = other.map(PathBuf::from).unwrap_or_else(monitor_hunt::default_store_path);
             let writer = sink::open_store(&path)
                 .with_context(|| format!("open the event store {}", path.display()))?;
             Some((path, writer))

@@ -1,0 +1,164 @@
+//! The `monitor hunt` and `monitor timeline` subcommands: the daemon's binary flattens these arguments
+//! into its clap parser and calls [`hunt`] or [`timeline`] with stdout.
+
+use std::fs::OpenOptions;
+use std::io::{self, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::kql;
+use crate::output::{write_csv, write_json_lines, write_table};
+use crate::store::Store;
+use crate::time::{now_micros, parse_timespan};
+use crate::timeline::{TimelineFilter, render_html, write_text};
+
+/// How `hunt` prints rows.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// One JSON object per row (JSON lines).
+    Json,
+    /// CSV with a header line.
+    Csv,
+}
+
+/// When `timeline` colours its lines.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ColourChoice {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Run a KQL query over the event store.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HuntArgs {
+    /// The event store [default: /var/lib/monitor/events.db].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The query, e.g. 'DeviceNetworkEvents | where RemoteUrl has "example" | take 10'.
+    pub query: String,
+}
+
+/// Show the device timeline, newest first.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimelineArgs {
+    /// The event store [default: /var/lib/monitor/events.db].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Only events of the last DURATION (e.g. 30m, 1h, 2d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+    /// Only events of processes with this file name (e.g. curl).
+    #[arg(long, value_name = "NAME")]
+    pub process: Option<String>,
+    /// Write a self-contained HTML page to FILE instead of printing lines.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// At most N events (the newest).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Colour the lines.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub colour: ColourChoice,
+}
+
+/// A positive duration in KQL's timespan syntax: `90s`, `30m`, `1h`, `2d`, `1.5h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match parse_timespan(text) {
+        Some(micros) if micros > 0 => Ok(Duration::from_micros(micros.unsigned_abs())),
+        _ => Err(format!("'{text}' is not a duration; expected a number and a unit, e.g. 30m, 1h or 2d")),
+    }
+}
+
+/// `monitor hunt`: checks the query, runs it over the store and prints the rows.
+pub fn hunt(args: &HuntArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    // A query error is reported even where there is no store yet.
+    kql::check(&args.query)?;
+    let path = args.store.clone().unwrap_or_else(crate::default_store_path);
+    let store = Store::open(&path)?;
+    let result = store.query(&args.query)?;
+    let written = match args.format {
+        Format::Table => write_table(&result, out),
+        Format::Json => write_json_lines(&result, out),
+        Format::Csv => write_csv(&result, out),
+    };
+    finish_output(written.and_then(|()| out.flush()))
+}
+
+/// `monitor timeline`: prints the timeline, or writes it as an HTML page with `--html`.
+pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let path = args.store.clone().unwrap_or_else(crate::default_store_path);
+    let store = Store::open(&path)?;
+    let filter = TimelineFilter { since: args.since, process: args.process.clone(), limit: args.limit };
+    let now = now_micros();
+    let events = store.timeline(&filter, now)?;
+    if let Some(html) = &args.html {
+        // The page holds the events (command lines, accounts): readable by its owner only.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(html)
+            .with_context(|| format!("create {}", html.display()))?;
+        file.write_all(render_html(&events, now).as_bytes())
+            .with_context(|| format!("write {}", html.display()))?;
+        return finish_output(writeln!(out, "wrote {} events to {}", events.len(), html.display()));
+    }
+    let colour = match args.colour {
+        ColourChoice::Always => true,
+        ColourChoice::Never => false,
+        ColourChoice::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    finish_output(write_text(&events, out, colour).and_then(|()| out.flush()))
+}
+
+/// A reader that stops early (`monitor hunt ... | head`) is not an error.
+fn finish_output(result: io::Result<()>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("write the output"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    enum Command {
+        Hunt(HuntArgs),
+        Timeline(TimelineArgs),
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let Command::Hunt(hunt) =
+            Command::parse_from(["monitor", "hunt", "--format", "json", "DeviceEvents | take 1"])
+        else {
+            panic!("expected hunt");
+        };
+        assert_eq!(hunt.format, Format::Json);
+        assert_eq!(hunt.query, "DeviceEvents | take 1");
+        let Command::Timeline(timeline) =
+            Command::parse_from(["monitor", "timeline", "--since", "1h", "--process", "curl"])
+        else {
+            panic!("expected timeline");
+        };
+        assert_eq!(timeline.since, Some(Duration::from_secs(3600)));
+        assert_eq!(timeline.colour, ColourChoice::Auto);
+        assert!(Command::try_parse_from(["monitor", "timeline", "--since", "soon"]).is_err());
+    }
+}

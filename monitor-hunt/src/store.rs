@@ -1,0 +1,568 @@
+//! The event store: one SQLite database in WAL mode, written by one background thread, read by `hunt`
+//! and `timeline` while the daemon writes.
+//!
+//! Durability: the database is in WAL mode with `synchronous=FULL`, so a transaction that has committed is
+//! on disk (the WAL is fsynced at every commit) and survives a crash of the daemon *and* of the host.
+//! `synchronous=NORMAL` would survive a daemon crash only. The price of FULL is one fsync per commit, and
+//! the writer commits at most one batch per [`BATCH_INTERVAL`] under a trickle of events and one per
+//! [`BATCH_MAX_EVENTS`] under load, so it stays a handful of fsyncs a second, off the event path.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags, ToSql};
+
+use crate::schema::{self, Cell, TABLES};
+use crate::time::{format_datetime, now_micros};
+
+/// Events waiting for the writer thread; past this `send` drops and counts.
+pub const CHANNEL_CAPACITY: usize = 16_384;
+/// A batch is committed when it holds this many events...
+pub const BATCH_MAX_EVENTS: usize = 500;
+/// ...or when its first event has waited this long.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the writer enforces [`Retention`].
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+/// The store's schema version, in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+/// Size enforcement deletes down to this share of `max_bytes`, so that it does not run at every check.
+const SIZE_LOW_WATER: f64 = 0.9;
+
+/// Failures of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("create directory {path}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("create or secure store file {path}")]
+    CreateFile { path: PathBuf, source: std::io::Error },
+    #[error("no event store at {path} (is the daemon running with the store enabled?)")]
+    Missing { path: PathBuf },
+    #[error("{op} in store {path}")]
+    Sqlite { op: &'static str, path: PathBuf, source: rusqlite::Error },
+    #[error("store {path} has schema version {found}; this build reads version {supported}")]
+    SchemaVersion { path: PathBuf, found: i64, supported: i64 },
+    #[error("{path} is not an event store: table {table} is missing")]
+    NotAStore { path: PathBuf, table: &'static str },
+    #[error("the store writer thread for {path} has stopped")]
+    WriterStopped { path: PathBuf },
+    #[error("the store writer thread for {path} panicked")]
+    WriterPanicked { path: PathBuf },
+    #[error("start the store writer thread")]
+    Spawn { source: std::io::Error },
+}
+
+/// How long and how much the store keeps. Enforced every [`RETENTION_INTERVAL`] by deleting the oldest
+/// events; `None` keeps everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Events older than this (by their Timestamp) are deleted.
+    pub max_age: Option<Duration>,
+    /// The database file (without its WAL, which checkpoints bound separately) is kept under this size.
+    pub max_bytes: Option<u64>,
+}
+
+/// What one enforcement of [`Retention`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted_by_age: u64,
+    pub deleted_by_size: u64,
+    /// Bytes in use by the database after enforcement.
+    pub used_bytes: u64,
+}
+
+enum Command {
+    Event(serde_json::Value),
+    /// A JSON line, parsed on the writer thread.
+    Line(String),
+    Flush(mpsc::Sender<Result<(), StoreError>>),
+    Retention(mpsc::Sender<Result<RetentionReport, StoreError>>),
+}
+
+struct Shared {
+    dropped: AtomicU64,
+    /// The first background failure not yet reported through `flush`.
+    failure: Mutex<Option<StoreError>>,
+}
+
+impl Shared {
+    fn record_failure(&self, error: StoreError) {
+        log::warn!("event store: {error}");
+        let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(error);
+    }
+
+    fn take_failure(&self) -> Option<StoreError> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Writes events to the store from a background thread, so that the event path never waits on disk.
+pub struct StoreWriter {
+    sender: Option<SyncSender<Command>>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl StoreWriter {
+    /// Opens (creating if needed) the store at `path`: parent directories with mode 0700, the database with
+    /// mode 0600, WAL mode, and the schema. Starts the writer thread.
+    pub fn open(path: &Path, retention: Retention) -> Result<StoreWriter, StoreError> {
+        let conn = open_for_writing(path)?;
+        let shared = Arc::new(Shared { dropped: AtomicU64::new(0), failure: Mutex::new(None) });
+        let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let mut writer = Writer { conn, path: path.to_path_buf(), retention, shared: Arc::clone(&shared) };
+        // Enforce once at start, so that a store reopened after a long stop is trimmed at once.
+        if retention != Retention::default()
+            && let Err(e) = writer.enforce_retention()
+        {
+            shared.record_failure(e);
+        }
+        let thread = std::thread::Builder::new()
+            .name("event-store".into())
+            .spawn(move || writer.run(&receiver))
+            .map_err(|source| StoreError::Spawn { source })?;
+        Ok(StoreWriter { sender: Some(sender), shared, thread: Some(thread), path: path.to_path_buf() })
+    }
+
+    /// Queues `event` for the store without waiting. When the queue is full (the disk cannot keep up) the
+    /// event is dropped and counted in [`StoreWriter::dropped`]; the JSON-lines sink still has it.
+    pub fn send(&self, event: &serde_json::Value) {
+        let Some(sender) = &self.sender else { return };
+        match sender.try_send(Command::Event(event.clone())) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// As [`StoreWriter::send`], for an event already serialised as one JSON line (what the JSON-lines sink
+    /// writes): the caller only copies the text; parsing happens on the writer thread.
+    pub fn send_line(&self, line: &str) {
+        let Some(sender) = &self.sender else { return };
+        if sender.try_send(Command::Line(line.to_string())).is_err() {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until every event sent so far is committed. Reports the first background failure (a batch
+    /// that could not be committed) since the last flush.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (reply, answer) = mpsc::channel();
+        self.command(Command::Flush(reply))?;
+        let result = answer.recv().map_err(|_| StoreError::WriterStopped { path: self.path.clone() })?;
+        match self.shared.take_failure() {
+            Some(error) => Err(error),
+            None => result,
+        }
+    }
+
+    /// Commits what is pending and enforces the retention now, instead of at the next periodic check.
+    pub fn enforce_retention(&self) -> Result<RetentionReport, StoreError> {
+        let (reply, answer) = mpsc::channel();
+        self.command(Command::Retention(reply))?;
+        answer.recv().map_err(|_| StoreError::WriterStopped { path: self.path.clone() })?
+    }
+
+    /// Events not stored: dropped because the queue was full, malformed (not an object, no valid
+    /// Timestamp), or in a batch that failed to commit.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes and stops the writer thread.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        let flushed = self.flush();
+        let joined = self.stop();
+        flushed.and(joined)
+    }
+
+    fn command(&self, command: Command) -> Result<(), StoreError> {
+        let sender =
+            self.sender.as_ref().ok_or_else(|| StoreError::WriterStopped { path: self.path.clone() })?;
+        sender.send(command).map_err(|_| StoreError::WriterStopped { path: self.path.clone() })
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        // Closing the channel makes the thread commit what is left and return.
+        self.sender = None;
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| StoreError::WriterPanicked { path: self.path.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            log::warn!("event store: {e}");
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter").field("path", &self.path).field("dropped", &self.dropped()).finish()
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    retention: Retention,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(&mut self, receiver: &mpsc::Receiver<Command>) {
+        let mut pending: Vec<serde_json::Value> = Vec::with_capacity(BATCH_MAX_EVENTS);
+        let mut batch_deadline: Option<Instant> = None;
+        let mut next_retention = Instant::now() + RETENTION_INTERVAL;
+        loop {
+            let wake = batch_deadline.map_or(next_retention, |d| d.min(next_retention));
+            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Command::Event(event)) => self.queue(event, &mut pending, &mut batch_deadline),
+                Ok(Command::Line(line)) => match serde_json::from_str(&line) {
+                    Ok(event) => self.queue(event, &mut pending, &mut batch_deadline),
+                    Err(e) => {
+                        log::debug!("event store: line not stored: {e}");
+                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Ok(Command::Flush(reply)) => {
+                    let result = self.commit(&mut pending);
+                    batch_deadline = None;
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = reply.send(result);
+                }
+                Ok(Command::Retention(reply)) => {
+                    let result = self.commit(&mut pending).and_then(|()| self.enforce_retention());
+                    batch_deadline = None;
+                    next_retention = Instant::now() + RETENTION_INTERVAL;
+                    let _ = reply.send(result);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = Instant::now();
+                    if batch_deadline.is_some_and(|d| d <= now) {
+                        self.commit_in_background(&mut pending);
+                        batch_deadline = None;
+                    }
+                    if next_retention <= now {
+                        if self.retention != Retention::default()
+                            && let Err(e) = self.enforce_retention()
+                        {
+                            self.shared.record_failure(e);
+                        }
+                        next_retention = now + RETENTION_INTERVAL;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.commit_in_background(&mut pending);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Adds an event to the batch; commits the batch when it is full.
+    fn queue(
+        &mut self,
+        event: serde_json::Value,
+        pending: &mut Vec<serde_json::Value>,
+        batch_deadline: &mut Option<Instant>,
+    ) {
+        pending.push(event);
+        batch_deadline.get_or_insert_with(|| Instant::now() + BATCH_INTERVAL);
+        if pending.len() >= BATCH_MAX_EVENTS {
+            self.commit_in_background(pending);
+            *batch_deadline = None;
+        }
+    }
+
+    fn commit_in_background(&mut self, pending: &mut Vec<serde_json::Value>) {
+        if let Err(e) = self.commit(pending) {
+            self.shared.record_failure(e);
+        }
+    }
+
+    /// Commits `pending` in one transaction and empties it. A failed batch is counted as dropped.
+    fn commit(&mut self, pending: &mut Vec<serde_json::Value>) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let count = pending.len() as u64;
+        let result = insert_batch(&mut self.conn, pending, &self.shared.dropped);
+        pending.clear();
+        result.map_err(|source| {
+            self.shared.dropped.fetch_add(count, Ordering::Relaxed);
+            StoreError::Sqlite { op: "commit a batch of events", path: self.path.clone(), source }
+        })
+    }
+
+    fn enforce_retention(&mut self) -> Result<RetentionReport, StoreError> {
+        let path = &self.path;
+        let sqlite = |op| move |source| StoreError::Sqlite { op, path: path.clone(), source };
+        let mut report = RetentionReport::default();
+        if let Some(max_age) = self.retention.max_age {
+            let age = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
+            let cutoff = format_datetime(now_micros().saturating_sub(age));
+            for table in TABLES {
+                let deleted = self
+                    .conn
+                    .execute(&format!("DELETE FROM {table} WHERE Timestamp < ?1"), [&cutoff])
+                    .map_err(sqlite("delete events past the maximum age"))?;
+                report.deleted_by_age += deleted as u64;
+            }
+        }
+        if let Some(max_bytes) = self.retention.max_bytes {
+            report.deleted_by_size =
+                shrink_to(&self.conn, max_bytes).map_err(sqlite("delete the oldest events"))?;
+        }
+        if report.deleted_by_age + report.deleted_by_size > 0 {
+            // Give the freed pages back to the file system, and move them out of the WAL into the file.
+            drain(&self.conn, "PRAGMA incremental_vacuum").map_err(sqlite("vacuum"))?;
+            drain(&self.conn, "PRAGMA wal_checkpoint(TRUNCATE)").map_err(sqlite("checkpoint"))?;
+        }
+        report.used_bytes = used_bytes(&self.conn).map_err(sqlite("measure the store"))?;
+        Ok(report)
+    }
+}
+
+impl ToSql for Cell {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self {
+            Cell::Null => ValueRef::Null,
+            Cell::Text(s) => ValueRef::Text(s.as_bytes()),
+            Cell::Integer(i) => ValueRef::Integer(*i),
+        }))
+    }
+}
+
+fn insert_batch(
+    conn: &mut Connection,
+    events: &[serde_json::Value],
+    dropped: &AtomicU64,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for event in events {
+        match schema::to_stored(event) {
+            Ok(stored) => {
+                let mut statement = tx.prepare_cached(&schema::insert_statement(stored.table))?;
+                statement.execute(rusqlite::params_from_iter(stored.cells.iter()))?;
+            }
+            Err(reason) => {
+                log::debug!("event store: event not stored: {reason}");
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Runs a statement to completion, reading and ignoring the rows it returns (some PRAGMAs work one row
+/// at a time).
+fn drain(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare(sql)?;
+    let mut rows = statement.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// Bytes of the database in use: pages minus free pages.
+fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let pragma = |name: &str| conn.pragma_query_value(None, name, |row| row.get::<_, i64>(0));
+    let pages = pragma("page_count")? - pragma("freelist_count")?;
+    Ok(u64::try_from(pages * pragma("page_size")?).unwrap_or(0))
+}
+
+/// Deletes the oldest events, across both tables, until the database uses at most `max_bytes`.
+fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
+    let mut deleted = 0u64;
+    // Each round deletes the share of rows by which the store is too big; rows differ in size, so a few
+    // rounds may be needed.
+    for _ in 0..32 {
+        let used = used_bytes(conn)?;
+        if used <= max_bytes {
+            break;
+        }
+        let total: i64 = conn.query_row(
+            "SELECT (SELECT count(*) FROM DeviceNetworkEvents) + (SELECT count(*) FROM DeviceEvents)",
+            [],
+            |row| row.get(0),
+        )?;
+        if total == 0 {
+            break;
+        }
+        let keep = (total as f64 * (max_bytes as f64 * SIZE_LOW_WATER / used as f64)).floor() as i64;
+        let remove = (total - keep).clamp(1, total);
+        let cutoff: String = conn.query_row(
+            "SELECT Timestamp FROM (SELECT Timestamp FROM DeviceNetworkEvents UNION ALL \
+             SELECT Timestamp FROM DeviceEvents) ORDER BY Timestamp LIMIT 1 OFFSET ?1",
+            [remove - 1],
+            |row| row.get(0),
+        )?;
+        for table in TABLES {
+            deleted += conn.execute(&format!("DELETE FROM {table} WHERE Timestamp <= ?1"), [&cutoff])? as u64;
+        }
+    }
+    Ok(deleted)
+}
+
+fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+    }
+    // Create the file ourselves so that it is 0600 from the start; SQLite gives its -wal and -shm files
+    // the database file's mode.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+    let metadata =
+        file.metadata().map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+    }
+    drop(file);
+
+    let sqlite = |op| move |source| StoreError::Sqlite { op, path: path.to_path_buf(), source };
+    let conn = Connection::open(path).map_err(sqlite("open"))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite("set the busy timeout"))?;
+    check_version(&conn, path)?;
+    // auto_vacuum only takes effect before the first table exists, i.e. on a new store.
+    conn.execute_batch(
+        "PRAGMA auto_vacuum = INCREMENTAL;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA journal_size_limit = 8388608;",
+    )
+    .map_err(sqlite("configure"))?;
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .map_err(sqlite("read the journal mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sqlite {
+            op: "switch to WAL mode",
+            path: path.to_path_buf(),
+            source: rusqlite::Error::InvalidQuery,
+        });
+    }
+    conn.execute_batch(&format!(
+        "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+        schema::create_statements()
+    ))
+    .map_err(sqlite("create the tables"))?;
+    Ok(conn)
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|source| {
+        StoreError::Sqlite { op: "read the schema version", path: path.to_path_buf(), source }
+    })?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaVersion { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+    }
+    Ok(())
+}
+
+/// A read-only handle on the store, for `hunt` and `timeline`. Reads see the last committed state and do
+/// not block the writer (WAL).
+pub struct Store {
+    pub(crate) conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens an existing store for reading.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing { path: path.to_path_buf() });
+        }
+        let sqlite = |op| move |source| StoreError::Sqlite { op, path: path.to_path_buf(), source };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite("open"))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite("set the busy timeout"))?;
+        check_version(&conn, path)?;
+        for table in TABLES {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |row| row.get(0),
+                )
+                .map_err(sqlite("read the schema"))?;
+            if !exists {
+                return Err(StoreError::NotAStore { path: path.to_path_buf(), table });
+            }
+        }
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Events in both tables.
+    pub fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM DeviceNetworkEvents) + (SELECT count(*) FROM DeviceEvents)",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(|source| StoreError::Sqlite { op: "count events", path: self.path.clone(), source })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// `PRAGMA integrity_check` passes.
+    pub fn integrity_ok(&self) -> Result<bool, StoreError> {
+        let answer: String =
+            self.conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).map_err(|source| {
+                StoreError::Sqlite { op: "check integrity", path: self.path.clone(), source }
+            })?;
+        Ok(answer == "ok")
+    }
+
+    /// Bytes of the database in use (pages minus free pages).
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        used_bytes(&self.conn).map_err(|source| StoreError::Sqlite {
+            op: "measure the store",
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}

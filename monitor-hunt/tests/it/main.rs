@@ -1,0 +1,6 @@
+//! Integration tests of the store, `hunt` and the timeline, in one binary (one link on a small machine).
+
+mod common;
+mod queries;
+mod store;
+mod timeline;
