@@ -23,6 +23,8 @@ pub enum Command {
     Indicators(IndicatorsArgs),
     /// Show what the running daemon is doing.
     Status(ControlArgs),
+    /// Check what this kernel supports: load and attach every program, then detach; one line each.
+    Probe,
     /// Run the same extraction over a packet capture (pcap or pcapng) and print the same events
     /// (without process fields). Needs no kernel and runs on any OS.
     Replay(ReplayArgs),
@@ -147,8 +149,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Indicators(args) => crate::daemon::control::indicators(args),
         #[cfg(target_os = "linux")]
         Command::Status(args) => crate::daemon::control::status(args),
+        #[cfg(target_os = "linux")]
+        Command::Probe => crate::daemon::probe::run(),
         #[cfg(not(target_os = "linux"))]
-        Command::Run(_) | Command::Indicators(_) | Command::Status(_) => {
+        Command::Run(_) | Command::Indicators(_) | Command::Status(_) | Command::Probe => {
             anyhow::bail!("the daemon runs on Linux only; replay, hunt and timeline work here")
         }
     }

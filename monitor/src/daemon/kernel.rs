@@ -10,7 +10,7 @@ use aya::{
 };
 use monitor_common::{config::Config, verdict::DROP_REASONS};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
 /// Where each program is attached, for `monitor status` and the logs.
 #[derive(Debug, Clone)]

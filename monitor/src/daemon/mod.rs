@@ -5,6 +5,7 @@ mod flows;
 mod indicators;
 mod kernel;
 mod policy;
+pub mod probe;
 mod process;
 mod records;
 mod sink;

@@ -1,0 +1,127 @@
+//! `monitor probe`: what this kernel supports. Loads every program (the verifier must accept it) and
+//! attaches it to a scratch cgroup and to `lo`, then detaches; prints one line per program and feature.
+//! Used by `cargo xtask kernel-check` under other kernels, and by operators before deploying.
+
+use std::{fs, os::fd::AsFd as _, path::Path, process::ExitCode};
+
+use anyhow::Context as _;
+use aya::{
+    EbpfLoader,
+    maps::{MapData, SockHash},
+    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType, tc},
+};
+
+use super::kernel::{OBJECT, cgroup2_root};
+
+/// Each program, its hook, and the oldest kernel it is written for.
+pub const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("connect4", "cgroup/connect4", "5.8 (ring buffer)"),
+    ("connect6", "cgroup/connect6", "5.8 (ring buffer)"),
+    ("track_connection", "cgroup sock_ops", "5.8 (ring buffer; sk_storage from sock_ops 5.3)"),
+    ("inspect_send", "sk_msg on a sockhash", "5.17 (bpf_loop)"),
+    ("wire_ingress", "tc clsact ingress", "5.8 (ring buffer; tcx links from 6.6, netlink before)"),
+];
+
+struct Line {
+    name: String,
+    result: Result<String, String>,
+}
+
+fn feature(name: &str, ok: bool, what: &str) -> Line {
+    Line { name: name.into(), result: if ok { Ok(what.into()) } else { Err(format!("missing: {what}")) } }
+}
+
+pub fn run() -> anyhow::Result<ExitCode> {
+    let mut lines = vec![
+        feature("btf", Path::new("/sys/kernel/btf/vmlinux").exists(), "/sys/kernel/btf/vmlinux"),
+        match cgroup2_root() {
+            Ok(p) => Line { name: "cgroup2".into(), result: Ok(p.display().to_string()) },
+            Err(e) => Line { name: "cgroup2".into(), result: Err(format!("{e:#}")) },
+        },
+    ];
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kernel\t{}", release.trim());
+    let mut ebpf = match EbpfLoader::new().load(OBJECT) {
+        Ok(e) => e,
+        Err(e) => {
+            lines.push(Line { name: "maps".into(), result: Err(format!("{e:#}")) });
+            return Ok(report(&lines));
+        }
+    };
+    lines.push(Line {
+        name: "maps".into(),
+        result: Ok("ring buffer, sockhash, sk_storage, LPM tries created".into()),
+    });
+    let scratch = cgroup2_root().map(|r| r.join(format!("monitor-probe-{}", std::process::id())));
+    let cgroup =
+        scratch.as_ref().ok().and_then(|p| fs::create_dir_all(p).ok().and_then(|_| fs::File::open(p).ok()));
+    let socks_fd = ebpf
+        .map("SOCKS")
+        .and_then(|m| SockHash::<&MapData, u64>::try_from(m).ok())
+        .and_then(|m| m.fd().try_clone().ok());
+    for (name, hook, minimum) in PROGRAMS {
+        let Some(program) = ebpf.program_mut(name) else {
+            lines.push(Line { name: (*name).into(), result: Err("not in the object".into()) });
+            continue;
+        };
+        let result: anyhow::Result<()> = (|| {
+            match program {
+                aya::programs::Program::CgroupSockAddr(p) => {
+                    p.load().context("verifier")?;
+                    let cg = cgroup.as_ref().context("no scratch cgroup to attach to")?;
+                    let link = p.attach(cg.as_fd(), CgroupAttachMode::Single).context("attach")?;
+                    CgroupSockAddr::detach(p, link).context("detach")?;
+                }
+                aya::programs::Program::SockOps(p) => {
+                    p.load().context("verifier")?;
+                    let cg = cgroup.as_ref().context("no scratch cgroup to attach to")?;
+                    let link = p.attach(cg.as_fd(), CgroupAttachMode::Single).context("attach")?;
+                    SockOps::detach(p, link).context("detach")?;
+                }
+                aya::programs::Program::SkMsg(p) => {
+                    p.load().context("verifier")?;
+                    let fd = socks_fd.as_ref().context("sockhash SOCKS missing")?;
+                    let link = p.attach(fd).context("attach")?;
+                    SkMsg::detach(p, link).context("detach")?;
+                }
+                aya::programs::Program::SchedClassifier(p) => {
+                    p.load().context("verifier")?;
+                    let _ = tc::qdisc_add_clsact("lo");
+                    let link = p.attach("lo", TcAttachType::Ingress).context("attach to lo")?;
+                    SchedClassifier::detach(p, link).context("detach")?;
+                }
+                _ => anyhow::bail!("unexpected program type"),
+            }
+            Ok(())
+        })();
+        lines.push(Line {
+            name: (*name).into(),
+            result: result.map(|_| format!("loaded and attached ({hook}; written for {minimum})")).map_err(
+                |e| {
+                    // The verifier's log is long: its last lines say why.
+                    let text = format!("{e:#}");
+                    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                },
+            ),
+        });
+    }
+    if let Ok(p) = scratch {
+        let _ = fs::remove_dir(p);
+    }
+    Ok(report(&lines))
+}
+
+fn report(lines: &[Line]) -> ExitCode {
+    let mut ok = true;
+    for line in lines {
+        match &line.result {
+            Ok(what) => println!("{}\tok\t{what}", line.name),
+            Err(why) => {
+                ok = false;
+                println!("{}\tFAILED\t{why}", line.name);
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
