@@ -151,6 +151,9 @@ pub const PHASE_SOCKS5_REQUEST: u32 = 2;
 pub const PHASE_DONE: u32 = 3;
 /// Blocked: drop everything.
 pub const PHASE_BLOCKED: u32 = 4;
+/// Audit mode, a request split over several sends: hand every send to user space (which reads across
+/// them) without holding any, until user space has its answer or `CAPTURE_LIMIT` is reached.
+pub const PHASE_CAPTURE: u32 = 5;
 
 /// Key of a forwarded flow in the TC flow table.
 #[repr(C)]

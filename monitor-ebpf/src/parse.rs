@@ -75,24 +75,36 @@ fn lower(b: u8) -> u8 {
 /// HTTP request: CONNECT authority, absolute-form host, or Host header.
 #[inline(always)]
 pub fn scan_http(buf: &Scratch, len: u32) -> Scan {
-    // Method: 1 to 10 upper-case letters, then a space.
+    // A known method and a space. Only a prefix of one is worth waiting for: a protocol that merely
+    // starts with capitals (and may wait for its peer) is not held.
+    let method: &[u8] = match buf.at(0) {
+        b'G' => b"GET ",
+        b'H' => b"HEAD ",
+        b'D' => b"DELETE ",
+        b'O' => b"OPTIONS ",
+        b'C' => b"CONNECT ",
+        b'T' => b"TRACE ",
+        b'P' if len < 2 => return Scan::NeedBytes(2),
+        b'P' => match buf.at(1) {
+            b'O' => b"POST ",
+            b'U' => b"PUT ",
+            b'A' => b"PATCH ",
+            _ => return Scan::Unknown,
+        },
+        _ => return Scan::Unknown,
+    };
     let mut i = 0u32;
-    for _ in 0..11u32 {
+    for &expected in method {
         if i >= len {
             return Scan::NeedBytes(len + 1);
         }
-        let c = buf.at(i);
-        if c == b' ' {
-            break;
-        }
-        if !c.is_ascii_uppercase() {
+        if buf.at(i) != expected {
             return Scan::Unknown;
         }
         i += 1;
     }
-    if i == 0 || i > 10 {
-        return Scan::Unknown;
-    }
+    // `i` is past the space; the method is `i - 1` bytes.
+    let i = i - 1;
     let target = i + 1;
     let is_connect = i == 7
         && buf.at(0) == b'C'

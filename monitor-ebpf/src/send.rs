@@ -19,8 +19,9 @@ use aya_ebpf::{
 use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
     record::{
-        FlowState, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_DONE,
-        PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader, VerdictRecord,
+        FlowState, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_CAPTURE,
+        PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader,
+        VerdictRecord,
     },
     verdict::{
         DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_SOCKS_IP, SOURCE_SOCKS4A,
@@ -71,6 +72,15 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         return Ok(SK_PASS);
     }
     let data = ctx.data() as *const u8;
+    if state.phase == PHASE_CAPTURE {
+        capture(state, data, size, window);
+        if state.seen >= CAPTURE_LIMIT {
+            state.phase = PHASE_DONE;
+            let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+            report_verdict(state, unsafe { &*scratch }, uninspectable(config), SOURCE_NONE, 0, 0);
+        }
+        return Ok(SK_PASS);
+    }
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
     let scratch = unsafe { &mut *scratch };
 
@@ -91,8 +101,15 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     };
 
     if let Scan::NeedBytes(need) = scan {
+        if config.mode != MODE_BLOCK {
+            // Audit never holds traffic: user space reads the request across sends.
+            capture(state, data, size, window);
+            state.phase = PHASE_CAPTURE;
+            return Ok(SK_PASS);
+        }
         if need > size && need <= WINDOW {
-            // Hold this send until the rest is written; nothing leaves meanwhile.
+            // Hold this send until the rest is written; nothing leaves meanwhile. Only bytes that are a
+            // prefix of a request we read get here, so the client is bound to send the rest.
             unsafe { bpf_msg_cork_bytes(ctx.msg, need) };
             return Ok(SK_PASS);
         }

@@ -164,8 +164,9 @@ impl Bed {
         fs::write(hosts_dir.join("hosts"), hosts).expect("write hosts");
     }
 
-    /// Spawn a long-running server inside `ns` (through `ip netns exec`, for the hosts file).
-    fn serve(&mut self, ns: &str, name: &str, args: &[&str]) {
+    /// Spawn a long-running server inside `ns` (through `ip netns exec`, for the hosts file); it is
+    /// stopped with the bed.
+    pub fn serve(&mut self, ns: &str, name: &str, args: &[&str]) {
         let log = fs::File::create(self.dir.join(format!("{name}.out"))).expect("server log");
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -232,7 +233,7 @@ impl Bed {
     }
 
     /// Wait until something listens on addr:port inside `ns`.
-    fn wait_port(&mut self, ns: &str, addr: &str, port: u16) {
+    pub fn wait_port(&mut self, ns: &str, addr: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let target: SocketAddr = format!("{addr}:{port}").parse().expect("socket address");
         loop {
@@ -261,6 +262,21 @@ impl Bed {
 
     pub fn nginx_log(&self) -> String {
         fs::read_to_string(self.dir.join("nginx-access.log")).unwrap_or_default()
+    }
+
+    fn proxy_and_origin_logs(&self) -> [String; 3] {
+        [self.squid_log(), self.tinyproxy_log(), self.nginx_log()]
+    }
+
+    /// Where the proxies' and the origin's logs end now.
+    pub fn log_mark(&self) -> [usize; 3] {
+        self.proxy_and_origin_logs().map(|l| l.len())
+    }
+
+    /// What squid, tinyproxy and nginx logged since `mark`.
+    pub fn logs_since(&self, mark: [usize; 3]) -> String {
+        let logs = self.proxy_and_origin_logs();
+        logs.iter().zip(mark).map(|(l, m)| l.get(m..).unwrap_or("")).collect::<Vec<_>>().join("")
     }
 
     pub fn cert(&self) -> PathBuf {

@@ -35,6 +35,10 @@ impl Runner {
         if !self.wants(name) {
             return Outcome::Passed;
         }
+        self.run(name, body)
+    }
+
+    fn run(&mut self, name: &str, body: impl FnOnce()) -> Outcome {
         let started = Instant::now();
         let result = panic::catch_unwind(panic::AssertUnwindSafe(body));
         let secs = started.elapsed().as_secs_f64();
@@ -55,7 +59,8 @@ impl Runner {
     /// Set-up that counts as a case: `None` (and a failure) when it panics.
     pub fn setup<T>(&mut self, name: &str, body: impl FnOnce() -> T) -> Option<T> {
         let mut out = None;
-        match self.case(name, || out = Some(body())) {
+        // Set-up runs whatever the filter: the cases that are wanted need it.
+        match self.run(name, || out = Some(body())) {
             Outcome::Passed => out,
             Outcome::Failed => None,
         }

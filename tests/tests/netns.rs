@@ -260,9 +260,9 @@ fn expect_protection(mon: &Monitor, run: &ClientRun, action: &str, target: &str)
     e
 }
 
-/// Blocked: the client fails within a second, the event names process and target, and the proxy never
-/// saw the name.
-fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, proxy_log: &dyn Fn() -> String) {
+/// Blocked: the client fails within a second, the event names process and target, and neither proxy nor
+/// origin logged the name since `mark` (taken before the client ran).
+fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, mark: [usize; 3]) {
     assert!(!run.ok(), "the client should have failed: {run:?}");
     assert!(
         run.elapsed < Duration::from_secs(1),
@@ -272,8 +272,8 @@ fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, proxy
     let e = expect_protection(mon, run, "ExploitGuardNetworkProtectionBlocked", target);
     assert!(e["AdditionalFields"]["MatchedIndicator"].as_str().is_some(), "{e}");
     std::thread::sleep(Duration::from_millis(300));
-    let log = proxy_log();
-    assert!(!log.contains(target), "the proxy saw {target}:\n{log}");
+    let log = bed.logs_since(mark);
+    assert!(!log.contains(target), "the proxy or origin saw {target}:\n{log}");
     let successes = of_pid(&mon.events(), run.pid)
         .into_iter()
         .filter(|e| e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == target)
@@ -304,33 +304,36 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
     }) else {
         return;
     };
-    let squid_log = || bed.squid_log();
-    let tiny_log = || bed.tinyproxy_log();
-    let nginx_log = || bed.nginx_log();
     r.case("block_squid_connect", || {
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "blocked.test", &squid_log);
+        expect_blocked(bed, &mon, &run, "blocked.test", mark);
     });
     r.case("block_tinyproxy_connect", || {
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["-x", TINYPROXY, "https://blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "blocked.test", &tiny_log);
+        expect_blocked(bed, &mon, &run, "blocked.test", mark);
     });
     r.case("block_absolute_form", || {
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["-x", SQUID, "http://blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "blocked.test", &squid_log);
+        expect_blocked(bed, &mon, &run, "blocked.test", mark);
     });
     r.case("block_socks5", || {
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["--socks5-hostname", SOCKS, "https://a.blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "a.blocked.test", &nginx_log);
+        expect_blocked(bed, &mon, &run, "a.blocked.test", mark);
     });
     r.case("block_direct_tls_sni", || {
+        let mark = bed.log_mark();
         let run =
             curl(bed, &cg, &["--resolve", &format!("blocked.test:443:{ORIGIN_V4}"), "https://blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "blocked.test", &nginx_log);
+        expect_blocked(bed, &mon, &run, "blocked.test", mark);
     });
     r.case("block_subdomain", || {
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["-x", SQUID, "https://a.blocked.test/"]);
-        expect_blocked(bed, &mon, &run, "a.blocked.test", &squid_log);
+        expect_blocked(bed, &mon, &run, "a.blocked.test", mark);
     });
     r.case("block_allowed_subdomain_works", || {
         let run = curl(bed, &cg, &["-x", SQUID, "https://ok.blocked.test/"]);
@@ -356,6 +359,7 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         assert_eq!(e["AdditionalFields"]["MatchedIndicator"], "fd00:200:2::/64", "{e}");
     });
     r.case("block_chromium", || {
+        let mark = bed.log_mark();
         let profile = bed.dir.join("chromium-block");
         let proxy = format!("--proxy-server={SQUID}");
         let profile_arg = format!("--user-data-dir={}", profile.display());
@@ -386,13 +390,14 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
                 && e["InitiatingProcessFileName"].as_str().is_some_and(|n| n.contains("chrom"))
         });
         assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
-        assert!(!bed.squid_log().contains("a.blocked.test"), "squid saw the blocked name");
+        assert!(!bed.logs_since(mark).contains("a.blocked.test"), "squid saw the blocked name");
     });
     r.case("block_runtime_indicators_add_remove_list", || {
         let out = mon.ctl(&["indicators", "add", "block", "later.test"]);
         assert!(out.status.success(), "indicators add: {}", String::from_utf8_lossy(&out.stderr));
+        let mark = bed.log_mark();
         let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
-        expect_blocked(bed, &mon, &run, "later.test", &squid_log);
+        expect_blocked(bed, &mon, &run, "later.test", mark);
         let out = mon.ctl(&["indicators", "list", "block"]);
         let listed = String::from_utf8_lossy(&out.stdout);
         assert!(listed.contains("later.test") && listed.contains("blocked.test"), "list: {listed}");
@@ -434,7 +439,7 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         std::fs::write(&block, format!("{BLOCK_LIST}front.test\n")).expect("append to block list");
         std::thread::sleep(Duration::from_millis(1000));
         let run = curl(bed, &cg, &["-x", SQUID, "https://front.test/"]);
-        expect_blocked(bed, &mon, &run, "front.test", &|| String::new());
+        expect_blocked(bed, &mon, &run, "front.test", bed.log_mark());
         let status = download.wait().expect("wait download");
         assert!(status.success(), "the running download must complete: {status}");
         assert_eq!(std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0), 24 << 20, "complete file");
@@ -523,6 +528,139 @@ fn audit_mode_cases(r: &mut Runner, bed: &Bed) {
     drop(mon);
 }
 
+const SINK_PORT: u16 = 9443;
+
+fn rawclient(bed: &Bed, cg: &Cgroup, args: &[&str]) -> (ClientRun, Value) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/rawclient.py");
+    let mut argv = vec!["/usr/bin/python3", script];
+    argv.extend_from_slice(args);
+    let run = client(cg, &bed.client_ns, &argv, TIMEOUT);
+    let result: Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("rawclient printed no JSON ({e}): {run:?}"));
+    (run, result)
+}
+
+/// Bytes the sink in the origin namespace received on the connection from `local_port`.
+fn sink_bytes(bed: &Bed, local_port: &Value) -> Option<u64> {
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(bed.dir.join("sink.log")).unwrap_or_default();
+    let port = local_port.as_u64()?.to_string();
+    log.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 3 && f[1] == port).then(|| f[2].parse().ok())?
+    })
+}
+
+/// Requests split the way an evader would split them: named in audit mode, stopped in block mode
+/// with nothing reaching the proxy or the origin.
+fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
+    let mode = if block { "block" } else { "audit" };
+    let cg = Cgroup::new(&format!("evasion-{mode}"));
+    let (block_list, allow_list) = write_lists(bed, &format!("evasion-{mode}"));
+    let Some(mon) = r.setup(&format!("evasion_{mode}_monitor_starts"), || {
+        Monitor::start(
+            &bed.dir,
+            &format!("evasion-{mode}"),
+            None,
+            &[
+                "--mode".into(),
+                mode.into(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--block".into(),
+                block_list.clone(),
+                "--allow".into(),
+                allow_list.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    let sink = ORIGIN_V4.to_string();
+    let sink_port = SINK_PORT.to_string();
+    let squid_port = SQUID_PORT.to_string();
+    // One check for both modes: blocked with nothing delivered, or named and delivered.
+    let verdict = |run: &ClientRun, result: &Value, target: &str, delivered: &dyn Fn() -> bool| {
+        if block {
+            assert_eq!(result["errno"], 13, "the send must fail with EACCES: {result} {run:?}");
+            assert!(run.elapsed < Duration::from_secs(2), "fails at once: {run:?}");
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+                    && e["RemoteUrl"] == target
+            });
+            assert!(
+                !found.is_empty(),
+                "no Blocked event naming {target}:\n{}",
+                describe(&of_pid(&mon.events(), run.pid))
+            );
+            assert!(!delivered(), "bytes of the blocked request were delivered");
+        } else {
+            assert_eq!(result["step"], "done", "audit mode blocks nothing: {result}");
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == "ExploitGuardNetworkProtectionAudited"
+                    && e["RemoteUrl"] == target
+            });
+            assert!(
+                !found.is_empty(),
+                "no Audited event naming {target}:\n{}",
+                describe(&of_pid(&mon.events(), run.pid))
+            );
+            assert!(delivered(), "audit mode delivers the request");
+        }
+    };
+    r.case(&format!("evasion_{mode}_connect_one_byte_writes"), || {
+        let mark = bed.log_mark();
+        let in_squid = |name: &str| bed.logs_since(mark).to_ascii_lowercase().contains(name);
+        let (run, res) = rawclient(
+            bed,
+            &cg,
+            &["connect", ROUTER_V4, &squid_port, "blocked.test:443", "--connect-chunk", "1"],
+        );
+        verdict(&run, &res, "blocked.test", &|| in_squid("blocked.test:443"));
+    });
+    r.case(&format!("evasion_{mode}_client_hello_one_byte_writes"), || {
+        let (run, res) =
+            rawclient(bed, &cg, &["tls", &sink, &sink_port, "--sni", "blocked.test", "--chunk", "1"]);
+        verdict(&run, &res, "blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
+    });
+    r.case(&format!("evasion_{mode}_sni_past_1400_bytes_two_segments"), || {
+        let (run, res) = rawclient(
+            bed,
+            &cg,
+            &["tls", &sink, &sink_port, "--sni", "a.blocked.test", "--pad", "1500", "--split-at", "1400"],
+        );
+        verdict(&run, &res, "a.blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
+    });
+    r.case(&format!("evasion_{mode}_client_hello_four_records"), || {
+        let (run, res) =
+            rawclient(bed, &cg, &["tls", &sink, &sink_port, "--sni", "blocked.test", "--records", "4"]);
+        verdict(&run, &res, "blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
+    });
+    r.case(&format!("evasion_{mode}_mixed_case_trailing_dot"), || {
+        let (run, res) = rawclient(bed, &cg, &["tls", &sink, &sink_port, "--sni", "A.Blocked.TEST."]);
+        verdict(&run, &res, "a.blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
+    });
+    r.case(&format!("evasion_{mode}_fronting_allowed_connect_denied_sni"), || {
+        let (run, res) = rawclient(
+            bed,
+            &cg,
+            &["connect", ROUTER_V4, &squid_port, "front.test:443", "--sni", "blocked.test"],
+        );
+        assert_eq!(res["status"], 200, "squid accepts the allowed CONNECT: {res}");
+        // The tunnel's bytes go to the origin's 443 through squid; what matters is the verdict.
+        verdict(&run, &res, "blocked.test", &|| res["step"] == "done");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["AdditionalFields"]["DomainFronting"] == true
+        });
+        assert!(!found.is_empty(), "fronting is flagged:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["AdditionalFields"]["ConnectHost"], "front.test");
+        assert_eq!(found[0]["AdditionalFields"]["Sni"], "blocked.test");
+    });
+    drop(mon);
+}
+
 fn run_port(args: &[&str]) -> u16 {
     if args.contains(&SQUID) {
         SQUID_PORT
@@ -539,11 +677,23 @@ fn main() {
         return;
     }
     let mut r = Runner::new();
-    let bed = Bed::new();
+    let mut bed = Bed::new();
     audit_cases(&mut r, &bed);
     gateway_cases(&mut r, &bed);
     block_cases(&mut r, &bed);
     audit_mode_cases(&mut r, &bed);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/rawclient.py");
+    let log = bed.dir.join("sink.log").display().to_string();
+    let origin = bed.origin_ns.clone();
+    if r.setup("sink_server_starts", || {
+        bed.serve(&origin, "sink", &["/usr/bin/python3", script, "sink", &SINK_PORT.to_string(), &log]);
+        bed.wait_port(&origin, ORIGIN_V4, SINK_PORT);
+    })
+    .is_some()
+    {
+        evasion_cases(&mut r, &bed, true);
+        evasion_cases(&mut r, &bed, false);
+    }
     drop(bed);
     r.finish();
 }

@@ -224,11 +224,19 @@ fn main() -> anyhow::Result<()> {
             setup_test_peers()?;
             build(None)?;
             step("unit tests, parser tests and the capture corpus");
-            exec(cargo().args(["test", "--release", "--workspace", "--exclude", "tests"]))?;
+            exec(cargo().args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "tests",
+                "--exclude",
+                "monitor-ebpf",
+            ]))?;
             step("integration tests in network namespaces (real proxies, clients and kernel programs)");
             exec(
                 cargo()
-                    .args(["test", "--release", "-p", "tests"])
+                    .args(["test", "--release", "-p", "tests", "--test", "netns"])
                     .env("MONITOR_BIN", root().join("target/release/monitor")),
             )
         }

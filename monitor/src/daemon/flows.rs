@@ -9,14 +9,16 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use monitor_common::{
+    config::{MODE_AUDIT, MODE_OFF},
     record::{PayloadRecord, ProcessRecord, SocketRecord, VerdictRecord, WireRecord},
     verdict::{
-        VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
-        source_name,
+        SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
+        VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
 use monitor_core::{
@@ -93,6 +95,11 @@ pub struct FlowCounters {
 
 pub struct Flows {
     inspect: bool,
+    /// Audit mode: nothing waits on the kernel's verdict, so a socket leaves the sockhash as soon as
+    /// user space has named its target.
+    release_when_named: bool,
+    /// The indicators in force, to explain verdicts and to judge what the kernel could not.
+    pub set: Arc<IndicatorSet>,
     sockets: HashMap<u64, SocketFlow>,
     wires: HashMap<FourTuple, WireFlow>,
     /// 4-tuples of local sockets, so TC does not report them a second time.
@@ -113,9 +120,11 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Flows {
-    pub fn new(inspect: bool) -> Self {
+    pub fn new(mode: u32, set: Arc<IndicatorSet>) -> Self {
         Flows {
-            inspect,
+            inspect: mode != MODE_OFF,
+            release_when_named: mode == MODE_AUDIT,
+            set,
             sockets: HashMap::new(),
             wires: HashMap::new(),
             local_tuples: HashSet::new(),
@@ -151,7 +160,7 @@ impl Flows {
         })
     }
 
-    pub fn on_process(&mut self, rec: &ProcessRecord, set: &IndicatorSet, sink: &mut Sink) {
+    pub fn on_process(&mut self, rec: &ProcessRecord, sink: &mut Sink) {
         let process = describe(rec.tgid, rec.uid, &comm(&rec.comm), &self.accounts);
         self.counters.connections += 1;
         let cookie = rec.header.cookie;
@@ -166,7 +175,7 @@ impl Flows {
                 source: monitor_common::verdict::SOURCE_REMOTE_IP,
                 name: target,
             };
-            self.protection_event(cookie, &verdict, set, sink);
+            self.protection_event(cookie, &verdict, sink);
             if rec.verdict == VERDICT_BLOCKED {
                 // connect() failed with EPERM: there will be no other record for this socket.
                 self.sockets.remove(&cookie);
@@ -227,7 +236,7 @@ impl Flows {
         }
     }
 
-    pub fn on_payload(&mut self, rec: &PayloadRecord, sink: &mut Sink) {
+    pub fn on_payload(&mut self, rec: &PayloadRecord) {
         let cookie = rec.header.cookie;
         let flow = self.socket(cookie, rec.header.ktime_ns);
         let len = (rec.len as usize).min(rec.data.len());
@@ -248,7 +257,7 @@ impl Flows {
             Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
     }
 
-    pub fn on_verdict(&mut self, rec: &VerdictRecord, set: &IndicatorSet, sink: &mut Sink) {
+    pub fn on_verdict(&mut self, rec: &VerdictRecord, sink: &mut Sink) {
         let cookie = rec.header.cookie;
         let len = (rec.name_len as usize).min(rec.name.len());
         let verdict = Verdict {
@@ -263,8 +272,10 @@ impl Flows {
             self.judged.push(cookie);
         }
         let outcome = verdict.outcome;
-        if matches!(outcome, VERDICT_BLOCKED | VERDICT_AUDITED | VERDICT_UNINSPECTABLE_BLOCKED) {
-            self.protection_event(cookie, &verdict, set, sink);
+        // Audited events come from user space's reading of the whole request (see `report_success`),
+        // which also covers requests the kernel saw only in pieces.
+        if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
+            self.protection_event(cookie, &verdict, sink);
         }
         let flow = self.socket(cookie, rec.header.ktime_ns);
         flow.verdicts.push(verdict);
@@ -303,6 +314,10 @@ impl Flows {
         if named {
             self.counters.named += 1;
         }
+        if self.release_when_named {
+            self.judged.push(cookie);
+        }
+        self.audit_names(cookie, sink);
         let fields = self.sockets.get(&cookie).map(Self::base_fields).unwrap_or_default();
         self.report(cookie, ActionType::ConnectionSuccess, fields, sink);
     }
@@ -331,8 +346,29 @@ impl Flows {
         }
     }
 
+    /// A name the request carried that a block indicator matches, where the kernel did not block:
+    /// reported as Audited (audit mode, or a request form the kernel does not read in block mode).
+    fn audit_names(&mut self, cookie: u64, sink: &mut Sink) {
+        let Some(flow) = self.sockets.get(&cookie) else { return };
+        if flow.blocked {
+            return;
+        }
+        let inspection = flow.inspector.inspection();
+        let hit = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
+            Decision::Blocked(_) => Some(name.to_string()),
+            _ => None,
+        });
+        if let Some(name) = hit {
+            let source =
+                flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source).unwrap_or(SOURCE_NONE);
+            let verdict = Verdict { outcome: VERDICT_AUDITED, source, name };
+            self.protection_event(cookie, &verdict, sink);
+        }
+    }
+
     /// ExploitGuardNetworkProtectionBlocked / Audited.
-    fn protection_event(&mut self, cookie: u64, verdict: &Verdict, set: &IndicatorSet, sink: &mut Sink) {
+    fn protection_event(&mut self, cookie: u64, verdict: &Verdict, sink: &mut Sink) {
+        let set = self.set.clone();
         let (action, is_audit) = match verdict.outcome {
             VERDICT_AUDITED => (ActionType::ExploitGuardNetworkProtectionAudited, true),
             _ => (ActionType::ExploitGuardNetworkProtectionBlocked, false),

@@ -137,9 +137,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         kernel,
         policy,
         indicators,
-        set,
         sink,
-        flows: Flows::new(mode != MODE_OFF),
+        flows: Flows::new(mode, std::sync::Arc::new(set)),
         socks,
         started: Instant::now(),
         store_path,
@@ -154,7 +153,6 @@ struct Daemon {
     kernel: Kernel,
     policy: KernelPolicy,
     indicators: Indicators,
-    set: monitor_core::policy::IndicatorSet,
     sink: Sink,
     flows: Flows,
     socks: SockHash<MapData, u64>,
@@ -232,12 +230,12 @@ impl Daemon {
             };
             drop(item);
             match record {
-                Record::Process(r) => self.flows.on_process(&r, &self.set, &mut self.sink),
+                Record::Process(r) => self.flows.on_process(&r, &mut self.sink),
                 Record::Established(r) => self.flows.on_established(&r, &mut self.sink),
                 Record::Failed(r) => self.flows.on_failed(&r, &mut self.sink),
                 Record::Closed(r) => self.flows.on_closed(&r, &mut self.sink),
-                Record::Payload(r) => self.flows.on_payload(&r, &mut self.sink),
-                Record::Verdict(r) => self.flows.on_verdict(&r, &self.set, &mut self.sink),
+                Record::Payload(r) => self.flows.on_payload(&r),
+                Record::Verdict(r) => self.flows.on_verdict(&r, &mut self.sink),
                 Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
             }
         }
@@ -260,7 +258,7 @@ impl Daemon {
             "indicators now {allow_n} allow, {block_n} block ({} map writes in {} ms)",
             applied.writes, applied.millis
         );
-        self.set = set;
+        self.flows.set = std::sync::Arc::new(set);
         Ok(())
     }
 
@@ -290,7 +288,7 @@ impl Daemon {
                     if list.as_deref().is_some_and(|l| kind(l) != Some(k)) {
                         continue;
                     }
-                    let entries: Vec<String> = self.set.list(k).iter().map(|i| i.to_string()).collect();
+                    let entries: Vec<String> = self.flows.set.list(k).iter().map(|i| i.to_string()).collect();
                     lists.insert(k.to_string(), Value::from(entries));
                 }
                 json!({ "ok": true, "lists": lists })
@@ -338,7 +336,7 @@ impl Daemon {
                 .map(|i| (drop_reason_name(i).to_string(), Value::from(d[i as usize])))
                 .collect::<serde_json::Map<_, _>>()
         });
-        let (allow_n, block_n) = self.set.counts();
+        let (allow_n, block_n) = self.flows.set.counts();
         let uptime = self.started.elapsed().as_secs_f64();
         let store_size = self.store_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
         json!({

@@ -89,12 +89,15 @@ impl<K: Hash + Eq + Clone, M: SlotMap<K>> Table<K, M> {
     }
 }
 
+/// An address-range map: (address bytes, prefix length) to slots.
+type NetTable<const N: usize> = Table<([u8; N], u32), LpmTrie<MapData, [u8; N], IndicatorSlots>>;
+
 pub struct KernelPolicy {
     config_map: Array<MapData, Config>,
     pub config: Config,
     domains: Table<NameKey, BpfHashMap<MapData, NameKey, IndicatorSlots>>,
-    nets_v4: Table<([u8; 4], u32), LpmTrie<MapData, [u8; 4], IndicatorSlots>>,
-    nets_v6: Table<([u8; 16], u32), LpmTrie<MapData, [u8; 16], IndicatorSlots>>,
+    nets_v4: NetTable<4>,
+    nets_v6: NetTable<16>,
 }
 
 fn bits(b: ListBits) -> u8 {
