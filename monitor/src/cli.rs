@@ -23,6 +23,8 @@ pub enum Command {
     Indicators(IndicatorsArgs),
     /// Show what the running daemon is doing.
     Status(ControlArgs),
+    /// Remove the enforcement a block-mode daemon left pinned (its programs and maps).
+    Detach(DetachArgs),
     /// Check what this kernel supports: load and attach every program, then detach; one line each.
     Probe,
     /// Run the same extraction over a packet capture (pcap or pcapng) and print the same events
@@ -87,6 +89,27 @@ pub struct RunArgs {
     /// The control socket (`monitor indicators`, `monitor status`).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
+    /// Where block mode pins its programs' links and maps (default: <bpffs>/monitor).
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Size of the kernel-to-user ring buffer: a power of two, at least 4096 (default 16 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = ring_size)]
+    pub ring_buffer_bytes: u32,
+}
+
+fn ring_size(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err("must be a power of two of at least 4096".into());
+    }
+    Ok(n)
+}
+
+#[derive(Args, Debug)]
+pub struct DetachArgs {
+    /// The pin directory of the block-mode daemon (default: <bpffs>/monitor).
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 pub const DEFAULT_CONTROL: &str = "/run/monitor/control.sock";
@@ -151,8 +174,14 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => crate::daemon::control::status(args),
         #[cfg(target_os = "linux")]
         Command::Probe => crate::daemon::probe::run(),
+        #[cfg(target_os = "linux")]
+        Command::Detach(args) => crate::daemon::detach(args),
         #[cfg(not(target_os = "linux"))]
-        Command::Run(_) | Command::Indicators(_) | Command::Status(_) | Command::Probe => {
+        Command::Run(_)
+        | Command::Indicators(_)
+        | Command::Status(_)
+        | Command::Probe
+        | Command::Detach(_) => {
             anyhow::bail!("the daemon runs on Linux only; replay, hunt and timeline work here")
         }
     }

@@ -32,13 +32,14 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     out.flush().context("write events")?;
     eprintln!(
-        "monitor replay: {} packets, {} TCP flows, {} named, {} malformed, {} undecodable packets, {} UDP packets not inspected{}",
+        "monitor replay: {} packets, {} flows ({} QUIC), {} named, {} malformed, {} undecodable packets, {} UDP datagrams not inspected{}",
         stats.packets,
         stats.flows,
+        stats.quic_flows,
         stats.flows_named,
         stats.flows_malformed,
         stats.undecodable_packets,
-        stats.udp_packets_skipped,
+        stats.udp_datagrams_not_inspected,
         if stats.truncated_capture { " (the capture ends mid-packet)" } else { "" }
     );
     Ok(ExitCode::SUCCESS)

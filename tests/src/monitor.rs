@@ -25,6 +25,8 @@ pub struct Monitor {
     pub store_path: PathBuf,
     pub control: PathBuf,
     stderr: Arc<Mutex<String>>,
+    /// A pin directory of this monitor's own (block mode pins there), detached when it is dropped.
+    own_pin_dir: Option<String>,
 }
 
 impl Monitor {
@@ -45,9 +47,14 @@ impl Monitor {
             }
             None => Command::new(&bin),
         };
-        cmd.arg("run")
-            .args(args)
-            .arg("--events")
+        // Each test daemon pins (in block mode) in a directory of its own, never the host's default one.
+        let own_pin_dir = (!args.iter().any(|a| a == "--pin-dir"))
+            .then(|| format!("/sys/fs/bpf/monitor-test-{}-{name}", std::process::id()));
+        cmd.arg("run").args(args);
+        if let Some(dir) = &own_pin_dir {
+            cmd.arg("--pin-dir").arg(dir);
+        }
+        cmd.arg("--events")
             .arg(&events_path)
             .arg("--store")
             .arg(&store_path)
@@ -78,7 +85,7 @@ impl Monitor {
             assert!(Instant::now() < deadline, "monitor not ready after 60 s");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Monitor { child, events_path, store_path, control, stderr }
+        Monitor { child, events_path, store_path, control, stderr, own_pin_dir }
     }
 
     pub fn stderr(&self) -> String {
@@ -119,6 +126,7 @@ impl Monitor {
             .unwrap_or_else(|e| panic!("run monitor {args:?}: {e}"))
     }
 
+    /// SIGTERM and wait; dropping `self` then detaches what a block-mode daemon left pinned.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()
     }
@@ -143,6 +151,9 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             self.terminate();
+        }
+        if let Some(dir) = &self.own_pin_dir {
+            let _ = Command::new(monitor_bin()).args(["detach", "--pin-dir", dir]).output();
         }
     }
 }

@@ -661,6 +661,193 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
     drop(mon);
 }
 
+/// Programs attached to a cgroup, by name, as the kernel lists them.
+fn cgroup_programs(cg: &Cgroup) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+fn status(mon: &Monitor) -> Value {
+    let out = mon.ctl(&["status"]);
+    assert!(out.status.success(), "monitor status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
+}
+
+/// Removes a pin directory's enforcement at the end, whatever happened.
+struct Detach(String);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(tests::monitor::monitor_bin())
+            .args(["detach", "--pin-dir", &self.0])
+            .output();
+    }
+}
+
+fn fault_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("fault");
+    let (block, allow) = write_lists(bed, "fault");
+    let pin_dir = format!("/sys/fs/bpf/monitor-test-{}", std::process::id());
+    let _cleanup = Detach(pin_dir.clone());
+    let args: Vec<String> = vec![
+        "--mode".into(),
+        "block".into(),
+        "--cgroup".into(),
+        cg.path.display().to_string(),
+        "--block".into(),
+        block.clone(),
+        "--allow".into(),
+        allow.clone(),
+        "--pin-dir".into(),
+        pin_dir.clone(),
+    ];
+    r.case("fault_kill9_in_block_mode_keeps_enforcing_and_restart_adopts", || {
+        let first = Monitor::start(&bed.dir, "fault-1", None, &args);
+        let status = status(&first);
+        assert_eq!(status["mode"], "block");
+        assert_eq!(status["pin_dir"], pin_dir.as_str());
+        unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(300));
+        // No daemon now: enforcement is pinned.
+        let mark = bed.log_mark();
+        let blocked = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(
+            !blocked.ok() && blocked.elapsed < Duration::from_secs(1),
+            "still blocked after kill -9: {blocked:?}"
+        );
+        assert!(
+            !bed.logs_since(mark).contains("blocked.test"),
+            "squid saw the blocked name while no daemon ran"
+        );
+        let allowed = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        assert!(allowed.ok(), "allowed connections still work: {allowed:?}");
+        assert_eq!(
+            cgroup_programs(&cg).len(),
+            3,
+            "attachments while no daemon runs: {:?}",
+            cgroup_programs(&cg)
+        );
+        drop(first);
+
+        let second = Monitor::start(&bed.dir, "fault-2", None, &args);
+        assert!(second.stderr().contains("adopting the enforcement"), "{}", second.stderr());
+        let programs = cgroup_programs(&cg);
+        assert_eq!(programs.len(), 3, "no duplicate attachment after adoption: {programs:?}");
+        // What happened while no daemon ran is reported from the pinned ring buffer.
+        let missed = second.wait_events(10, |e| {
+            e["InitiatingProcessId"] == blocked.pid
+                && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+        });
+        assert!(
+            !missed.is_empty(),
+            "the block made while no daemon ran is reported on restart:\n{}",
+            describe(&second.events())
+        );
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        expect_blocked(bed, &second, &run, "blocked.test", bed.log_mark());
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        expect_success(&second, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+        drop(second);
+        let out = std::process::Command::new(tests::monitor::monitor_bin())
+            .args(["detach", "--pin-dir", &pin_dir])
+            .output()
+            .expect("detach");
+        assert!(out.status.success(), "monitor detach: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            cgroup_programs(&cg).is_empty(),
+            "detach removes every attachment: {:?}",
+            cgroup_programs(&cg)
+        );
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(run.ok(), "nothing blocks after detach: {run:?}");
+    });
+    r.case("fault_bad_indicator_file_attaches_nothing", || {
+        let bad = bed.dir.join("bad-block.txt");
+        std::fs::write(&bad, "good.test\n10.0.0.0/40\n").expect("write bad list");
+        let out = std::process::Command::new(tests::monitor::monitor_bin())
+            .args(["run", "--mode", "block", "--store", "none", "--cgroup"])
+            .arg(&cg.path)
+            .arg("--block")
+            .arg(&bad)
+            .output()
+            .expect("run monitor");
+        assert!(!out.status.success(), "a bad indicator file must stop the daemon");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bad-block.txt:2") && err.contains("CIDR"),
+            "names file, line and reason: {err}"
+        );
+        assert!(cgroup_programs(&cg).is_empty(), "nothing attached: {:?}", cgroup_programs(&cg));
+    });
+    r.case("fault_non_root_is_told", || {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(tests::monitor::monitor_bin())
+            .args(["run", "--store", "none"])
+            .output()
+            .expect("run setpriv");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must run as root"), "says why: {err}");
+    });
+    r.case("fault_ring_buffer_overflow_is_counted_and_reported", || {
+        let mon = Monitor::start(
+            &bed.dir,
+            "fault-ring",
+            None,
+            &["--cgroup".into(), cg.path.display().to_string(), "--ring-buffer-bytes".into(), "4096".into()],
+        );
+        // A stopped reader and a bounded burst of connections: the one-page ring fills up.
+        unsafe { libc::kill(mon.pid() as i32, libc::SIGSTOP) };
+        let burst = format!(
+            "for i in $(seq 1 40); do curl -s -o /dev/null -H 'Host: other.test' http://{ORIGIN_V4}/; done"
+        );
+        let run = client(&cg, &bed.client_ns, &["sh", "-c", &burst], Duration::from_secs(60));
+        unsafe { libc::kill(mon.pid() as i32, libc::SIGCONT) };
+        assert!(run.ok(), "burst: {run:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = status(&mon);
+            let drops = st["kernel_drops"]["ringbuf_full"].as_u64().unwrap_or(0);
+            if drops > 0 && mon.stderr().contains("kernel dropped") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "drops counted and logged: {st}\n{}", mon.stderr());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Still running, still reporting.
+        let after = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        expect_success(&mon, &after, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+    });
+    r.case("fault_10000_short_connections_leave_no_flow_state", || {
+        let mon = Monitor::start(&bed.dir, "fault-churn", None, &["--cgroup".into(), cg.path.display().to_string()]);
+        let script = format!(
+            "import socket\nfor i in range(10000):\n    s = socket.create_connection(('{ORIGIN_V4}', 80))\n    s.sendall(b'GET / HTTP/1.0\\r\\nHost: other.test\\r\\n\\r\\n')\n    s.recv(4096)\n    s.close()\n"
+        );
+        let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], Duration::from_secs(300));
+        assert!(run.ok(), "10,000 connections: {run:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = status(&mon);
+            let kernel = &st["kernel_flow_entries"];
+            if st["open_flows"] == 0 && kernel["sockets_inspected"] == 0 {
+                assert!(st["flows"]["connections"].as_u64().unwrap_or(0) >= 10_000, "{st}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "per-flow state left behind: {st}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+}
+
 fn run_port(args: &[&str]) -> u16 {
     if args.contains(&SQUID) {
         SQUID_PORT
@@ -694,6 +881,7 @@ fn main() {
         evasion_cases(&mut r, &bed, true);
         evasion_cases(&mut r, &bed, false);
     }
+    fault_cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }

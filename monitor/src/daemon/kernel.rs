@@ -1,14 +1,26 @@
 //! Loading and attaching the kernel programs, and the maps user space writes.
 
-use std::{fs::File, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    fs::File,
+    os::{fd::AsFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType, tc},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
 };
-use monitor_common::{config::Config, verdict::DROP_REASONS};
+use monitor_common::{
+    config::Config,
+    record::{WireFlowKey, WireFlowState},
+    verdict::DROP_REASONS,
+};
 
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
@@ -22,6 +34,11 @@ pub struct Attachment {
 pub struct Kernel {
     pub ebpf: Ebpf,
     pub attachments: Vec<Attachment>,
+    /// Links this daemon owns. Unpinned ones detach when dropped; pinned ones outlive the daemon.
+    links: Vec<(String, FdLink)>,
+    pinned: Vec<PinnedLink>,
+    /// Where enforcement is pinned (block mode), so that it survives the daemon.
+    pub pin_dir: Option<PathBuf>,
 }
 
 pub struct LoadOptions<'a> {
@@ -30,17 +47,47 @@ pub struct LoadOptions<'a> {
     pub ifaces: &'a [String],
     pub domain_capacity: u32,
     pub net_capacity: u32,
+    /// Block mode: pin maps and links here, adopting what a previous daemon left.
+    pub pin_dir: Option<&'a Path>,
+    pub ring_buffer_bytes: u32,
 }
+
+/// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
+/// the next daemon adopts them (its events resume from the same ring buffer).
+const PERSISTENT_MAPS: &[&str] = &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6"];
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (it is not always /sys/fs/cgroup).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|line| {
-            let (pre, post) = line.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup2 file system is mounted: the monitor attaches to cgroup v2 (mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup`)")
+    mount_point("cgroup2").context(
+        "no cgroup2 file system is mounted: the monitor attaches to cgroup v2 (mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup`)",
+    )
+}
+
+fn mount_point(fstype: &str) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        (post.split_whitespace().next()? == fstype)
+            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// The bpffs mount point where pins live; mounted at /sys/fs/bpf when no BPF file system is.
+pub fn bpffs() -> anyhow::Result<PathBuf> {
+    if let Some(path) = mount_point("bpf") {
+        return Ok(path);
+    }
+    let target = c"/sys/fs/bpf";
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        bail!(
+            "no BPF file system is mounted and mounting one at /sys/fs/bpf failed ({}); block mode pins its \
+             enforcement there (mount it: `mount -t bpf bpf /sys/fs/bpf`)",
+            std::io::Error::last_os_error()
+        );
+    }
+    log::info!("mounted the BPF file system at /sys/fs/bpf");
+    Ok(PathBuf::from("/sys/fs/bpf"))
 }
 
 /// The interface exists in this network namespace (/sys may show another one under nsenter).
@@ -52,23 +99,138 @@ pub fn check_iface(iface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Link generations pinned under `pin_dir/links`, oldest first.
+fn pinned_generations(pin_dir: &Path) -> Vec<PathBuf> {
+    let mut gens: Vec<PathBuf> = std::fs::read_dir(pin_dir.join("links"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    gens.sort();
+    gens
+}
+
+/// Detach every pinned link of `generation` and remove its pins.
+fn release_generation(generation: &Path) -> anyhow::Result<usize> {
+    let mut released = 0;
+    for entry in std::fs::read_dir(generation).with_context(|| format!("read {}", generation.display()))? {
+        let path = entry.context("read pinned link")?.path();
+        let link =
+            PinnedLink::from_pin(&path).with_context(|| format!("open pinned link {}", path.display()))?;
+        // Unpinning hands back the last reference: dropping it detaches the program.
+        drop(link.unpin().with_context(|| format!("unpin {}", path.display()))?);
+        released += 1;
+    }
+    std::fs::remove_dir(generation).with_context(|| format!("remove {}", generation.display()))?;
+    Ok(released)
+}
+
+/// Whether a previous block-mode daemon left enforcement pinned in `pin_dir`.
+pub fn has_pins(pin_dir: &Path) -> bool {
+    !pinned_generations(pin_dir).is_empty() || pin_dir.join("maps").exists()
+}
+
+/// `monitor detach`: remove everything a block-mode daemon pinned: links (detaching their programs),
+/// the sk_msg attachment, and the maps. Returns the number of links released.
+pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
+    let mut released = 0;
+    for generation in pinned_generations(pin_dir) {
+        released += release_generation(&generation)?;
+    }
+    let _ = std::fs::remove_dir(pin_dir.join("links"));
+    let maps = pin_dir.join("maps");
+    if maps.exists() {
+        // The sk_msg program is attached to the sockhash itself; it goes when the last reference to the
+        // map does, once its pin is removed and no program uses it.
+        for entry in std::fs::read_dir(&maps).with_context(|| format!("read {}", maps.display()))? {
+            let path = entry.context("read map pin")?.path();
+            std::fs::remove_file(&path).with_context(|| format!("remove {}", path.display()))?;
+        }
+        std::fs::remove_dir(&maps).with_context(|| format!("remove {}", maps.display()))?;
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(released)
+}
+
 impl Kernel {
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Kernel> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("DOMAINS", opts.domain_capacity.max(1024))
             .map_max_entries("NETS_V4", opts.net_capacity.max(1024))
             .map_max_entries("NETS_V6", opts.net_capacity.max(1024))
-            .load(OBJECT)
-            .context("load the kernel programs' object (maps and BTF)")?;
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+        let map_paths: Vec<(&str, PathBuf)> = match opts.pin_dir {
+            Some(dir) => {
+                let maps = dir.join("maps");
+                std::fs::create_dir_all(&maps).with_context(|| format!("create {}", maps.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("chmod 0700 {}", dir.display()))?;
+                PERSISTENT_MAPS.iter().map(|m| (*m, maps.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("load the kernel programs' object (maps and BTF)")?;
         {
             let mut config: Array<_, Config> =
                 Array::try_from(ebpf.map_mut("CONFIG").context("map CONFIG")?).context("map CONFIG")?;
             config.set(0, opts.config, 0).context("write CONFIG")?;
         }
-        let mut kernel = Kernel { ebpf, attachments: Vec::new() };
+        let mut kernel = Kernel {
+            ebpf,
+            attachments: Vec::new(),
+            links: Vec::new(),
+            pinned: Vec::new(),
+            pin_dir: opts.pin_dir.map(Path::to_path_buf),
+        };
         kernel.attach_cgroups(opts.cgroups)?;
         kernel.attach_ifaces(opts.ifaces)?;
+        if let Some(dir) = opts.pin_dir {
+            kernel.pin_links(dir)?;
+        }
         Ok(kernel)
+    }
+
+    /// The configuration a previous daemon left in a pinned CONFIG map (its hash seeds key the
+    /// pinned indicators).
+    pub fn pinned_config(pin_dir: &Path) -> Option<Config> {
+        let map = MapData::from_pin(pin_dir.join("maps/CONFIG")).ok()?;
+        let config: Array<MapData, Config> = Array::try_from(aya::maps::Map::Array(map)).ok()?;
+        config.get(&0, 0).ok().filter(|c| c.seed != [0, 0])
+    }
+
+    /// Pin this daemon's links as a new generation, then release the older generations: the new
+    /// programs are attached before the old ones go, so enforcement has no gap.
+    fn pin_links(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let older = pinned_generations(dir);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let generation = dir.join("links").join(format!("{stamp:024}"));
+        std::fs::create_dir_all(&generation).with_context(|| format!("create {}", generation.display()))?;
+        for (i, (name, link)) in std::mem::take(&mut self.links).into_iter().enumerate() {
+            let path = generation.join(format!("{i:02}-{name}"));
+            let pinned = link.pin(&path).with_context(|| format!("pin link {}", path.display()))?;
+            self.pinned.push(pinned);
+        }
+        for old in older {
+            let released = release_generation(&old)?;
+            log::info!("adopted enforcement pinned by a previous daemon: released its {released} links");
+        }
+        Ok(())
+    }
+
+    fn keep(
+        &mut self,
+        name: &str,
+        link: impl TryInto<FdLink, Error = aya::programs::links::LinkError>,
+    ) -> anyhow::Result<()> {
+        let link =
+            link.try_into().with_context(|| format!("{name}: this kernel attached it without a bpf_link"))?;
+        self.links.push((name.to_string(), link));
+        Ok(())
     }
 
     fn attach_cgroups(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
@@ -77,14 +239,7 @@ impl Kernel {
             .map(|p| File::open(p).with_context(|| format!("open cgroup {}", p.display())).map(|f| (p, f)))
             .collect::<anyhow::Result<Vec<_>>>()?;
 
-        for name in ["connect4", "connect6"] {
-            let prog: &mut CgroupSockAddr = self.program(name)?;
-            prog.load().with_context(|| format!("load {name} (the verifier's log follows)"))?;
-            for (path, file) in &files {
-                prog.attach(file.as_fd(), CgroupAttachMode::Single)
-                    .with_context(|| format!("attach {name} to cgroup {}", path.display()))?;
-            }
-        }
+        // sock_ops first: a socket must be enrolled for inspection before anything can judge it.
         let sock_fd = {
             let socks: SockHash<&MapData, u64> =
                 SockHash::try_from(self.ebpf.map("SOCKS").context("map SOCKS")?).context("map SOCKS")?;
@@ -92,15 +247,37 @@ impl Kernel {
         };
         let prog: &mut SkMsg = self.program("inspect_send")?;
         prog.load().context("load inspect_send (sk_msg; the verifier's log follows)")?;
-        prog.attach(&sock_fd).context("attach inspect_send (sk_msg) to SOCKS")?;
+        let id = prog.attach(&sock_fd).context("attach inspect_send (sk_msg) to SOCKS")?;
+        // The attachment belongs to the sockhash, not to a link: it lasts as long as the map, which is
+        // pinned in block mode. Owning it here keeps aya from detaching it when the daemon exits.
+        std::mem::forget(prog.take_link(id).context("take the sk_msg attachment")?);
         self.attachments.push(Attachment { program: "inspect_send", target: "sockhash SOCKS".into() });
 
+        for name in ["connect4", "connect6"] {
+            let mut taken = Vec::new();
+            let prog: &mut CgroupSockAddr = self.program(name)?;
+            prog.load().with_context(|| format!("load {name} (the verifier's log follows)"))?;
+            for (path, file) in &files {
+                let id = prog
+                    .attach(file.as_fd(), CgroupAttachMode::Single)
+                    .with_context(|| format!("attach {name} to cgroup {}", path.display()))?;
+                taken.push(prog.take_link(id).context("take link")?);
+            }
+            for link in taken {
+                self.keep(name, link)?;
+            }
+        }
+        let mut taken = Vec::new();
         let prog: &mut SockOps = self.program("track_connection")?;
         prog.load().context("load track_connection (sock_ops)")?;
         for (path, file) in &files {
-            prog.attach(file.as_fd(), CgroupAttachMode::Single).with_context(|| {
+            let id = prog.attach(file.as_fd(), CgroupAttachMode::Single).with_context(|| {
                 format!("attach track_connection (sock_ops) to cgroup {}", path.display())
             })?;
+            taken.push(prog.take_link(id).context("take link")?);
+        }
+        for link in taken {
+            self.keep("track_connection", link)?;
         }
         for (path, _) in &files {
             for program in ["connect4", "connect6", "track_connection"] {
@@ -116,17 +293,21 @@ impl Kernel {
         }
         let prog: &mut SchedClassifier = self.program("wire_ingress")?;
         prog.load().context("load wire_ingress (tc classifier)")?;
-        let mut attached = Vec::new();
+        let mut taken = Vec::new();
         for iface in ifaces {
             check_iface(iface)?;
-            // Links are independent of each other: Single only forbids the legacy multi-attach flag.
             // Already present is fine; tcx (6.6+) does not need it at all.
             let _ = tc::qdisc_add_clsact(iface);
-            prog.attach(iface, TcAttachType::Ingress)
+            let id = prog
+                .attach(iface, TcAttachType::Ingress)
                 .with_context(|| format!("attach wire_ingress to {iface} ingress"))?;
-            attached.push(Attachment { program: "wire_ingress", target: format!("tc ingress {iface}") });
+            taken.push((iface.clone(), prog.take_link(id).context("take link")?));
         }
-        self.attachments.extend(attached);
+        for (iface, link) in taken {
+            self.keep("wire_ingress", link)?;
+            self.attachments
+                .push(Attachment { program: "wire_ingress", target: format!("tc ingress {iface}") });
+        }
         Ok(())
     }
 
@@ -145,6 +326,18 @@ impl Kernel {
 
     pub fn take_socks(&mut self) -> anyhow::Result<SockHash<MapData, u64>> {
         SockHash::try_from(self.ebpf.take_map("SOCKS").context("map SOCKS")?).context("map SOCKS")
+    }
+
+    /// Per-connection entries the kernel holds now: sockets still enrolled for inspection, and forwarded
+    /// flows being captured.
+    pub fn flow_entries(&self, socks: &SockHash<MapData, u64>) -> (usize, usize) {
+        let wire = self
+            .ebpf
+            .map("WIRE_FLOWS")
+            .and_then(|m| aya::maps::HashMap::<&MapData, WireFlowKey, WireFlowState>::try_from(m).ok())
+            .map(|m| m.keys().count())
+            .unwrap_or(0);
+        (socks.keys().count(), wire)
     }
 
     /// Kernel-side drop counters, summed over CPUs, by `DROP_*` reason.

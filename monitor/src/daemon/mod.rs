@@ -38,13 +38,7 @@ use sink::Sink;
 const TICK: Duration = Duration::from_millis(100);
 const FILE_POLL: Duration = Duration::from_millis(250);
 
-fn log(message: std::fmt::Arguments<'_>) {
-    eprintln!("monitor: {message}");
-}
-
-macro_rules! info {
-    ($($t:tt)*) => { log(format_args!($($t)*)) };
-}
+use log::{error, info, warn};
 
 fn random_seed() -> anyhow::Result<[u64; 2]> {
     let mut bytes = [0u8; 16];
@@ -92,7 +86,32 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Uninspectable::Allow => UNINSPECTABLE_ALLOW,
         Uninspectable::Block => UNINSPECTABLE_BLOCK,
     };
-    let config = Config::new(mode, uninspectable, 0, random_seed()?);
+    // Block mode pins its enforcement so that it outlives the daemon (a crash or an upgrade opens no gap);
+    // the next daemon adopts it. Other modes leave nothing behind, and release what a block-mode daemon left.
+    let bpffs = kernel::bpffs();
+    let pin_dir = match (&args.pin_dir, bpffs) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Ok(fs)) => Some(fs.join("monitor")),
+        (None, Err(e)) if mode == MODE_BLOCK => return Err(e),
+        (None, Err(_)) => None,
+    };
+    let mut config = Config::new(mode, uninspectable, 0, random_seed()?);
+    if let Some(dir) = &pin_dir {
+        if mode == MODE_BLOCK {
+            if let Some(previous) = Kernel::pinned_config(dir) {
+                info!("adopting the enforcement pinned in {}", dir.display());
+                // The pinned indicators are keyed by the previous seeds; the generation carries on too.
+                config.seed = previous.seed;
+                config.generation = previous.generation;
+            }
+        } else if kernel::has_pins(dir) {
+            let released = kernel::detach_pinned(dir)?;
+            info!(
+                "released the enforcement a block-mode daemon left pinned in {} ({released} links)",
+                dir.display()
+            );
+        }
+    }
 
     let store = match args.store.as_deref() {
         Some(p) if p.as_os_str() == "none" => None,
@@ -114,6 +133,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ifaces: &args.ifaces,
         domain_capacity: capacity(set.domains().count() + 65_536),
         net_capacity: capacity(set.nets().count() + 16_384),
+        pin_dir: if mode == MODE_BLOCK { pin_dir.as_deref() } else { None },
+        ring_buffer_bytes: args.ring_buffer_bytes,
     })?;
     let mut policy = KernelPolicy::take(&mut kernel, config)?;
     let applied = policy.apply(&set).context("load the indicators into the kernel")?;
@@ -126,6 +147,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let socks = kernel.take_socks()?;
     for a in &kernel.attachments {
         info!("attached {} to {}", a.program, a.target);
+    }
+    if let Some(dir) = &kernel.pin_dir {
+        info!(
+            "enforcement pinned in {} (it stays when the daemon stops; `monitor detach` removes it)",
+            dir.display()
+        );
     }
     info!("mode {:?}; ready", args.mode);
     notify_ready();
@@ -198,7 +225,7 @@ impl Daemon {
                         if let Ok(drops) = self.kernel.drops() {
                             for (i, (&now, seen)) in drops.iter().zip(reported_drops.iter_mut()).enumerate() {
                                 if now > *seen {
-                                    info!("warning: kernel dropped {} records ({}); total {now}", now - *seen, drop_reason_name(i as u32));
+                                    warn!("kernel dropped {} records ({}); total {now}", now - *seen, drop_reason_name(i as u32));
                                     *seen = now;
                                 }
                             }
@@ -267,10 +294,10 @@ impl Daemon {
             Ok(false) => {}
             Ok(true) => {
                 if let Err(e) = self.apply() {
-                    info!("error: applying reloaded indicators: {e:#}");
+                    error!("applying reloaded indicators: {e:#}");
                 }
             }
-            Err(e) => info!("error: indicator file rejected, keeping the previous set: {e}"),
+            Err(e) => error!("indicator file rejected, keeping the previous set: {e}"),
         }
     }
 
@@ -337,6 +364,7 @@ impl Daemon {
                 .collect::<serde_json::Map<_, _>>()
         });
         let (allow_n, block_n) = self.flows.set.counts();
+        let (socks_n, wire_n) = self.kernel.flow_entries(&self.socks);
         let uptime = self.started.elapsed().as_secs_f64();
         let store_size = self.store_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
         json!({
@@ -352,7 +380,28 @@ impl Daemon {
                        "dropped": self.sink.store().map(|s| s.dropped()) },
             "flows": self.flows.counters,
             "open_flows": self.flows.open_count(),
+            "kernel_flow_entries": { "sockets_inspected": socks_n, "forwarded_flows": wire_n },
+            "pin_dir": self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
+            "kernel_features": probe::features(),
             "kernel_drops": drops,
         })
     }
+}
+
+/// `monitor detach`.
+pub fn detach(args: crate::cli::DetachArgs) -> anyhow::Result<ExitCode> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("`monitor detach` must run as root");
+    }
+    let dir = match args.pin_dir {
+        Some(dir) => dir,
+        None => kernel::bpffs()?.join("monitor"),
+    };
+    if !kernel::has_pins(&dir) {
+        println!("nothing pinned in {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let released = kernel::detach_pinned(&dir)?;
+    println!("detached: {released} links released, maps unpinned in {}", dir.display());
+    Ok(ExitCode::SUCCESS)
 }

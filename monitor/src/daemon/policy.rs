@@ -21,6 +21,8 @@ use super::kernel::Kernel;
 trait SlotMap<K> {
     fn put(&mut self, key: &K, slots: IndicatorSlots) -> anyhow::Result<()>;
     fn delete(&mut self, key: &K) -> anyhow::Result<()>;
+    /// What the map holds now (a map adopted from a previous daemon is not empty).
+    fn entries(&self) -> anyhow::Result<HashMap<K, IndicatorSlots>>;
 }
 
 impl SlotMap<NameKey> for BpfHashMap<MapData, NameKey, IndicatorSlots> {
@@ -29,6 +31,9 @@ impl SlotMap<NameKey> for BpfHashMap<MapData, NameKey, IndicatorSlots> {
     }
     fn delete(&mut self, key: &NameKey) -> anyhow::Result<()> {
         self.remove(key).context("delete from DOMAINS")
+    }
+    fn entries(&self) -> anyhow::Result<HashMap<NameKey, IndicatorSlots>> {
+        self.iter().map(|e| e.context("read DOMAINS")).collect()
     }
 }
 
@@ -39,6 +44,11 @@ impl<const N: usize> SlotMap<([u8; N], u32)> for LpmTrie<MapData, [u8; N], Indic
     fn delete(&mut self, key: &([u8; N], u32)) -> anyhow::Result<()> {
         self.remove(&Key::new(key.1, key.0)).context("delete from an address-range map")
     }
+    fn entries(&self) -> anyhow::Result<HashMap<([u8; N], u32), IndicatorSlots>> {
+        self.iter()
+            .map(|e| e.map(|(k, v)| ((k.data(), k.prefix_len()), v)).context("read an address-range map"))
+            .collect()
+    }
 }
 
 /// One kernel map and what user space knows it holds.
@@ -48,6 +58,11 @@ struct Table<K, M> {
 }
 
 impl<K: Hash + Eq + Clone, M: SlotMap<K>> Table<K, M> {
+    fn adopt(map: M) -> anyhow::Result<Self> {
+        let held = map.entries()?;
+        Ok(Table { map, held })
+    }
+
     /// Write `wanted` into generation `next` (other generation untouched).
     fn stage(&mut self, wanted: &HashMap<K, u8>, next: usize) -> anyhow::Result<usize> {
         let mut writes = 0;
@@ -117,18 +132,9 @@ impl KernelPolicy {
         Ok(KernelPolicy {
             config_map: Array::try_from(take("CONFIG")?).context("map CONFIG")?,
             config,
-            domains: Table {
-                map: BpfHashMap::try_from(take("DOMAINS")?).context("map DOMAINS")?,
-                held: HashMap::new(),
-            },
-            nets_v4: Table {
-                map: LpmTrie::try_from(take("NETS_V4")?).context("map NETS_V4")?,
-                held: HashMap::new(),
-            },
-            nets_v6: Table {
-                map: LpmTrie::try_from(take("NETS_V6")?).context("map NETS_V6")?,
-                held: HashMap::new(),
-            },
+            domains: Table::adopt(BpfHashMap::try_from(take("DOMAINS")?).context("map DOMAINS")?)?,
+            nets_v4: Table::adopt(LpmTrie::try_from(take("NETS_V4")?).context("map NETS_V4")?)?,
+            nets_v6: Table::adopt(LpmTrie::try_from(take("NETS_V6")?).context("map NETS_V6")?)?,
         })
     }
 

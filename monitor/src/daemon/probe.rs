@@ -31,6 +31,16 @@ fn feature(name: &str, ok: bool, what: &str) -> Line {
     Line { name: name.into(), result: if ok { Ok(what.into()) } else { Err(format!("missing: {what}")) } }
 }
 
+/// What `monitor status` shows of the kernel: its release and the features the monitor relies on.
+pub fn features() -> serde_json::Value {
+    serde_json::json!({
+        "release": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "btf": Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "cgroup2": cgroup2_root().ok().map(|p| p.display().to_string()),
+        "bpf_stats_enabled": fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim() == "1").unwrap_or(false),
+    })
+}
+
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut lines = vec![
         feature("btf", Path::new("/sys/kernel/btf/vmlinux").exists(), "/sys/kernel/btf/vmlinux"),
