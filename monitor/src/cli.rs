@@ -45,7 +45,8 @@ pub struct ReplayArgs {
     pub events: String,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// No payload inspection: connection events only.
     Off,
@@ -55,49 +56,69 @@ pub enum Mode {
     Block,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Uninspectable {
     Allow,
     Block,
 }
 
+/// `monitor run`. Every flag has a key of the same name (with `_`) in the configuration file; a flag
+/// given on the command line wins over the file.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    #[arg(long, value_enum, default_value = "audit")]
-    pub mode: Mode,
-    /// cgroup v2 directory to watch (repeatable); default: the root of the cgroup2 hierarchy (the whole host).
+    /// Configuration file [default: /etc/monitor/config.toml, if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate the configuration and the indicator files, then exit (attaches nothing).
+    #[arg(long)]
+    pub check: bool,
+    /// [default: audit]
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// cgroup v2 directory to watch (repeatable) [default: the root of the cgroup2 hierarchy, the whole host].
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<PathBuf>,
     /// Interface whose ingress is watched for forwarded flows (gateway mode; repeatable).
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
-    /// Where events go: a file path, or - for stdout.
-    #[arg(long, value_name = "PATH|-", default_value = "-")]
-    pub events: String,
+    /// Where events go: a file path, or - for stdout [default: -].
+    #[arg(long, value_name = "PATH|-")]
+    pub events: Option<String>,
     /// Block indicators: one domain, address or CIDR range per line.
     #[arg(long = "block", value_name = "FILE")]
     pub block: Option<PathBuf>,
     /// Allow indicators (allow wins over block).
     #[arg(long = "allow", value_name = "FILE")]
     pub allow: Option<PathBuf>,
-    /// The embedded event store (SQLite); `none` disables it.
+    /// The embedded event store (SQLite), or `none` [default: /var/lib/monitor/events.db].
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
-    /// What to do with a connection whose first bytes name no target within the bounds (block mode).
-    #[arg(long, value_enum, default_value = "allow")]
-    pub uninspectable: Uninspectable,
-    /// The control socket (`monitor indicators`, `monitor status`).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
-    pub control: PathBuf,
-    /// Where block mode pins its programs' links and maps (default: <bpffs>/monitor).
+    /// Delete stored events older than this (e.g. 30d, 12h) [default: keep].
+    #[arg(long, value_name = "DURATION")]
+    pub store_max_age: Option<String>,
+    /// Keep the store under this many bytes, deleting the oldest events [default: no limit].
+    #[arg(long, value_name = "BYTES")]
+    pub store_max_bytes: Option<u64>,
+    /// In block mode, what to do with a connection whose first bytes name no target within the bounds
+    /// [default: allow].
+    #[arg(long, value_enum)]
+    pub uninspectable: Option<Uninspectable>,
+    /// The control socket for `monitor indicators` and `monitor status` [default: /run/monitor/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Where block mode pins its programs' links and maps [default: <bpffs>/monitor].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
-    /// Size of the kernel-to-user ring buffer: a power of two, at least 4096 (default 16 MiB).
-    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20, value_parser = ring_size)]
-    pub ring_buffer_bytes: u32,
+    /// Size of the kernel-to-user ring buffer: a power of two, at least 4096 [default: 16 MiB].
+    #[arg(long, value_name = "BYTES", value_parser = ring_size)]
+    pub ring_buffer_bytes: Option<u32>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9900) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
-fn ring_size(text: &str) -> Result<u32, String> {
+pub fn ring_size(text: &str) -> Result<u32, String> {
     let n: u32 = text.parse().map_err(|e| format!("{e}"))?;
     if n < 4096 || !n.is_power_of_two() {
         return Err("must be a power of two of at least 4096".into());

@@ -848,6 +848,74 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
     });
 }
 
+fn config_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("config");
+    let (block, _) = write_lists(bed, "config");
+    let config = bed.dir.join("config.toml");
+    let monitor = |args: &[&str]| {
+        std::process::Command::new(tests::monitor::monitor_bin()).args(args).output().expect("run monitor")
+    };
+    r.case("config_check_validates_and_flags_win", || {
+        std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\nstore = \"none\"\n"))
+            .expect("write config");
+        let out = monitor(&["run", "--config", config.to_str().expect("path"), "--check"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("mode Block") && text.contains("3 block"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = monitor(&["run", "--config", config.to_str().expect("path"), "--check", "--mode", "audit"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("mode Audit"), "the flag wins over the file");
+        std::fs::write(&config, "mode = \"block\"\nblok = \"x\"\n").expect("write config");
+        let out = monitor(&["run", "--config", config.to_str().expect("path"), "--check"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("blok"), "an unknown key is named: {err}");
+        std::fs::write(&config, "mode = \"blocking\"\n").expect("write config");
+        let out = monitor(&["run", "--config", config.to_str().expect("path"), "--check"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("mode") && err.contains("blocking"),
+            "a bad value is named: {err}"
+        );
+    });
+    r.case("config_sighup_switches_mode_and_metrics_serve_status", || {
+        std::fs::write(&config, format!("mode = \"audit\"\nblock = \"{block}\"\n")).expect("write config");
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let mon = Monitor::start(
+            &bed.dir,
+            "config",
+            None,
+            &[
+                "--config".into(),
+                config.display().to_string(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--metrics".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+        );
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(run.ok(), "audit mode from the file: {run:?}");
+        std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\n")).expect("write config");
+        unsafe { libc::kill(mon.pid() as i32, libc::SIGHUP) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !mon.stderr().contains("mode now Block") {
+            assert!(std::time::Instant::now() < deadline, "SIGHUP applies the new mode: {}", mon.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        expect_blocked(bed, &mon, &run, "blocked.test", bed.log_mark());
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+        use std::io::{Read as _, Write as _};
+        stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request metrics");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("read metrics");
+        assert!(body.contains("monitor_events ") && body.contains("monitor_flows_blocked 1"), "{body}");
+        assert!(body.contains("monitor_kernel_drops_total{reason=\"ringbuf_full\"} 0"), "{body}");
+    });
+}
+
 fn run_port(args: &[&str]) -> u16 {
     if args.contains(&SQUID) {
         SQUID_PORT
@@ -882,6 +950,7 @@ fn main() {
         evasion_cases(&mut r, &bed, false);
     }
     fault_cases(&mut r, &bed);
+    config_cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }

@@ -135,6 +135,11 @@ impl Flows {
         }
     }
 
+    pub fn set_mode(&mut self, mode: u32) {
+        self.inspect = mode != MODE_OFF;
+        self.release_when_named = mode == MODE_AUDIT;
+    }
+
     pub fn open_count(&self) -> usize {
         self.sockets.len() + self.wires.len()
     }

@@ -4,10 +4,12 @@ pub mod control;
 mod flows;
 mod indicators;
 mod kernel;
+mod metrics;
 mod policy;
 pub mod probe;
 mod process;
 mod records;
+mod settings;
 mod sink;
 
 use std::{
@@ -33,6 +35,7 @@ use indicators::Indicators;
 use kernel::{Kernel, LoadOptions, cgroup2_root};
 use policy::KernelPolicy;
 use records::Record;
+use settings::Settings;
 use sink::Sink;
 
 const TICK: Duration = Duration::from_millis(100);
@@ -59,12 +62,26 @@ fn notify_ready() {
     let _ = socket.send_to(b"READY=1", PathBuf::from(path));
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    if unsafe { libc::geteuid() } != 0 {
+fn mode_value(mode: Mode) -> u32 {
+    match mode {
+        Mode::Off => MODE_OFF,
+        Mode::Audit => MODE_AUDIT,
+        Mode::Block => MODE_BLOCK,
+    }
+}
+
+pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
+    let args = Settings::resolve(&cli_args)?;
+    if unsafe { libc::geteuid() } != 0 && !cli_args.check {
         bail!(
             "`monitor run` must run as root: it loads BPF programs and attaches them to cgroups and interfaces \
              (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
         );
+    }
+    for (what, path) in [("the allow list", &args.allow), ("the block list", &args.block)] {
+        if let Some(path) = path {
+            settings::check_owner(what, path)?;
+        }
     }
     let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())?;
     let set = indicators.effective();
@@ -77,11 +94,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for iface in &args.ifaces {
         kernel::check_iface(iface)?;
     }
-    let mode = match args.mode {
-        Mode::Off => MODE_OFF,
-        Mode::Audit => MODE_AUDIT,
-        Mode::Block => MODE_BLOCK,
-    };
+    if let Some(addr) = args.metrics
+        && !addr.ip().is_loopback()
+    {
+        warn!("metrics will listen on {addr}, which is not a loopback address");
+    }
+    if cli_args.check {
+        let (allow_n, block_n) = set.counts();
+        println!(
+            "configuration ok: mode {:?}, {} cgroup(s), {} interface(s), {allow_n} allow and {block_n} block indicators{}",
+            args.mode,
+            cgroups.len(),
+            args.ifaces.len(),
+            args.config.as_ref().map(|c| format!(", from {}", c.display())).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = mode_value(args.mode);
     let uninspectable = match args.uninspectable {
         Uninspectable::Allow => UNINSPECTABLE_ALLOW,
         Uninspectable::Block => UNINSPECTABLE_BLOCK,
@@ -113,13 +142,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let store = match args.store.as_deref() {
-        Some(p) if p.as_os_str() == "none" => None,
-        other => {
-            let path = other.map(PathBuf::from).unwrap_or_else(monitor_hunt::default_store_path);
-            let writer = sink::open_store(&path)
+    let retention = monitor_hunt::Retention { max_age: args.store_max_age, max_bytes: args.store_max_bytes };
+    let store = match &args.store {
+        None => None,
+        Some(path) => {
+            let writer = sink::open_store(path, retention)
                 .with_context(|| format!("open the event store {}", path.display()))?;
-            Some((path, writer))
+            Some((path.clone(), writer))
         }
     };
     let store_path = store.as_ref().map(|(p, _)| p.clone());
@@ -160,6 +189,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
     let daemon = Daemon {
+        cli_args: cli_args.clone(),
         args: args.clone(),
         kernel,
         policy,
@@ -176,7 +206,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 struct Daemon {
-    args: RunArgs,
+    /// The command line, to resolve the configuration again on SIGHUP.
+    cli_args: RunArgs,
+    args: Settings,
     kernel: Kernel,
     policy: KernelPolicy,
     indicators: Indicators,
@@ -197,6 +229,13 @@ impl Daemon {
         let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+        if let Some(addr) = self.args.metrics {
+            let metrics = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for metrics on {addr}"))?;
+            info!("metrics on http://{addr}/metrics");
+            tokio::spawn(metrics::serve(metrics, calls_tx.clone()));
+        }
         tokio::spawn(control::serve(listener, calls_tx));
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
@@ -233,7 +272,8 @@ impl Daemon {
                     }
                 }
                 _ = sighup.recv() => {
-                    info!("SIGHUP: reloading indicators");
+                    info!("SIGHUP: reloading the configuration and the indicators");
+                    self.reload_config();
                     self.reload_files();
                 }
                 _ = sigterm.recv() => break,
@@ -287,6 +327,72 @@ impl Daemon {
         );
         self.flows.set = std::sync::Arc::new(set);
         Ok(())
+    }
+
+    /// SIGHUP: mode, uninspectable policy and indicator files take effect now; what is attached where
+    /// (cgroups, interfaces, sinks, sockets, pins) takes a restart, which in block mode opens no gap.
+    fn reload_config(&mut self) {
+        let new = match Settings::resolve(&self.cli_args) {
+            Ok(new) => new,
+            Err(e) => {
+                error!("configuration rejected, keeping the running one: {e:#}");
+                return;
+            }
+        };
+        if (new.allow.as_ref(), new.block.as_ref()) != (self.args.allow.as_ref(), self.args.block.as_ref()) {
+            match Indicators::load(new.allow.as_deref(), new.block.as_deref()) {
+                Ok(indicators) => {
+                    self.indicators = indicators;
+                    if let Err(e) = self.apply() {
+                        error!("applying the new indicator files: {e:#}");
+                    }
+                }
+                Err(e) => {
+                    error!("indicator file rejected, keeping the previous set: {e}");
+                    return;
+                }
+            }
+        }
+        if new.mode != self.args.mode || new.uninspectable != self.args.uninspectable {
+            let mode = mode_value(new.mode);
+            self.policy.config.mode = mode;
+            self.policy.config.uninspectable = match new.uninspectable {
+                Uninspectable::Allow => UNINSPECTABLE_ALLOW,
+                Uninspectable::Block => UNINSPECTABLE_BLOCK,
+            };
+            match self.policy.write_config() {
+                Ok(()) => {
+                    self.flows.set_mode(mode);
+                    info!("mode now {:?}, uninspectable {:?}", new.mode, new.uninspectable);
+                    if (new.mode == Mode::Block) != (self.args.mode == Mode::Block) {
+                        warn!(
+                            "pinning of enforcement follows the mode the daemon started in until it restarts"
+                        );
+                    }
+                }
+                Err(e) => error!("writing the new mode: {e:#}"),
+            }
+        }
+        let restart_only = [
+            ("cgroups", new.cgroups != self.args.cgroups),
+            ("ifaces", new.ifaces != self.args.ifaces),
+            ("events", new.events != self.args.events),
+            ("store", new.store != self.args.store),
+            ("control", new.control != self.args.control),
+            ("pin_dir", new.pin_dir != self.args.pin_dir),
+            ("ring_buffer_bytes", new.ring_buffer_bytes != self.args.ring_buffer_bytes),
+            ("metrics", new.metrics != self.args.metrics),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                warn!("{key} changed: it takes effect when the daemon restarts");
+            }
+        }
+        let Settings { mode, uninspectable, allow, block, .. } = new;
+        self.args.mode = mode;
+        self.args.uninspectable = uninspectable;
+        self.args.allow = allow;
+        self.args.block = block;
     }
 
     fn reload_files(&mut self) {

@@ -138,6 +138,11 @@ impl KernelPolicy {
         })
     }
 
+    /// Write `config` (mode, uninspectable policy) to the kernel.
+    pub fn write_config(&mut self) -> anyhow::Result<()> {
+        self.config_map.set(0, self.config, 0).context("write CONFIG")
+    }
+
     /// Replace the kernel's indicators with `set`, atomically for the programs.
     pub fn apply(&mut self, set: &IndicatorSet) -> anyhow::Result<Applied> {
         let started = Instant::now();

@@ -78,6 +78,6 @@ impl Sink {
 /// The embedded store the events also go to.
 pub type EventStore = monitor_hunt::StoreWriter;
 
-pub fn open_store(path: &Path) -> anyhow::Result<EventStore> {
-    Ok(monitor_hunt::StoreWriter::open(path, monitor_hunt::Retention::default())?)
+pub fn open_store(path: &Path, retention: monitor_hunt::Retention) -> anyhow::Result<EventStore> {
+    Ok(monitor_hunt::StoreWriter::open(path, retention)?)
 }

@@ -1,0 +1,218 @@
+//! The daemon's settings: command-line flags over the configuration file over defaults.
+//!
+//! Every `monitor run` flag has a key of the same name (with `_` for `-`) in the TOML file; unknown keys
+//! and bad values are errors that name the key.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::cli::{DEFAULT_CONTROL, Mode, RunArgs, Uninspectable};
+
+pub const DEFAULT_CONFIG: &str = "/etc/monitor/config.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    mode: Option<Mode>,
+    cgroups: Option<Vec<PathBuf>>,
+    ifaces: Option<Vec<String>>,
+    events: Option<String>,
+    block: Option<PathBuf>,
+    allow: Option<PathBuf>,
+    store: Option<PathBuf>,
+    store_max_age: Option<String>,
+    store_max_bytes: Option<u64>,
+    uninspectable: Option<Uninspectable>,
+    control: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    ring_buffer_bytes: Option<u32>,
+    metrics: Option<SocketAddr>,
+}
+
+/// Everything `monitor run` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Option<PathBuf>,
+    pub mode: Mode,
+    pub cgroups: Vec<PathBuf>,
+    pub ifaces: Vec<String>,
+    pub events: String,
+    pub block: Option<PathBuf>,
+    pub allow: Option<PathBuf>,
+    /// `None`: no store.
+    pub store: Option<PathBuf>,
+    pub store_max_age: Option<Duration>,
+    pub store_max_bytes: Option<u64>,
+    pub uninspectable: Uninspectable,
+    pub control: PathBuf,
+    pub pin_dir: Option<PathBuf>,
+    pub ring_buffer_bytes: u32,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `30d`, `12h`, `15m`, `90s`.
+fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 =
+        number.parse().with_context(|| format!("{key}: {text:?} is not a duration like 30d, 12h, 15m"))?;
+    let secs = match unit {
+        "d" => n * 86_400,
+        "h" => n * 3_600,
+        "m" => n * 60,
+        "s" | "" => n,
+        _ => bail!("{key}: unknown unit {unit:?} in {text:?} (d, h, m or s)"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// A file that sets policy must not be writable by anyone but root: whoever can write it can disable
+/// protection.
+pub fn check_owner(what: &str, path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        bail!(
+            "{what} {} must be owned by root and not writable by group or others (it is uid {}, mode {:o}); \
+             fix with `chown root {0} && chmod go-w {0}`",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+impl Settings {
+    pub fn resolve(args: &RunArgs) -> anyhow::Result<Settings> {
+        let (config, file) = match &args.config {
+            Some(path) => (Some(path.clone()), Some(path.clone())),
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                (Some(PathBuf::from(DEFAULT_CONFIG)), Some(PathBuf::from(DEFAULT_CONFIG)))
+            }
+            None => (None, None),
+        };
+        let file: ConfigFile = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read the configuration file {}", path.display()))?;
+                check_owner("the configuration file", path)?;
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => ConfigFile::default(),
+        };
+        let ConfigFile {
+            mode,
+            cgroups,
+            ifaces,
+            events,
+            block,
+            allow,
+            store,
+            store_max_age,
+            store_max_bytes,
+            uninspectable,
+            control,
+            pin_dir,
+            ring_buffer_bytes,
+            metrics,
+        } = file;
+        let ring_buffer_bytes = match (args.ring_buffer_bytes, ring_buffer_bytes) {
+            (Some(n), _) => n,
+            (None, Some(n)) => crate::cli::ring_size(&n.to_string())
+                .map_err(|e| anyhow::anyhow!("ring_buffer_bytes: {e}"))?,
+            (None, None) => 16 << 20,
+        };
+        let store = args.store.clone().or(store);
+        let store = match store {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(p),
+            None => Some(monitor_hunt::default_store_path()),
+        };
+        let store_max_age = match args
+            .store_max_age
+            .as_deref()
+            .map(|t| ("--store-max-age", t))
+            .or(store_max_age.as_deref().map(|t| ("store_max_age", t)))
+        {
+            Some((key, text)) => Some(duration(key, text)?),
+            None => None,
+        };
+        Ok(Settings {
+            config,
+            mode: args.mode.or(mode).unwrap_or(Mode::Audit),
+            cgroups: if args.cgroups.is_empty() { cgroups.unwrap_or_default() } else { args.cgroups.clone() },
+            ifaces: if args.ifaces.is_empty() { ifaces.unwrap_or_default() } else { args.ifaces.clone() },
+            events: args.events.clone().or(events).unwrap_or_else(|| "-".into()),
+            block: args.block.clone().or(block),
+            allow: args.allow.clone().or(allow),
+            store,
+            store_max_age,
+            store_max_bytes: args.store_max_bytes.or(store_max_bytes),
+            uninspectable: args.uninspectable.or(uninspectable).unwrap_or(Uninspectable::Allow),
+            control: args.control.clone().or(control).unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL)),
+            pin_dir: args.pin_dir.clone().or(pin_dir),
+            ring_buffer_bytes,
+            metrics: args.metrics.or(metrics),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn every_flag_has_a_key() {
+        let file = parse(
+            r#"
+mode = "block"
+cgroups = ["/sys/fs/cgroup/a"]
+ifaces = ["eth0"]
+events = "/var/log/monitor.jsonl"
+block = "/etc/monitor/block.txt"
+allow = "/etc/monitor/allow.txt"
+store = "none"
+store_max_age = "30d"
+store_max_bytes = 1000000
+uninspectable = "block"
+control = "/run/m.sock"
+pin_dir = "/sys/fs/bpf/m"
+ring_buffer_bytes = 65536
+metrics = "127.0.0.1:9900"
+"#,
+        )
+        .expect("valid configuration");
+        assert_eq!(file.mode, Some(Mode::Block));
+        assert_eq!(file.metrics, Some("127.0.0.1:9900".parse().expect("address")));
+    }
+
+    #[test]
+    fn the_packaged_configuration_parses() {
+        let file = parse(include_str!("../../../packaging/config.toml")).expect("packaging/config.toml");
+        assert_eq!(file.mode, Some(Mode::Audit));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = parse("modes = \"block\"\n").expect_err("unknown key").to_string();
+        assert!(err.contains("modes"), "{err}");
+        let err = parse("mode = \"blok\"\n").expect_err("bad value").to_string();
+        assert!(err.contains("mode") && err.contains("blok"), "{err}");
+        let err = parse("ring_buffer_bytes = \"big\"\n").expect_err("bad type").to_string();
+        assert!(err.contains("ring_buffer_bytes"), "{err}");
+        assert!(duration("store_max_age", "3w").unwrap_err().to_string().contains("store_max_age"));
+        assert_eq!(duration("k", "2h").expect("2h"), Duration::from_secs(7200));
+    }
+}
