@@ -14,6 +14,11 @@ pub const KIND_PAYLOAD: u32 = 5;
 pub const KIND_VERDICT: u32 = 6;
 /// A chunk of a forwarded flow's first client bytes, seen by TC (no socket, no process).
 pub const KIND_WIRE: u32 = 7;
+/// The first bytes a proxy answered to a CONNECT or SOCKS request.
+pub const KIND_REPLY: u32 = 8;
+
+/// Bytes of a proxy's reply handed to user space: enough for a status line or a SOCKS reply.
+pub const REPLY_CHUNK: usize = 256;
 
 /// Bytes of payload in one record.
 pub const PAYLOAD_CHUNK: usize = 1024;
@@ -112,9 +117,19 @@ pub struct WireRecord {
     pub data: [u8; PAYLOAD_CHUNK],
 }
 
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReplyRecord {
+    pub header: RecordHeader,
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; REPLY_CHUNK],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    unsafe impl aya::Pod for ReplyRecord {}
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for ProcessRecord {}
     unsafe impl aya::Pod for SocketRecord {}
@@ -135,7 +150,8 @@ pub struct FlowState {
     pub phase: u32,
     /// The last verdict.
     pub verdict: u32,
-    pub _pad: u32,
+    /// 1 after a CONNECT or SOCKS request passed, until the proxy's first reply segment is captured.
+    pub awaiting_reply: u32,
 }
 
 #[cfg(feature = "user")]

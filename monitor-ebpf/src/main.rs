@@ -4,6 +4,7 @@
 //! - `sock_ops` (cgroup): the connection's outcome, and enrolment of its socket in `SOCKS` for inspection.
 //! - `inspect_send` (sk_msg on `SOCKS`): the client's first bytes, handed to user space and judged against
 //!   domain indicators before they leave; a denied send fails in the application.
+//! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
 //! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
 //!
 //! Each program is a thin entry that calls `try_*`; every early exit is visible there.
@@ -14,6 +15,7 @@ mod connect;
 mod maps;
 mod parse;
 mod policy;
+mod reply;
 mod send;
 mod sockops;
 mod wire;

@@ -105,6 +105,9 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
             // Audit never holds traffic: user space reads the request across sends.
             capture(state, data, size, window);
             state.phase = PHASE_CAPTURE;
+            // The peer's first answer comes after the whole request: if it was a CONNECT, it says
+            // whether the tunnel opened.
+            state.awaiting_reply = 1;
             return Ok(SK_PASS);
         }
         if need > size && need <= WINDOW {
@@ -124,7 +127,9 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         }
         Scan::Ipv4 { source, addr } => (verdict(ipv4_bits(addr, config), config), source, 0, 0),
         Scan::Greeting => {
+            // The method choice answers the greeting; user space needs it to read the reply that follows.
             state.phase = PHASE_SOCKS5_REQUEST;
+            state.awaiting_reply = 1;
             return Ok(SK_PASS);
         }
         // Inside a tunnel the outer request already named the target.
@@ -137,6 +142,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     state.phase = if outcome == VERDICT_BLOCKED || outcome == VERDICT_UNINSPECTABLE_BLOCKED {
         PHASE_BLOCKED
     } else if opens_tunnel {
+        state.awaiting_reply = 1;
         PHASE_TUNNEL
     } else {
         PHASE_DONE

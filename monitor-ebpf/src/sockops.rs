@@ -39,7 +39,8 @@ fn try_track_connection(ctx: &SockOpsContext) {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-            let mut initial = FlowState { cookie, seen: 0, phase: PHASE_FIRST, verdict: 0, _pad: 0 };
+            let mut initial =
+                FlowState { cookie, seen: 0, phase: PHASE_FIRST, verdict: 0, awaiting_reply: 0 };
             let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
             if !sk.is_null() {
                 let state = unsafe {

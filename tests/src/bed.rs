@@ -214,7 +214,7 @@ impl Bed {
         let squid = format!(
             "http_port {SQUID_PORT}\nhttp_access allow all\ncache deny all\naccess_log stdio:{d}/squid-access.log\ncache_log {d}/squid-cache.log\n\
              pid_filename {d}/squid.pid\ncoredump_dir {d}\nvisible_hostname monitor-test\nshutdown_lifetime 0 seconds\n\
-             dns_nameservers 127.0.0.1\nhosts_file /etc/hosts\nconnect_timeout 5 seconds\nlogfile_rotate 0\n"
+             dns_nameservers 127.0.0.1\ndns_timeout 2 seconds\nhosts_file /etc/hosts\nconnect_timeout 5 seconds\nlogfile_rotate 0\n"
         );
         fs::write(self.dir.join("squid.conf"), squid).expect("squid.conf");
         let tiny = format!(

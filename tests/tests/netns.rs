@@ -123,6 +123,37 @@ fn audit_cases(r: &mut Runner, bed: &Bed) {
         assert_eq!(found[0]["RemoteIP"], ORIGIN_V4);
         assert_eq!(found[0]["RemotePort"], 9);
     });
+    r.case("proxy_refusal_is_connection_failed_for_the_target", || {
+        // nowhere.test is not in the proxies' hosts file: squid answers 503, microsocks refuses.
+        let run = curl(bed, &cg, &["-x", SQUID, "https://nowhere.test/"]);
+        assert!(!run.ok(), "squid cannot reach nowhere.test: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionFailed"
+        });
+        assert!(!found.is_empty(), "no ConnectionFailed: {}", describe(&of_pid(&mon.events(), run.pid)));
+        let e = &found[0];
+        assert_eq!(e["RemoteUrl"], "nowhere.test", "{e}");
+        assert_eq!(e["RemoteIP"], ROUTER_V4, "{e}");
+        let status = e["AdditionalFields"]["ProxyStatus"].as_u64().unwrap_or(0);
+        assert!(status >= 400, "the proxy's answer is recorded: {e}");
+        let successes =
+            of_pid(&mon.events(), run.pid).iter().filter(|e| e["ActionType"] == "ConnectionSuccess").count();
+        assert_eq!(successes, 0, "a refused tunnel is not a success");
+        let run = curl(bed, &cg, &["--socks5-hostname", SOCKS, "https://nowhere.test/"]);
+        assert!(!run.ok(), "microsocks cannot reach nowhere.test: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionFailed"
+        });
+        assert!(
+            !found.is_empty(),
+            "no ConnectionFailed for SOCKS: {}",
+            describe(&of_pid(&mon.events(), run.pid))
+        );
+        assert_eq!(found[0]["RemoteUrl"], "nowhere.test");
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        let e = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+        assert_eq!(e["AdditionalFields"]["ProxyStatus"], 200, "{e}");
+    });
     r.case("chromium_through_squid", || {
         let profile = bed.dir.join("chromium-profile");
         let proxy = format!("--proxy-server={SQUID}");
@@ -731,7 +762,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         assert!(allowed.ok(), "allowed connections still work: {allowed:?}");
         assert_eq!(
             cgroup_programs(&cg).len(),
-            3,
+            4,
             "attachments while no daemon runs: {:?}",
             cgroup_programs(&cg)
         );
@@ -740,7 +771,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         let second = Monitor::start(&bed.dir, "fault-2", None, &args);
         assert!(second.stderr().contains("adopting the enforcement"), "{}", second.stderr());
         let programs = cgroup_programs(&cg);
-        assert_eq!(programs.len(), 3, "no duplicate attachment after adoption: {programs:?}");
+        assert_eq!(programs.len(), 4, "no duplicate attachment after adoption: {programs:?}");
         // What happened while no daemon ran is reported from the pinned ring buffer.
         let missed = second.wait_events(10, |e| {
             e["InitiatingProcessId"] == blocked.pid

@@ -15,7 +15,7 @@ use std::{
 
 use monitor_common::{
     config::{MODE_AUDIT, MODE_OFF},
-    record::{PayloadRecord, ProcessRecord, SocketRecord, VerdictRecord, WireRecord},
+    record::{PayloadRecord, ProcessRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord},
     verdict::{
         SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
         VERDICT_UNINSPECTABLE_BLOCKED, source_name,
@@ -23,7 +23,7 @@ use monitor_common::{
 };
 use monitor_core::{
     event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc},
-    extract::FlowInspector,
+    extract::{FlowInspector, TargetSource, WireProtocol},
     policy::{Decision, IndicatorSet},
 };
 use serde_json::{Map, Value};
@@ -37,9 +37,12 @@ use super::{
 /// How long a connection may stay silent before its ConnectionSuccess goes out without a target
 /// (a server-speaks-first protocol, an idle client).
 const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1500);
-/// After a CONNECT or SOCKS request: how long to wait for the tunnel's first bytes (the proxy must
-/// answer first).
-const TUNNEL_WAIT: Duration = Duration::from_millis(1500);
+/// While a request is incomplete, or after a CONNECT or SOCKS request until the proxy answers (it may
+/// have to resolve and reach the target first): how long to wait before reporting what is known.
+const TUNNEL_WAIT: Duration = Duration::from_secs(15);
+/// After the proxy accepted a tunnel: how long to wait for the client's first bytes in it (a protocol
+/// whose server speaks first sends none).
+const TUNNEL_OPEN_WAIT: Duration = Duration::from_millis(1500);
 /// How long a named connection waits for the kernel's verdict record before it is reported anyway.
 const VERDICT_GRACE: Duration = Duration::from_millis(250);
 /// Reported flows whose close was never seen are forgotten after this long.
@@ -227,7 +230,24 @@ impl Flows {
         if let Some(flow) = self.sockets.get_mut(&cookie) {
             flow.inspector.finish();
             if !flow.reported && !flow.blocked {
-                self.report_success(cookie, sink);
+                let inspection = flow.inspector.inspection();
+                let asked_for_tunnel = matches!(
+                    inspection.source,
+                    Some(
+                        TargetSource::Connect
+                            | TargetSource::Socks5
+                            | TargetSource::Socks4a
+                            | TargetSource::Socks4
+                    )
+                );
+                if asked_for_tunnel && inspection.proxy_status.is_none() && !inspection.tunneled {
+                    // The proxy closed (or the client gave up) before any tunnel opened.
+                    let mut fields = Self::base_fields(flow);
+                    fields.insert("TunnelOpened".into(), Value::from(false));
+                    self.report(cookie, ActionType::ConnectionFailed, fields, sink);
+                } else {
+                    self.report_success(cookie, sink);
+                }
             }
         }
         self.forget(cookie);
@@ -260,6 +280,28 @@ impl Flows {
         // when it arrives (a blocked connection reports no success), or after a grace period if it was lost.
         flow.deadline =
             Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
+    }
+
+    /// The proxy's answer to a CONNECT or SOCKS request. A refusal (or a proxy that could not reach the
+    /// target) makes the connection a ConnectionFailed for the real target.
+    pub fn on_reply(&mut self, rec: &ReplyRecord, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return };
+        let len = (rec.len as usize).min(rec.data.len());
+        flow.inspector.server_bytes(&rec.data[..len]);
+        let inspection = flow.inspector.inspection();
+        let refused = match (inspection.proxy_status, inspection.protocol) {
+            (Some(code), Some(WireProtocol::Socks5)) => code != 0,
+            (Some(code), Some(WireProtocol::Socks4)) => code != 90,
+            (Some(code), _) => !(200..300).contains(&code),
+            (None, _) => false,
+        };
+        if refused && !flow.reported && !flow.blocked {
+            let fields = Self::base_fields(flow);
+            self.report(cookie, ActionType::ConnectionFailed, fields, sink);
+        } else if !flow.reported {
+            flow.deadline = Some(Instant::now() + TUNNEL_OPEN_WAIT);
+        }
     }
 
     pub fn on_verdict(&mut self, rec: &VerdictRecord, sink: &mut Sink) {
@@ -322,12 +364,14 @@ impl Flows {
         if self.release_when_named {
             self.judged.push(cookie);
         }
-        self.audit_names(cookie, sink);
         let fields = self.sockets.get(&cookie).map(Self::base_fields).unwrap_or_default();
         self.report(cookie, ActionType::ConnectionSuccess, fields, sink);
     }
 
     fn report(&mut self, cookie: u64, action: ActionType, fields: Map<String, Value>, sink: &mut Sink) {
+        if self.inspect {
+            self.audit_names(cookie, sink);
+        }
         let Some(flow) = self.sockets.get(&cookie) else { return };
         let timestamp = self.timestamp(flow.opened_ns);
         let unknown = (IpAddr::from([0u8, 0, 0, 0]), 0);
@@ -478,7 +522,7 @@ impl Flows {
                     flow.next_offset += (bytes.len() - skip) as u32;
                 }
             }
-            flow.deadline = Some(Instant::now() + TUNNEL_WAIT);
+            flow.deadline = Some(Instant::now() + TUNNEL_OPEN_WAIT);
         }
         let ended = rec.tcp_flags & (FIN | RST) != 0;
         if ended {

@@ -11,7 +11,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier, SkMsg, SockOps,
+        TcAttachType,
         links::{FdLink, PinnedLink},
         tc,
     },
@@ -268,6 +269,20 @@ impl Kernel {
             }
         }
         let mut taken = Vec::new();
+        let prog: &mut CgroupSkb = self.program("proxy_reply")?;
+        prog.load().context("load proxy_reply (cgroup_skb)")?;
+        for (path, file) in &files {
+            let id = prog
+                .attach(file.as_fd(), CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
+                .with_context(|| {
+                    format!("attach proxy_reply (cgroup_skb ingress) to cgroup {}", path.display())
+                })?;
+            taken.push(prog.take_link(id).context("take link")?);
+        }
+        for link in taken {
+            self.keep("proxy_reply", link)?;
+        }
+        let mut taken = Vec::new();
         let prog: &mut SockOps = self.program("track_connection")?;
         prog.load().context("load track_connection (sock_ops)")?;
         for (path, file) in &files {
@@ -280,7 +295,7 @@ impl Kernel {
             self.keep("track_connection", link)?;
         }
         for (path, _) in &files {
-            for program in ["connect4", "connect6", "track_connection"] {
+            for program in ["connect4", "connect6", "track_connection", "proxy_reply"] {
                 self.attachments.push(Attachment { program, target: format!("cgroup {}", path.display()) });
             }
         }

@@ -19,6 +19,7 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
     ("connect6", "cgroup/connect6", "5.8 (ring buffer)"),
     ("track_connection", "cgroup sock_ops", "5.8 (ring buffer; sk_storage from sock_ops 5.3)"),
     ("inspect_send", "sk_msg on a sockhash", "5.17 (bpf_loop)"),
+    ("proxy_reply", "cgroup_skb ingress", "5.8 (ring buffer; sk_storage from cgroup_skb 5.2)"),
     ("wire_ingress", "tc clsact ingress", "5.8 (ring buffer; tcx links from 6.6, netlink before)"),
 ];
 
@@ -87,6 +88,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
                     let cg = cgroup.as_ref().context("no scratch cgroup to attach to")?;
                     let link = p.attach(cg.as_fd(), CgroupAttachMode::Single).context("attach")?;
                     SockOps::detach(p, link).context("detach")?;
+                }
+                aya::programs::Program::CgroupSkb(p) => {
+                    p.load().context("verifier")?;
+                    let cg = cgroup.as_ref().context("no scratch cgroup to attach to")?;
+                    let link = p
+                        .attach(
+                            cg.as_fd(),
+                            aya::programs::CgroupSkbAttachType::Ingress,
+                            CgroupAttachMode::Single,
+                        )
+                        .context("attach")?;
+                    aya::programs::CgroupSkb::detach(p, link).context("detach")?;
                 }
                 aya::programs::Program::SkMsg(p) => {
                     p.load().context("verifier")?;

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
-    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_VERDICT,
-    KIND_WIRE, PayloadRecord, ProcessRecord, RecordHeader, SocketRecord, VerdictRecord, WireRecord,
+    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_REPLY,
+    KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, RecordHeader, ReplyRecord, SocketRecord,
+    VerdictRecord, WireRecord,
 };
 
 pub enum Record {
@@ -15,6 +16,7 @@ pub enum Record {
     Payload(Box<PayloadRecord>),
     Verdict(Box<VerdictRecord>),
     Wire(Box<WireRecord>),
+    Reply(Box<ReplyRecord>),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -35,6 +37,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_PAYLOAD => Record::Payload(Box::new(read(bytes)?)),
         KIND_VERDICT => Record::Verdict(Box::new(read(bytes)?)),
         KIND_WIRE => Record::Wire(Box::new(read(bytes)?)),
+        KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
         _ => return None,
     })
 }
