@@ -17,6 +17,13 @@ pub const KIND_WIRE: u32 = 7;
 /// The first bytes a proxy answered to a CONNECT or SOCKS request.
 pub const KIND_REPLY: u32 = 8;
 
+/// The first datagrams of a UDP socket that look like QUIC long-header packets (Initials).
+pub const KIND_QUIC: u32 = 9;
+/// Bytes of a QUIC datagram handed to user space (an Initial is padded to at least 1200).
+pub const QUIC_CHUNK: usize = 1500;
+/// Datagrams per socket handed to user space: a ClientHello spans at most a few Initials.
+pub const QUIC_DATAGRAMS: u32 = 4;
+
 /// Bytes of a proxy's reply handed to user space: enough for a status line or a SOCKS reply.
 pub const REPLY_CHUNK: usize = 256;
 
@@ -65,7 +72,8 @@ pub struct ProcessRecord {
     pub endpoints: Endpoints,
     /// A `VERDICT_*` from an IP or CIDR indicator on the remote address.
     pub verdict: u32,
-    pub _pad: u32,
+    /// SOCK_STREAM (1) or SOCK_DGRAM (2).
+    pub sock_type: u32,
 }
 
 /// Established, failed or closed.
@@ -126,9 +134,21 @@ pub struct ReplyRecord {
     pub data: [u8; REPLY_CHUNK],
 }
 
+/// A QUIC datagram a local socket sent: `local` is the sender.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct QuicRecord {
+    pub header: RecordHeader,
+    pub endpoints: Endpoints,
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; QUIC_CHUNK],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    unsafe impl aya::Pod for QuicRecord {}
     unsafe impl aya::Pod for ReplyRecord {}
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for ProcessRecord {}

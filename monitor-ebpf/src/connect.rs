@@ -21,6 +21,9 @@ use crate::{
 };
 
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// UDP sockets worth naming a process for: QUIC's port (DNS and the rest would only add noise).
+const QUIC_PORT: u16 = 443;
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -35,7 +38,8 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn on_connect(ctx: &SockAddrContext, family: u32) -> i32 {
     let sa = unsafe { &*ctx.sock_addr };
-    if sa.type_ != SOCK_STREAM {
+    let sock_type = unsafe { core::ptr::read_volatile(&raw const sa.type_) };
+    if sock_type != SOCK_STREAM && sock_type != SOCK_DGRAM {
         return 1;
     }
     // Context fields are read one by one: the verifier rejects loads through a moved context pointer.
@@ -51,6 +55,9 @@ fn on_connect(ctx: &SockAddrContext, family: u32) -> i32 {
         ]
     };
     let user_port = field(&raw const sa.user_port);
+    if sock_type == SOCK_DGRAM && u16::from_be(user_port as u16) != QUIC_PORT {
+        return 1;
+    }
     let outcome = match config() {
         Some(config) => {
             let bits = if family == AF_INET {
@@ -84,7 +91,7 @@ fn on_connect(ctx: &SockAddrContext, family: u32) -> i32 {
                     remote_addr,
                 },
                 verdict: outcome,
-                _pad: 0,
+                sock_type,
             });
             entry.submit(0);
         }

@@ -4,6 +4,8 @@
 //! - `sock_ops` (cgroup): the connection's outcome, and enrolment of its socket in `SOCKS` for inspection.
 //! - `inspect_send` (sk_msg on `SOCKS`): the client's first bytes, handed to user space and judged against
 //!   domain indicators before they leave; a denied send fails in the application.
+//! - `quic_egress` (cgroup_skb egress): the first QUIC Initials of each UDP socket, for user space to
+//!   decrypt and name; drops the rest of a QUIC flow user space found denied.
 //! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
 //! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
 //!
@@ -15,6 +17,7 @@ mod connect;
 mod maps;
 mod parse;
 mod policy;
+mod quic;
 mod reply;
 mod send;
 mod sockops;

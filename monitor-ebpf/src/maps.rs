@@ -47,6 +47,11 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with_max_entries(65_536, 0);
 
+/// QUIC sockets user space found going to a denied name (block mode): their later datagrams are dropped,
+/// so the handshake cannot complete and the client falls back to TCP, where it is judged again.
+#[map]
+pub static QUIC_DENY: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     if let Some(counter) = DROPS.get_ptr_mut(reason) {

@@ -947,6 +947,84 @@ fn config_cases(r: &mut Runner, bed: &Bed) {
     });
 }
 
+fn quic_client(bed: &Bed, cg: &Cgroup, host: &str, name: &str) -> (ClientRun, Value) {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/quic_client.py");
+    assert!(
+        std::path::Path::new(python).exists(),
+        "no QUIC test client: run `cargo xtask test` (it installs aioquic into .tools/venv)"
+    );
+    let run = client(cg, &bed.client_ns, &[python, script, host, "443", name], TIMEOUT);
+    let result: Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("quic_client printed no JSON ({e}): {run:?}"));
+    (run, result)
+}
+
+/// A live QUIC client (aioquic): its Initials are decrypted and its SNI named; in block mode the rest
+/// of a flow to a denied name is dropped.
+fn quic_cases(r: &mut Runner, bed: &Bed) {
+    for block in [false, true] {
+        let mode = if block { "block" } else { "audit" };
+        let cg = Cgroup::new(&format!("quic-{mode}"));
+        let (block_list, _) = write_lists(bed, &format!("quic-{mode}"));
+        let Some(mon) = r.setup(&format!("quic_{mode}_monitor_starts"), || {
+            Monitor::start(
+                &bed.dir,
+                &format!("quic-{mode}"),
+                None,
+                &[
+                    "--mode".into(),
+                    mode.into(),
+                    "--cgroup".into(),
+                    cg.path.display().to_string(),
+                    "--block".into(),
+                    block_list.clone(),
+                ],
+            )
+        }) else {
+            continue;
+        };
+        r.case(&format!("quic_{mode}_names_sni"), || {
+            let (run, result) = quic_client(bed, &cg, ORIGIN_V4, "origin.test");
+            assert_eq!(result["errno"], Value::Null, "an allowed QUIC flow is not dropped: {result}");
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == "ConnectionSuccess"
+                    && e["Protocol"] == "Udp"
+            });
+            assert!(!found.is_empty(), "no QUIC event:\n{}", describe(&mon.events()));
+            let e = &found[0];
+            assert_eq!(e["RemoteUrl"], "origin.test", "{e}");
+            assert_eq!(e["RemoteIP"], ORIGIN_V4, "{e}");
+            assert_eq!(e["RemotePort"], 443, "{e}");
+            assert_eq!(e["AdditionalFields"]["TargetSource"], "QuicSni", "{e}");
+        });
+        r.case(&format!("quic_{mode}_denied_name"), || {
+            let (run, result) = quic_client(bed, &cg, ORIGIN_V4, "blocked.test");
+            let action = if block {
+                "ExploitGuardNetworkProtectionBlocked"
+            } else {
+                "ExploitGuardNetworkProtectionAudited"
+            };
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == action
+                    && e["RemoteUrl"] == "blocked.test"
+            });
+            assert!(!found.is_empty(), "no {action} for QUIC:\n{}", describe(&mon.events()));
+            assert_eq!(found[0]["Protocol"], "Udp");
+            if block {
+                assert_eq!(
+                    result["errno"], 1,
+                    "later datagrams of a denied QUIC flow fail with EPERM: {result}"
+                );
+            } else {
+                assert_eq!(result["errno"], Value::Null, "audit drops nothing: {result}");
+            }
+        });
+    }
+}
+
 fn run_port(args: &[&str]) -> u16 {
     if args.contains(&SQUID) {
         SQUID_PORT
@@ -982,6 +1060,7 @@ fn main() {
     }
     fault_cases(&mut r, &bed);
     config_cases(&mut r, &bed);
+    quic_cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }

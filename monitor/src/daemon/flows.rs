@@ -14,8 +14,10 @@ use std::{
 };
 
 use monitor_common::{
-    config::{MODE_AUDIT, MODE_OFF},
-    record::{PayloadRecord, ProcessRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord},
+    config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
+    record::{
+        PayloadRecord, ProcessRecord, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+    },
     verdict::{
         SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
         VERDICT_UNINSPECTABLE_BLOCKED, source_name,
@@ -23,7 +25,7 @@ use monitor_common::{
 };
 use monitor_core::{
     event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc},
-    extract::{FlowInspector, TargetSource, WireProtocol},
+    extract::{FlowInspector, QuicInspector, TargetSource, WireProtocol},
     policy::{Decision, IndicatorSet},
 };
 use serde_json::{Map, Value};
@@ -48,6 +50,7 @@ const VERDICT_GRACE: Duration = Duration::from_millis(250);
 /// Reported flows whose close was never seen are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 const WIRE_REORDER_MAX: usize = 64;
+const SOCK_DGRAM: u32 = 2;
 
 struct Verdict {
     outcome: u32,
@@ -113,7 +116,26 @@ pub struct Flows {
     pub counters: FlowCounters,
     /// Cookies the kernel will not inspect again: user space takes them out of SOCKS.
     pub judged: Vec<u64>,
+    block: bool,
+    /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
+    pub denied_quic: Vec<u64>,
+    quic: HashMap<u64, QuicFlow>,
+    /// Processes of UDP sockets (connect() to port 443), until their QUIC flow is seen or they age out.
+    udp_processes: HashMap<u64, (InitiatingProcess, Instant)>,
 }
+
+struct QuicFlow {
+    opened_ns: u64,
+    local: (IpAddr, u16),
+    remote: (IpAddr, u16),
+    process: Option<InitiatingProcess>,
+    inspector: QuicInspector,
+    reported: bool,
+    touched: Instant,
+}
+
+/// QUIC flows (and UDP sockets' processes) are forgotten after this long: UDP has no close to see.
+const QUIC_FORGET_AFTER: Duration = Duration::from_secs(120);
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -135,10 +157,15 @@ impl Flows {
             wall_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
             counters: FlowCounters::default(),
             judged: Vec::new(),
+            block: mode == MODE_BLOCK,
+            denied_quic: Vec::new(),
+            quic: HashMap::new(),
+            udp_processes: HashMap::new(),
         }
     }
 
     pub fn set_mode(&mut self, mode: u32) {
+        self.block = mode == MODE_BLOCK;
         self.inspect = mode != MODE_OFF;
         self.release_when_named = mode == MODE_AUDIT;
     }
@@ -170,8 +197,12 @@ impl Flows {
 
     pub fn on_process(&mut self, rec: &ProcessRecord, sink: &mut Sink) {
         let process = describe(rec.tgid, rec.uid, &comm(&rec.comm), &self.accounts);
-        self.counters.connections += 1;
         let cookie = rec.header.cookie;
+        if rec.sock_type == SOCK_DGRAM {
+            self.udp_processes.insert(cookie, (process, Instant::now()));
+            return;
+        }
+        self.counters.connections += 1;
         let flow = self.socket(cookie, rec.header.ktime_ns);
         flow.opened_ns = rec.header.ktime_ns;
         flow.process = Some(process);
@@ -280,6 +311,83 @@ impl Flows {
         // when it arrives (a blocked connection reports no success), or after a grace period if it was lost.
         flow.deadline =
             Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
+    }
+
+    /// A QUIC long-header datagram of a local UDP socket: decrypt the Initials, name the SNI, and in
+    /// block mode deny the rest of a flow to a blocked name.
+    pub fn on_quic(&mut self, rec: &QuicRecord, sink: &mut Sink) {
+        let cookie = rec.header.cookie;
+        let len = (rec.len as usize).min(rec.data.len());
+        let local = (addr(rec.endpoints.family, rec.endpoints.local_addr), rec.endpoints.local_port as u16);
+        let remote =
+            (addr(rec.endpoints.family, rec.endpoints.remote_addr), rec.endpoints.remote_port as u16);
+        if !self.quic.contains_key(&cookie) {
+            let process = self.udp_processes.remove(&cookie).map(|(p, _)| p);
+            self.quic.insert(
+                cookie,
+                QuicFlow {
+                    opened_ns: rec.header.ktime_ns,
+                    local,
+                    remote,
+                    process,
+                    inspector: QuicInspector::new(),
+                    reported: false,
+                    touched: Instant::now(),
+                },
+            );
+        }
+        let Some(flow) = self.quic.get_mut(&cookie) else { return };
+        flow.touched = Instant::now();
+        if flow.reported {
+            return;
+        }
+        flow.inspector.client_datagram(&rec.data[..len]);
+        if !flow.inspector.is_complete() {
+            return;
+        }
+        flow.reported = true;
+        let (local, remote) = (flow.local, flow.remote);
+        let inspection = flow.inspector.inspection().clone();
+        let Some(name) = inspection.sni.clone() else { return };
+        self.counters.connections += 1;
+        self.counters.named += 1;
+        let decision = self.set.judge_host(&name);
+        let (process, opened_ns) = (flow.process.clone(), flow.opened_ns);
+        let timestamp = self.timestamp(opened_ns);
+        let mut fields = inspection.additional_fields();
+        let emit = |sink: &mut Sink, action: ActionType, fields: Map<String, Value>| {
+            let event = DeviceEvent::new(
+                timestamp.clone(),
+                sink.device_name.clone(),
+                action,
+                to_text(remote),
+                to_text(local),
+                "Udp",
+                name.clone(),
+                process.as_ref(),
+                sink.next_report_id(),
+                fields,
+            );
+            sink.emit(&event);
+        };
+        if let Decision::Blocked(indicator) = decision {
+            let blocking = self.block;
+            let mut protection = fields.clone();
+            protection.insert("IsAudit".into(), Value::from(!blocking));
+            protection.insert("ResponseCategory".into(), Value::from("CustomBlockList"));
+            protection.insert("MatchedIndicator".into(), Value::from(indicator.to_string()));
+            if blocking {
+                // The first Initial has left; dropping the rest means the handshake cannot complete.
+                self.denied_quic.push(cookie);
+                self.counters.blocked += 1;
+                emit(sink, ActionType::ExploitGuardNetworkProtectionBlocked, protection);
+                return;
+            }
+            self.counters.audited += 1;
+            emit(sink, ActionType::ExploitGuardNetworkProtectionAudited, protection);
+        }
+        fields.insert("QuicInitials".into(), Value::from(flow_crypto_packets(&self.quic, cookie)));
+        emit(sink, ActionType::ConnectionSuccess, fields);
     }
 
     /// The proxy's answer to a CONNECT or SOCKS request. A refusal (or a proxy that could not reach the
@@ -602,6 +710,8 @@ impl Flows {
             self.report_wire(key, sink);
         }
         self.wires.retain(|_, f| !f.reported || f.deadline.is_some());
+        self.quic.retain(|_, f| now.duration_since(f.touched) < QUIC_FORGET_AFTER);
+        self.udp_processes.retain(|_, (_, seen)| now.duration_since(*seen) < QUIC_FORGET_AFTER);
     }
 
     /// Report everything still pending (at shutdown).
@@ -619,6 +729,10 @@ impl Flows {
             self.report_success(cookie, sink);
         }
     }
+}
+
+fn flow_crypto_packets(quic: &HashMap<u64, QuicFlow>, cookie: u64) -> usize {
+    quic.get(&cookie).map(|f| f.inspector.crypto_packets()).unwrap_or(0)
 }
 
 fn to_text((ip, port): (IpAddr, u16)) -> (String, u16) {

@@ -55,7 +55,8 @@ pub struct LoadOptions<'a> {
 
 /// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
 /// the next daemon adopts them (its events resume from the same ring buffer).
-const PERSISTENT_MAPS: &[&str] = &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6"];
+const PERSISTENT_MAPS: &[&str] =
+    &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY"];
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (it is not always /sys/fs/cgroup).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
@@ -283,6 +284,20 @@ impl Kernel {
             self.keep("proxy_reply", link)?;
         }
         let mut taken = Vec::new();
+        let prog: &mut CgroupSkb = self.program("quic_egress")?;
+        prog.load().context("load quic_egress (cgroup_skb)")?;
+        for (path, file) in &files {
+            let id = prog
+                .attach(file.as_fd(), CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
+                .with_context(|| {
+                    format!("attach quic_egress (cgroup_skb egress) to cgroup {}", path.display())
+                })?;
+            taken.push(prog.take_link(id).context("take link")?);
+        }
+        for link in taken {
+            self.keep("quic_egress", link)?;
+        }
+        let mut taken = Vec::new();
         let prog: &mut SockOps = self.program("track_connection")?;
         prog.load().context("load track_connection (sock_ops)")?;
         for (path, file) in &files {
@@ -295,7 +310,7 @@ impl Kernel {
             self.keep("track_connection", link)?;
         }
         for (path, _) in &files {
-            for program in ["connect4", "connect6", "track_connection", "proxy_reply"] {
+            for program in ["connect4", "connect6", "track_connection", "proxy_reply", "quic_egress"] {
                 self.attachments.push(Attachment { program, target: format!("cgroup {}", path.display()) });
             }
         }
@@ -337,6 +352,11 @@ impl Kernel {
 
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<aya::maps::MapData>> {
         RingBuf::try_from(self.ebpf.take_map("EVENTS").context("map EVENTS")?).context("map EVENTS")
+    }
+
+    pub fn take_quic_deny(&mut self) -> anyhow::Result<aya::maps::HashMap<MapData, u64, u32>> {
+        aya::maps::HashMap::try_from(self.ebpf.take_map("QUIC_DENY").context("map QUIC_DENY")?)
+            .context("map QUIC_DENY")
     }
 
     pub fn take_socks(&mut self) -> anyhow::Result<SockHash<MapData, u64>> {

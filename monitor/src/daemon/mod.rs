@@ -174,6 +174,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let events = kernel.take_events()?;
     let socks = kernel.take_socks()?;
+    let quic_deny = kernel.take_quic_deny()?;
     for a in &kernel.attachments {
         info!("attached {} to {}", a.program, a.target);
     }
@@ -197,6 +198,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         sink,
         flows: Flows::new(mode, std::sync::Arc::new(set)),
         socks,
+        quic_deny,
         started: Instant::now(),
         store_path,
     };
@@ -215,6 +217,7 @@ struct Daemon {
     sink: Sink,
     flows: Flows,
     socks: SockHash<MapData, u64>,
+    quic_deny: aya::maps::HashMap<MapData, u64, u32>,
     started: Instant,
     store_path: Option<PathBuf>,
 }
@@ -305,6 +308,7 @@ impl Daemon {
                 Record::Verdict(r) => self.flows.on_verdict(&r, &mut self.sink),
                 Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
+                Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
             }
         }
         self.release_judged();
@@ -315,6 +319,11 @@ impl Daemon {
         for cookie in self.flows.judged.drain(..) {
             // Already gone when the socket closed first.
             let _ = self.socks.remove(&cookie);
+        }
+        for cookie in self.flows.denied_quic.drain(..) {
+            if let Err(e) = self.quic_deny.insert(cookie, 1, 0) {
+                warn!("could not deny a QUIC flow: {e}");
+            }
         }
     }
 

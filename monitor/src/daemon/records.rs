@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
-    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_REPLY,
-    KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, RecordHeader, ReplyRecord, SocketRecord,
-    VerdictRecord, WireRecord,
+    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC,
+    KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord,
+    SocketRecord, VerdictRecord, WireRecord,
 };
 
 pub enum Record {
@@ -17,6 +17,7 @@ pub enum Record {
     Verdict(Box<VerdictRecord>),
     Wire(Box<WireRecord>),
     Reply(Box<ReplyRecord>),
+    Quic(Box<QuicRecord>),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -38,6 +39,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_VERDICT => Record::Verdict(Box::new(read(bytes)?)),
         KIND_WIRE => Record::Wire(Box::new(read(bytes)?)),
         KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
+        KIND_QUIC => Record::Quic(Box::new(read(bytes)?)),
         _ => return None,
     })
 }
