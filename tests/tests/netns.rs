@@ -692,6 +692,9 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
     drop(mon);
 }
 
+/// connect4, connect6, sock_ops, proxy_reply (cgroup_skb ingress), quic_egress (cgroup_skb egress).
+const CGROUP_PROGRAMS: usize = 5;
+
 /// Programs attached to a cgroup, by name, as the kernel lists them.
 fn cgroup_programs(cg: &Cgroup) -> Vec<String> {
     let out = std::process::Command::new("bpftool")
@@ -725,6 +728,8 @@ impl Drop for Detach {
 
 fn fault_cases(r: &mut Runner, bed: &Bed) {
     let cg = Cgroup::new("fault");
+    // The pinning case has a cgroup of its own: if it fails half-way, what it left does not spill over.
+    let pin_cg = Cgroup::new("fault-pin");
     let (block, allow) = write_lists(bed, "fault");
     let pin_dir = format!("/sys/fs/bpf/monitor-test-{}", std::process::id());
     let _cleanup = Detach(pin_dir.clone());
@@ -732,7 +737,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         "--mode".into(),
         "block".into(),
         "--cgroup".into(),
-        cg.path.display().to_string(),
+        pin_cg.path.display().to_string(),
         "--block".into(),
         block.clone(),
         "--allow".into(),
@@ -741,6 +746,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         pin_dir.clone(),
     ];
     r.case("fault_kill9_in_block_mode_keeps_enforcing_and_restart_adopts", || {
+        let cg = &pin_cg;
         let first = Monitor::start(&bed.dir, "fault-1", None, &args);
         let status = status(&first);
         assert_eq!(status["mode"], "block");
@@ -762,7 +768,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         assert!(allowed.ok(), "allowed connections still work: {allowed:?}");
         assert_eq!(
             cgroup_programs(&cg).len(),
-            4,
+            CGROUP_PROGRAMS,
             "attachments while no daemon runs: {:?}",
             cgroup_programs(&cg)
         );
@@ -771,7 +777,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         let second = Monitor::start(&bed.dir, "fault-2", None, &args);
         assert!(second.stderr().contains("adopting the enforcement"), "{}", second.stderr());
         let programs = cgroup_programs(&cg);
-        assert_eq!(programs.len(), 4, "no duplicate attachment after adoption: {programs:?}");
+        assert_eq!(programs.len(), CGROUP_PROGRAMS, "no duplicate attachment after adoption: {programs:?}");
         // What happened while no daemon ran is reported from the pinned ring buffer.
         let missed = second.wait_events(10, |e| {
             e["InitiatingProcessId"] == blocked.pid

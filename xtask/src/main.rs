@@ -11,6 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod cross;
+mod kernel_check;
+
 /// Debian packages the integration tests and benchmarks use as real peers.
 const TEST_PACKAGES: &[&str] = &[
     "squid",
@@ -55,6 +59,29 @@ enum Task {
     },
     /// Run every test: unit tests, then the network-namespace integration tests (as root).
     Test,
+    /// Check the other platforms (also the first step of `test`): the daemon cross-built for aarch64,
+    /// the kernel programs built big-endian, the portable crates checked for Windows and macOS.
+    CrossCheck,
+    /// Build the kernel programs for both byte orders (bpfel and bpfeb).
+    CheckBpf,
+    /// Boot Debian's kernels under qemu and report which programs each one's verifier accepts.
+    KernelCheck {
+        /// A Debian kernel package, or a meta package such as linux-image-amd64 (repeatable; default:
+        /// linux-image-amd64 and linux-image-6.12-amd64).
+        #[arg(long = "kernel", value_name = "PACKAGE")]
+        kernels: Vec<String>,
+        /// Give up on a kernel that has not powered off after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Measure cost and speed side by side (as root): connection rate, bulk, events, kernel cost,
+    /// indicators, extraction against tshark, parsers. Writes bench/results/latest.{md,json}.
+    Bench {
+        /// Flags for the bench driver: --quick, --rounds N, --requests N, --skip PART... (see
+        /// `target/release/bench --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -184,6 +211,24 @@ fn setup_test_peers() -> anyhow::Result<()> {
     )
 }
 
+/// A Python venv with aioquic, the real QUIC client of the integration tests (Debian has no package).
+fn setup_quic_client() -> anyhow::Result<()> {
+    let venv = tools().join("venv");
+    let python = venv.join("bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import aioquic"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        step("aioquic (QUIC test client) installed in .tools/venv");
+        return Ok(());
+    }
+    step("installing aioquic from PyPI into .tools/venv (the QUIC client of the integration tests)");
+    exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    exec(Command::new(venv.join("bin/pip")).args(["install", "-q", "aioquic"]))
+}
+
 fn build(target: Option<&str>) -> anyhow::Result<()> {
     setup_toolchain()?;
     step("building the workspace (kernel programs through aya-build, then the daemon)");
@@ -210,7 +255,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::Build { target } => build(target.as_deref()),
+        Task::Build { target: Some(target) } => cross::build(&target),
+        Task::Build { target: None } => build(None),
         Task::Run { args } => {
             build(None)?;
             let bin = root().join("target/release/monitor");
@@ -219,9 +265,17 @@ fn main() -> anyhow::Result<()> {
             let err = Command::new(&bin).arg("run").args(&args).exec();
             Err(err).with_context(|| format!("exec {}", bin.display()))
         }
+        Task::Bench { args } => bench::run(&args),
+        Task::CrossCheck => cross::check_platforms(),
+        Task::CheckBpf => cross::check_bpf(),
+        Task::KernelCheck { kernels, timeout } => {
+            kernel_check::run(&kernels, std::time::Duration::from_secs(timeout))
+        }
         Task::Test => {
+            cross::check_platforms()?;
             setup_toolchain()?;
             setup_test_peers()?;
+            setup_quic_client()?;
             build(None)?;
             step("unit tests, parser tests and the capture corpus");
             exec(cargo().args([
