@@ -142,7 +142,17 @@ impl FlowInspector {
                 }
                 Some("ClientHello is cut short")
             }
-            Stage::Http(_) => Some("HTTP request head is cut short"),
+            Stage::Http(layer) => {
+                if layer == Layer::Tunnel {
+                    self.inspection.tunneled = true;
+                }
+                // Only the first line and a blank line trigger a parse, so a bad header line that
+                // came in a later piece was never looked at: say what a parse of the whole says.
+                match http::parse_request_head(&self.pending) {
+                    Step::Malformed(why) => Some(why),
+                    Step::Done(..) | Step::NeedMore(_) => Some("HTTP request head is cut short"),
+                }
+            }
             Stage::ProxyHeader => Some("PROXY protocol header is cut short"),
             Stage::Socks5Greeting | Stage::Socks4 => Some("SOCKS request is cut short"),
             Stage::Socks5Request if !self.pending.is_empty() => Some("SOCKS request is cut short"),

@@ -6,11 +6,14 @@
 //! an absolute-form proxy request, a SOCKS4/4a/5 request, a TLS ClientHello's SNI, or a plain HTTP Host
 //! header. Inside a CONNECT or SOCKS tunnel the client's next bytes are read again for a ClientHello
 //! or an HTTP request, which may name a different host than the proxy request did (domain fronting).
+//!
+//! Over UDP, [`QuicInspector`] reads the ClientHello out of a QUIC client's Initial packets.
 
 mod host;
 pub mod http;
 mod inspector;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod socks;
 pub mod tls;
 
@@ -19,6 +22,7 @@ use serde_json::{Map, Value};
 
 pub use host::{is_ip_literal, normalize_host, split_authority};
 pub use inspector::{FlowInspector, INSPECTION_BUDGET};
+pub use quic::QuicInspector;
 
 /// The outcome of trying to parse one message from the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,8 @@ pub enum TargetSource {
     Socks4a,
     /// SOCKS4 names only an IPv4 address.
     Socks4,
+    /// The SNI of the ClientHello in a QUIC client's Initial packets.
+    QuicSni,
 }
 
 /// The protocol the client's first bytes speak (after any PROXY-protocol header).
@@ -63,6 +69,8 @@ pub enum WireProtocol {
     Sslv2,
     Socks4,
     Socks5,
+    /// QUIC (over UDP), of a version whose Initial packets we read.
+    Quic,
 }
 
 /// Everything the first bytes of one connection say about its destination.

@@ -81,7 +81,10 @@ pub fn looks_like_socks5_greeting(buf: &[u8]) -> Option<bool> {
 /// Parses the greeting at the start of `buf`: whether it offers username/password.
 pub fn parse_socks5_greeting(buf: &[u8]) -> Step<bool> {
     match looks_like_socks5_greeting(buf) {
-        None => Step::NeedMore(buf.get(1).map_or(2, |&n| 2 + usize::from(n))),
+        // Each method byte that comes may show the bytes are no greeting, so promise nothing past
+        // the next byte: asking for all the methods at once would make the answer depend on how
+        // the bytes were cut into pieces.
+        None => Step::NeedMore(buf.len() + 1),
         Some(false) => Step::Malformed("not a SOCKS5 greeting"),
         Some(true) => {
             let n = usize::from(buf[1]);
@@ -303,6 +306,32 @@ mod tests {
         v6.extend_from_slice(&[1, 187]);
         let (req, _) = done(parse_socks5_request(&v6));
         assert_eq!((req.target, req.port), (SocksTarget::Ip("2001:db8::1".parse().unwrap()), 443));
+    }
+
+    /// Found by fuzz/flow_inspector: `05 2a` asked for all 42 methods at once, but the bytes that
+    /// came next already showed it was no greeting; fed whole the answer was "not a SOCKS5 greeting",
+    /// fed in pieces the inspector waited for bytes that never came and said "cut short".
+    #[test]
+    fn greeting_never_promises_past_a_method_that_can_break_it() {
+        let bytes = [5, 0x2a, 5, 3, 0x62, 3];
+        for cut in 0..bytes.len() {
+            match parse_socks5_greeting(&bytes[..cut]) {
+                Step::NeedMore(n) => assert_eq!(n, cut + 1, "cut {cut}"),
+                other => assert_eq!(cut, 5, "cut {cut}: {other:?}"),
+            }
+        }
+        assert_eq!(parse_socks5_greeting(&bytes), Step::Malformed("not a SOCKS5 greeting"));
+        let client = b"\x05\x03\x00\x00\x04\x01\x03bob\x05alice\x05\x2a\x05\x03\x62\x03";
+        let mut whole = crate::extract::FlowInspector::new();
+        whole.client_bytes(client);
+        whole.finish();
+        let mut pieces = crate::extract::FlowInspector::new();
+        for byte in client.chunks(1) {
+            pieces.client_bytes(byte);
+        }
+        pieces.finish();
+        assert_eq!(pieces.inspection(), whole.inspection());
+        assert_eq!(whole.inspection().malformed, Some("not a SOCKS5 greeting"));
     }
 
     #[test]

@@ -128,12 +128,39 @@ impl ClientHelloReader {
 /// carries: often the whole server_name, which comes early in most clients' extension order.
 pub fn salvage_client_hello(buf: &[u8]) -> Option<ClientHello> {
     let gathered = gather_truncated(buf)?;
-    let handshake = &gathered.handshake;
-    let body_len = handshake_body_len(handshake).ok()?;
-    let available = handshake.len().saturating_sub(HANDSHAKE_HEADER_LEN).min(body_len);
-    let body = handshake.get(HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + available)?;
+    let mut hello = salvage_client_hello_message(&gathered.handshake)?;
+    if gathered.truncated {
+        hello.malformed = Some("ClientHello is cut short");
+    }
+    Some(hello)
+}
+
+/// Parses a bare ClientHello handshake message (type, 24-bit length, body) at the start of
+/// `message`, as QUIC carries it in CRYPTO frames, without TLS records around it.
+pub fn parse_client_hello_message(message: &[u8]) -> Step<ClientHello> {
+    if message.len() < HANDSHAKE_HEADER_LEN {
+        return Step::NeedMore(HANDSHAKE_HEADER_LEN);
+    }
+    let end = match handshake_body_len(message) {
+        Ok(len) => HANDSHAKE_HEADER_LEN + len,
+        Err(why) => return Step::Malformed(why),
+    };
+    let Some(body) = message.get(HANDSHAKE_HEADER_LEN..end) else {
+        return Step::NeedMore(end);
+    };
+    match parse_body(body, false) {
+        Some(hello) => Step::Done(hello, end),
+        None => Step::Malformed("ClientHello fixed fields are corrupt"),
+    }
+}
+
+/// [`salvage_client_hello`] for a bare handshake message that was cut short.
+pub fn salvage_client_hello_message(message: &[u8]) -> Option<ClientHello> {
+    let body_len = handshake_body_len(message).ok()?;
+    let available = message.len().saturating_sub(HANDSHAKE_HEADER_LEN).min(body_len);
+    let body = message.get(HANDSHAKE_HEADER_LEN..HANDSHAKE_HEADER_LEN + available)?;
     let mut hello = parse_body(body, true)?;
-    if gathered.truncated || available < body_len {
+    if available < body_len {
         hello.malformed = Some("ClientHello is cut short");
     }
     Some(hello)

@@ -1,5 +1,5 @@
-//! From a captured frame to a TCP segment: link layer, IPv4/IPv6 (with fragment reassembly) and TCP,
-//! by `etherparse`; GTP-U tunnels (mobile core captures) are opened by hand, one level deep.
+//! From a captured frame to a TCP segment or UDP datagram: link layer, IPv4/IPv6 (with fragment
+//! reassembly), TCP and UDP, by `etherparse`; GTP-U tunnels (mobile core captures) are opened by hand, one level deep.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use etherparse::defrag::IpDefragPool;
 use etherparse::{
     EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket, NetSlice, SlicedPacket, TcpSlice, TransportSlice,
+    UdpSlice,
 };
 use pcap_file::DataLink;
 
@@ -29,10 +30,17 @@ pub(crate) struct TcpSegment<'a> {
     pub payload: Cow<'a, [u8]>,
 }
 
+/// A decoded UDP datagram.
+pub(crate) struct UdpDatagram<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub payload: Cow<'a, [u8]>,
+}
+
 /// What one frame turned out to be.
 pub(crate) enum Decoded<'a> {
     Tcp(TcpSegment<'a>),
-    Udp,
+    Udp(UdpDatagram<'a>),
     /// A fragment held until the rest of its datagram arrives.
     Fragment,
     /// Something else that decodes fine (ARP, ICMP, another IP protocol).
@@ -100,7 +108,7 @@ impl Decoder {
                 {
                     return self.decode_sliced(&inner, unix_nanos, false);
                 }
-                Decoded::Udp
+                Decoded::Udp(datagram(src_ip, dst_ip, udp, Cow::Borrowed(udp.payload())))
             }
             Some(_) => Decoded::Other,
             None if sliced.is_ip_payload_fragmented() => self.defragment(sliced, src_ip, dst_ip, unix_nanos),
@@ -124,7 +132,12 @@ impl Decoder {
                         Ok(tcp) => Decoded::Tcp(segment(src, dst, &tcp, Cow::Owned(tcp.payload().to_vec()))),
                         Err(_) => Decoded::Undecodable,
                     },
-                    IpNumber::UDP => Decoded::Udp,
+                    IpNumber::UDP => match UdpSlice::from_slice(&datagram.payload) {
+                        Ok(udp) => {
+                            Decoded::Udp(self::datagram(src, dst, &udp, Cow::Owned(udp.payload().to_vec())))
+                        }
+                        Err(_) => Decoded::Undecodable,
+                    },
                     _ => Decoded::Other,
                 };
                 self.fragments.return_buf(datagram);
@@ -159,7 +172,9 @@ fn decode_lax(link: DataLink, data: &[u8]) -> Decoded<'_> {
         (Some((src, dst)), Some(TransportSlice::Tcp(tcp))) => {
             Decoded::Tcp(segment(src, dst, tcp, Cow::Borrowed(tcp.payload())))
         }
-        (Some(_), Some(TransportSlice::Udp(_))) => Decoded::Udp,
+        (Some((src, dst)), Some(TransportSlice::Udp(udp))) => {
+            Decoded::Udp(datagram(src, dst, udp, Cow::Borrowed(udp.payload())))
+        }
         _ => Decoded::Undecodable,
     }
 }
@@ -181,6 +196,14 @@ fn segment<'a>(src: IpAddr, dst: IpAddr, tcp: &TcpSlice<'_>, payload: Cow<'a, [u
         ack: tcp.ack(),
         fin: tcp.fin(),
         rst: tcp.rst(),
+        payload,
+    }
+}
+
+fn datagram<'a>(src: IpAddr, dst: IpAddr, udp: &UdpSlice<'_>, payload: Cow<'a, [u8]>) -> UdpDatagram<'a> {
+    UdpDatagram {
+        src: SocketAddr::new(src, udp.source_port()),
+        dst: SocketAddr::new(dst, udp.destination_port()),
         payload,
     }
 }

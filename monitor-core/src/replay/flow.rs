@@ -1,11 +1,12 @@
-//! One TCP connection in a capture: both byte streams reassembled by sequence number, fed to the
-//! inspectors in order, and the client told from the server.
+//! One flow in a capture, and who its client was: a TCP connection, both byte streams reassembled by
+//! sequence number and fed to the inspectors in order; or a QUIC flow, each end's datagrams fed to
+//! its own QUIC inspector.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::decode::TcpSegment;
-use crate::extract::{FlowInspector, Inspection};
+use crate::extract::{FlowInspector, Inspection, QuicInspector};
 
 /// Bytes of one direction that are reassembled and inspected; the inspector looks at no more.
 pub(crate) const STREAM_BUDGET: usize = crate::extract::INSPECTION_BUDGET;
@@ -116,9 +117,26 @@ pub(crate) struct TcpFlow {
     b_as_client: FlowInspector,
 }
 
+/// The transport of a flow, as the event's Protocol column names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "Tcp",
+            Transport::Udp => "Udp",
+        }
+    }
+}
+
 /// How a finished flow is reported.
 #[derive(Debug)]
 pub(crate) struct FlowReport {
+    pub transport: Transport,
     pub first_nanos: u128,
     pub client: SocketAddr,
     pub server: SocketAddr,
@@ -230,12 +248,70 @@ impl TcpFlow {
             self.streams[server_end as usize].delivered > 0 || self.streams[server_end as usize].has_gap();
         let failed = self.syn_from.is_some() && !self.syn_ack_seen && !server_spoke;
         FlowReport {
+            transport: Transport::Tcp,
             first_nanos: self.first_nanos,
             client: client_addr,
             server: server_addr,
             failed,
             inspection: inspector(named_by).inspection().clone(),
             request_from_responder,
+        }
+    }
+}
+
+/// A UDP flow whose first datagram was QUIC. Each end's datagrams go to its own inspector as if it
+/// were the client, because a capture may begin after the client's first datagram; only the client's
+/// Initials open with the keys its connection ID gives, so the server's end names nothing.
+#[derive(Debug)]
+pub(crate) struct QuicFlow {
+    first_nanos: u128,
+    /// The end that sent the first datagram seen.
+    a: SocketAddr,
+    b: SocketAddr,
+    a_as_client: QuicInspector,
+    b_as_client: QuicInspector,
+}
+
+impl QuicFlow {
+    pub fn new(first_nanos: u128, a: SocketAddr, b: SocketAddr) -> Self {
+        QuicFlow { first_nanos, a, b, a_as_client: QuicInspector::new(), b_as_client: QuicInspector::new() }
+    }
+
+    pub fn on_datagram(&mut self, src: SocketAddr, payload: &[u8]) {
+        let inspector = if src == self.a { &mut self.a_as_client } else { &mut self.b_as_client };
+        inspector.client_datagram(payload);
+    }
+
+    /// Whether later datagrams cannot change the report: one end named a target, or neither can any
+    /// more. UDP has no end of flow, so this is when a QUIC flow is reported.
+    pub fn is_complete(&self) -> bool {
+        let named = |inspector: &QuicInspector| {
+            inspector.is_complete() && inspector.inspection().remote_url().is_some()
+        };
+        let (a, b) = (&self.a_as_client, &self.b_as_client);
+        named(a) || named(b) || (a.is_complete() && b.is_complete())
+    }
+
+    /// The first sender is the client, unless only the other end's datagrams read as a client's.
+    pub fn report(mut self) -> FlowReport {
+        self.a_as_client.finish();
+        self.b_as_client.finish();
+        let b_is_client = score(self.b_as_client.inspection()) > score(self.a_as_client.inspection());
+        let (client, server, inspector) = if b_is_client {
+            (self.b, self.a, &self.b_as_client)
+        } else {
+            (self.a, self.b, &self.a_as_client)
+        };
+        FlowReport {
+            transport: Transport::Udp,
+            first_nanos: self.first_nanos,
+            client,
+            server,
+            // UDP has no handshake that can fail; as with Defender's UDP events, a flow that was sent
+            // is a connection made.
+            failed: false,
+            inspection: inspector.inspection().clone(),
+            request_from_responder: false,
         }
     }
 }

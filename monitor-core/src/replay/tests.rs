@@ -181,3 +181,67 @@ fn damaged_captures_do_not_panic() {
     let missing = std::env::temp_dir().join("monitor-core-no-such-capture.pcap");
     assert!(matches!(replay(&missing, &mut |_| {}), Err(ReplayError::Io { .. })));
 }
+
+/// A capture of UDP datagrams: (from the client?, payload).
+fn write_udp_capture(name: &str, datagrams: &[(bool, Vec<u8>)]) -> TempCapture {
+    let path = std::env::temp_dir().join(format!("monitor-core-{}-{name}.pcap", std::process::id()));
+    let file = File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut writer = PcapWriter::new(file).expect("pcap header");
+    for (i, (from_client, payload)) in datagrams.iter().enumerate() {
+        let ((src, sport), (dst, dport)) =
+            if *from_client { (CLIENT, (SERVER.0, 443)) } else { ((SERVER.0, 443), CLIENT) };
+        let mut frame = Vec::new();
+        PacketBuilder::ethernet2([1; 6], [2; 6])
+            .ipv4(src, dst, 64)
+            .udp(sport, dport)
+            .write(&mut frame, payload)
+            .expect("build frame");
+        let time = Duration::from_secs(1_700_000_000) + Duration::from_millis(i as u64);
+        writer.write_packet(&PcapPacket::new(time, frame.len() as u32, &frame)).expect("write packet");
+    }
+    TempCapture(path)
+}
+
+#[test]
+fn quic_initial_is_one_udp_event_and_other_udp_is_counted() {
+    let initial =
+        crate::extract::tests::unhex(include_str!("../../tests/data/rfc9001_a2_client_initial.hex"));
+    let dns_query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00".to_vec();
+    // The server's reply and the client's later datagrams belong to the reported flow.
+    let capture = write_udp_capture(
+        "quic",
+        &[(true, initial.clone()), (false, vec![0xc0; 60]), (true, vec![0x40; 30]), (true, dns_query)],
+    );
+    let (events, stats) = replay_all(&capture);
+    assert_eq!((stats.flows, stats.quic_flows, stats.flows_named), (1, 1, 1));
+    // The last datagram uses the reported flow's ports: it is that flow's, not a new one.
+    assert_eq!(stats.udp_datagrams_not_inspected, 0);
+    let event = &events[0];
+    assert_eq!(event.protocol, "Udp");
+    assert_eq!(event.action_type, ActionType::ConnectionSuccess);
+    assert_eq!(event.remote_url, "example.com");
+    assert_eq!((event.local_ip.as_str(), event.local_port), ("10.0.0.2", 40000));
+    assert_eq!((event.remote_ip.as_str(), event.remote_port), ("10.0.0.5", 443));
+    assert_eq!(event.additional_fields["TargetSource"], "QuicSni");
+    assert_eq!(event.additional_fields["Protocol"], "Quic");
+    assert_eq!(event.additional_fields["Sni"], "example.com");
+
+    let not_quic = write_udp_capture("dns", &[(true, b"\x12\x34\x01\x00".to_vec()), (false, vec![0x80; 20])]);
+    let (events, stats) = replay_all(&not_quic);
+    assert!(events.is_empty());
+    assert_eq!((stats.flows, stats.udp_datagrams_not_inspected), (0, 2));
+}
+
+#[test]
+fn quic_capture_starting_with_the_server_names_the_real_client() {
+    let initial =
+        crate::extract::tests::unhex(include_str!("../../tests/data/rfc9001_a2_client_initial.hex"));
+    // A server Initial comes first (its header is long, version 1), then the client's.
+    let mut server_initial = initial.clone();
+    server_initial[600] ^= 0xff;
+    let capture = write_udp_capture("quic-late", &[(false, server_initial), (true, initial)]);
+    let (events, _) = replay_all(&capture);
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].local_ip.as_str(), events[0].local_port), ("10.0.0.2", 40000));
+    assert_eq!(events[0].remote_url, "example.com");
+}

@@ -16,7 +16,7 @@ use std::{
 use monitor_common::{
     config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
     record::{
-        PayloadRecord, ProcessRecord, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+        PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
     },
     verdict::{
         SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
@@ -130,6 +130,7 @@ struct QuicFlow {
     remote: (IpAddr, u16),
     process: Option<InitiatingProcess>,
     inspector: QuicInspector,
+    datagrams: u32,
     reported: bool,
     touched: Instant,
 }
@@ -331,6 +332,7 @@ impl Flows {
                     remote,
                     process,
                     inspector: QuicInspector::new(),
+                    datagrams: 0,
                     reported: false,
                     touched: Instant::now(),
                 },
@@ -342,16 +344,23 @@ impl Flows {
             return;
         }
         flow.inspector.client_datagram(&rec.data[..len]);
+        flow.datagrams += 1;
         if !flow.inspector.is_complete() {
-            return;
+            if flow.datagrams < QUIC_DATAGRAMS {
+                return;
+            }
+            // The kernel hands over no more: what they carry is the answer.
+            flow.inspector.finish();
         }
         flow.reported = true;
         let (local, remote) = (flow.local, flow.remote);
         let inspection = flow.inspector.inspection().clone();
-        let Some(name) = inspection.sni.clone() else { return };
         self.counters.connections += 1;
-        self.counters.named += 1;
-        let decision = self.set.judge_host(&name);
+        let name = inspection.sni.clone().unwrap_or_default();
+        if !name.is_empty() {
+            self.counters.named += 1;
+        }
+        let decision = if name.is_empty() { Decision::NoMatch } else { self.set.judge_host(&name) };
         let (process, opened_ns) = (flow.process.clone(), flow.opened_ns);
         let timestamp = self.timestamp(opened_ns);
         let mut fields = inspection.additional_fields();

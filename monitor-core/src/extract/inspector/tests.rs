@@ -393,3 +393,25 @@ fn garbage_never_panics() {
 fn normalize(name: &str) -> Option<String> {
     crate::extract::normalize_host(name)
 }
+
+/// Found by fuzz/flow_inspector: a head with a bad header line and no blank line was "invalid" fed
+/// whole but "cut short" (and, in a tunnel, not marked as read) fed in pieces, since the bad line
+/// was never parsed before `finish`.
+#[test]
+fn bad_header_line_without_blank_line_reads_the_same_in_pieces() {
+    let finished = |client: &[u8], piece: usize| {
+        let mut inspector = inspect_in_pieces(client, b"", piece);
+        inspector.finish();
+        inspector.inspection().clone()
+    };
+    for outer in [&b""[..], b"\x05\x01\x00\x05\x01\x00\x01\x0a\x00\x00\x01\x01\xbb"] {
+        // A bare CR inside a header value: httparse refuses the line.
+        let client = [outer, b"GET / HTTP/1.1\r\nHost: plain.example\rx\r\n"].concat();
+        let whole = finished(&client, usize::MAX);
+        for piece in PIECES {
+            assert_eq!(finished(&client, piece), whole, "pieces of {piece} bytes");
+        }
+        assert_eq!(whole.malformed, Some("HTTP request head has invalid header lines"));
+        assert_eq!(whole.tunneled, !outer.is_empty());
+    }
+}
