@@ -66,8 +66,8 @@ enum Task {
     CheckBpf,
     /// Boot Debian's kernels under qemu and report which programs each one's verifier accepts.
     KernelCheck {
-        /// A Debian kernel package, or a meta package such as linux-image-amd64 (repeatable; default:
-        /// linux-image-amd64 and linux-image-6.12-amd64).
+        /// A Debian kernel package, a meta package such as linux-image-amd64, or a kernel .deb file
+        /// (repeatable; default: linux-image-amd64 and linux-image-6.12-amd64).
         #[arg(long = "kernel", value_name = "PACKAGE")]
         kernels: Vec<String>,
         /// Give up on a kernel that has not powered off after this many seconds.
@@ -211,6 +211,19 @@ fn setup_test_peers() -> anyhow::Result<()> {
     )
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test` (CI): enough to catch regressions on the seeds.
+const FUZZ_SECONDS: u32 = 10;
+
+fn setup_fuzz() -> anyhow::Result<()> {
+    let found = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().map(|o| o.status.success());
+    if found.unwrap_or(false) {
+        step("cargo-fuzz found");
+        return Ok(());
+    }
+    step("installing cargo-fuzz from crates.io (once)");
+    exec(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))
+}
+
 /// A Python venv with aioquic, the real QUIC client of the integration tests (Debian has no package).
 fn setup_quic_client() -> anyhow::Result<()> {
     let venv = tools().join("venv");
@@ -287,6 +300,9 @@ fn main() -> anyhow::Result<()> {
                 "--exclude",
                 "monitor-ebpf",
             ]))?;
+            setup_fuzz()?;
+            step(&format!("fuzzing every parser for {FUZZ_SECONDS} s each (a bounded run; crashes fail the test)"));
+            exec(Command::new("bash").arg(root().join("fuzz/run.sh")).arg(FUZZ_SECONDS.to_string()).env("PATH", path_with_tools()))?;
             step("integration tests in network namespaces (real proxies, clients and kernel programs)");
             exec(
                 cargo()
