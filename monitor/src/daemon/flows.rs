@@ -16,7 +16,8 @@ use std::{
 use monitor_common::{
     config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
     record::{
-        PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+        PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord,
+        WireRecord,
     },
     verdict::{
         SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,

@@ -18,7 +18,7 @@ use aya::{
     },
 };
 use monitor_common::{
-    config::Config,
+    config::{Config, MODE_BLOCK},
     record::{WireFlowKey, WireFlowState},
     verdict::DROP_REASONS,
 };
@@ -40,6 +40,9 @@ pub struct Kernel {
     pinned: Vec<PinnedLink>,
     /// Where enforcement is pinned (block mode), so that it survives the daemon.
     pub pin_dir: Option<PathBuf>,
+    mode: u32,
+    /// Programs this kernel refused where the monitor can do without them (what is lost is logged).
+    pub degraded: Vec<&'static str>,
 }
 
 pub struct LoadOptions<'a> {
@@ -152,8 +155,20 @@ pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
     Ok(released)
 }
 
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps of a million indicators load.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::warn!(
+            "could not lift RLIMIT_MEMLOCK ({}): large maps may fail to load on kernels before 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 impl Kernel {
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Kernel> {
+        raise_memlock();
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("DOMAINS", opts.domain_capacity.max(1024))
@@ -185,6 +200,8 @@ impl Kernel {
             links: Vec::new(),
             pinned: Vec::new(),
             pin_dir: opts.pin_dir.map(Path::to_path_buf),
+            mode: opts.config.mode,
+            degraded: Vec::new(),
         };
         kernel.attach_cgroups(opts.cgroups)?;
         kernel.attach_ifaces(opts.ifaces)?;
@@ -235,6 +252,37 @@ impl Kernel {
         Ok(())
     }
 
+    fn attach_skb(
+        &mut self,
+        files: &[(&PathBuf, File)],
+        name: &'static str,
+        direction: CgroupSkbAttachType,
+    ) -> anyhow::Result<()> {
+        let mut taken = Vec::new();
+        let prog: &mut CgroupSkb = self.program(name)?;
+        prog.load().with_context(|| format!("load {name} (cgroup_skb)"))?;
+        for (path, file) in files {
+            let id = prog
+                .attach(file.as_fd(), direction, CgroupAttachMode::Single)
+                .with_context(|| format!("attach {name} (cgroup_skb) to cgroup {}", path.display()))?;
+            taken.push(prog.take_link(id).context("take link")?);
+        }
+        for link in taken {
+            self.keep(name, link)?;
+        }
+        Ok(())
+    }
+
+    fn attach_inspection(&mut self, sock_fd: &aya::maps::sock::SockMapFd) -> anyhow::Result<()> {
+        let prog: &mut SkMsg = self.program("inspect_send")?;
+        prog.load().context("load inspect_send (sk_msg; the verifier's log follows)")?;
+        let id = prog.attach(sock_fd).context("attach inspect_send (sk_msg) to SOCKS")?;
+        // The attachment belongs to the sockhash, not to a link: it lasts as long as the map, which is
+        // pinned in block mode. Owning it here keeps aya from detaching it when the daemon exits.
+        std::mem::forget(prog.take_link(id).context("take the sk_msg attachment")?);
+        Ok(())
+    }
+
     fn attach_cgroups(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
         let files = cgroups
             .iter()
@@ -247,13 +295,20 @@ impl Kernel {
                 SockHash::try_from(self.ebpf.map("SOCKS").context("map SOCKS")?).context("map SOCKS")?;
             socks.fd().try_clone().context("dup SOCKS fd")?
         };
-        let prog: &mut SkMsg = self.program("inspect_send")?;
-        prog.load().context("load inspect_send (sk_msg; the verifier's log follows)")?;
-        let id = prog.attach(&sock_fd).context("attach inspect_send (sk_msg) to SOCKS")?;
-        // The attachment belongs to the sockhash, not to a link: it lasts as long as the map, which is
-        // pinned in block mode. Owning it here keeps aya from detaching it when the daemon exits.
-        std::mem::forget(prog.take_link(id).context("take the sk_msg attachment")?);
-        self.attachments.push(Attachment { program: "inspect_send", target: "sockhash SOCKS".into() });
+        let block = self.mode == MODE_BLOCK;
+        match self.attach_inspection(&sock_fd) {
+            Ok(()) => {
+                self.attachments.push(Attachment { program: "inspect_send", target: "sockhash SOCKS".into() })
+            }
+            // Block mode without its enforcement hook would promise what it cannot do.
+            Err(e) if block => {
+                return Err(e.context("block mode needs payload inspection (sk_msg on a sockhash)"));
+            }
+            Err(e) => {
+                log::warn!("payload inspection is unavailable, events will name no targets: {e:#}");
+                self.degraded.push("inspect_send");
+            }
+        }
 
         for name in ["connect4", "connect6"] {
             let mut taken = Vec::new();
@@ -269,33 +324,13 @@ impl Kernel {
                 self.keep(name, link)?;
             }
         }
-        let mut taken = Vec::new();
-        let prog: &mut CgroupSkb = self.program("proxy_reply")?;
-        prog.load().context("load proxy_reply (cgroup_skb)")?;
-        for (path, file) in &files {
-            let id = prog
-                .attach(file.as_fd(), CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!("attach proxy_reply (cgroup_skb ingress) to cgroup {}", path.display())
-                })?;
-            taken.push(prog.take_link(id).context("take link")?);
+        if let Err(e) = self.attach_skb(&files, "proxy_reply", CgroupSkbAttachType::Ingress) {
+            log::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
+            self.degraded.push("proxy_reply");
         }
-        for link in taken {
-            self.keep("proxy_reply", link)?;
-        }
-        let mut taken = Vec::new();
-        let prog: &mut CgroupSkb = self.program("quic_egress")?;
-        prog.load().context("load quic_egress (cgroup_skb)")?;
-        for (path, file) in &files {
-            let id = prog
-                .attach(file.as_fd(), CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
-                .with_context(|| {
-                    format!("attach quic_egress (cgroup_skb egress) to cgroup {}", path.display())
-                })?;
-            taken.push(prog.take_link(id).context("take link")?);
-        }
-        for link in taken {
-            self.keep("quic_egress", link)?;
+        if let Err(e) = self.attach_skb(&files, "quic_egress", CgroupSkbAttachType::Egress) {
+            log::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
+            self.degraded.push("quic_egress");
         }
         let mut taken = Vec::new();
         let prog: &mut SockOps = self.program("track_connection")?;
@@ -311,6 +346,9 @@ impl Kernel {
         }
         for (path, _) in &files {
             for program in ["connect4", "connect6", "track_connection", "proxy_reply", "quic_egress"] {
+                if self.degraded.contains(&program) {
+                    continue;
+                }
                 self.attachments.push(Attachment { program, target: format!("cgroup {}", path.display()) });
             }
         }

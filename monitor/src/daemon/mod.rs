@@ -498,6 +498,7 @@ impl Daemon {
             "open_flows": self.flows.open_count(),
             "kernel_flow_entries": { "sockets_inspected": socks_n, "forwarded_flows": wire_n },
             "pin_dir": self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
+            "degraded": self.kernel.degraded,
             "kernel_features": probe::features(),
             "kernel_drops": drops,
         })
