@@ -6,6 +6,7 @@ mod indicators;
 mod kernel;
 mod metrics;
 mod policy;
+mod policy_worker;
 pub mod probe;
 mod process;
 mod records;
@@ -39,7 +40,8 @@ use settings::Settings;
 use sink::Sink;
 
 const TICK: Duration = Duration::from_millis(100);
-const FILE_POLL: Duration = Duration::from_millis(250);
+/// How often the kernel's drop counters are read (a rise is logged).
+const DROPS_POLL: Duration = Duration::from_millis(250);
 
 use log::{error, info, warn};
 
@@ -189,12 +191,16 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
+    let indicator_files = indicators.paths();
+    let (updates, policy_updates) = tokio::sync::mpsc::unbounded_channel();
+    let policy = policy_worker::PolicyWorker::spawn(indicators, policy, updates)?;
     let daemon = Daemon {
         cli_args: cli_args.clone(),
         args: args.clone(),
         kernel,
         policy,
-        indicators,
+        policy_updates,
+        indicator_files,
         sink,
         flows: Flows::new(mode, std::sync::Arc::new(set)),
         socks,
@@ -212,8 +218,9 @@ struct Daemon {
     cli_args: RunArgs,
     args: Settings,
     kernel: Kernel,
-    policy: KernelPolicy,
-    indicators: Indicators,
+    policy: std::sync::mpsc::Sender<policy_worker::Job>,
+    policy_updates: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<monitor_core::policy::IndicatorSet>>,
+    indicator_files: Vec<String>,
     sink: Sink,
     flows: Flows,
     socks: SockHash<MapData, u64>,
@@ -253,17 +260,20 @@ impl Daemon {
                     self.drain_ring(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                Some(call) = calls.recv() => {
-                    let answer = self.handle(call.request, call.peer_uid);
-                    let _ = call.reply.send(answer);
-                }
+                Some(call) = calls.recv() => match call.request {
+                    Request::Add { list, values } if call.peer_uid == 0 => self.change(&list, &values, true, call.reply),
+                    Request::Remove { list, values } if call.peer_uid == 0 => self.change(&list, &values, false, call.reply),
+                    request => {
+                        let answer = self.handle(request, call.peer_uid);
+                        let _ = call.reply.send(answer);
+                    }
+                },
                 _ = tick.tick() => {
                     self.drain_ring(ring.get_mut());
                     self.flows.tick(&mut self.sink);
                     self.release_judged();
-                    if last_poll.elapsed() >= FILE_POLL {
+                    if last_poll.elapsed() >= DROPS_POLL {
                         last_poll = Instant::now();
-                        self.reload_files();
                         if let Ok(drops) = self.kernel.drops() {
                             for (i, (&now, seen)) in drops.iter().zip(reported_drops.iter_mut()).enumerate() {
                                 if now > *seen {
@@ -274,10 +284,11 @@ impl Daemon {
                         }
                     }
                 }
+                Some(set) = self.policy_updates.recv() => self.flows.set = set,
                 _ = sighup.recv() => {
                     info!("SIGHUP: reloading the configuration and the indicators");
                     self.reload_config();
-                    self.reload_files();
+                    let _ = self.policy.send(policy_worker::Job::Reload);
                 }
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
@@ -327,18 +338,6 @@ impl Daemon {
         }
     }
 
-    fn apply(&mut self) -> anyhow::Result<()> {
-        let set = self.indicators.effective();
-        let applied = self.policy.apply(&set)?;
-        let (allow_n, block_n) = set.counts();
-        info!(
-            "indicators now {allow_n} allow, {block_n} block ({} map writes in {} ms)",
-            applied.writes, applied.millis
-        );
-        self.flows.set = std::sync::Arc::new(set);
-        Ok(())
-    }
-
     /// SIGHUP: mode, uninspectable policy and indicator files take effect now; what is attached where
     /// (cgroups, interfaces, sinks, sockets, pins) takes a restart, which in block mode opens no gap.
     fn reload_config(&mut self) {
@@ -352,10 +351,8 @@ impl Daemon {
         if (new.allow.as_ref(), new.block.as_ref()) != (self.args.allow.as_ref(), self.args.block.as_ref()) {
             match Indicators::load(new.allow.as_deref(), new.block.as_deref()) {
                 Ok(indicators) => {
-                    self.indicators = indicators;
-                    if let Err(e) = self.apply() {
-                        error!("applying the new indicator files: {e:#}");
-                    }
+                    self.indicator_files = indicators.paths();
+                    let _ = self.policy.send(policy_worker::Job::Files { indicators });
                 }
                 Err(e) => {
                     error!("indicator file rejected, keeping the previous set: {e}");
@@ -365,12 +362,14 @@ impl Daemon {
         }
         if new.mode != self.args.mode || new.uninspectable != self.args.uninspectable {
             let mode = mode_value(new.mode);
-            self.policy.config.mode = mode;
-            self.policy.config.uninspectable = match new.uninspectable {
+            let uninspectable = match new.uninspectable {
                 Uninspectable::Allow => UNINSPECTABLE_ALLOW,
                 Uninspectable::Block => UNINSPECTABLE_BLOCK,
             };
-            match self.policy.write_config() {
+            let (reply, answer) = std::sync::mpsc::channel();
+            let _ = self.policy.send(policy_worker::Job::Mode { mode, uninspectable, reply });
+            // One map write on the policy thread (after any reload it is busy with): wait for it.
+            match answer.recv().unwrap_or_else(|_| Err("the policy thread stopped".into())) {
                 Ok(()) => {
                     self.flows.set_mode(mode);
                     info!("mode now {:?}, uninspectable {:?}", new.mode, new.uninspectable);
@@ -380,7 +379,7 @@ impl Daemon {
                         );
                     }
                 }
-                Err(e) => error!("writing the new mode: {e:#}"),
+                Err(e) => error!("writing the new mode: {e}"),
             }
         }
         let restart_only = [
@@ -405,18 +404,6 @@ impl Daemon {
         self.args.block = block;
     }
 
-    fn reload_files(&mut self) {
-        match self.indicators.reload_changed() {
-            Ok(false) => {}
-            Ok(true) => {
-                if let Err(e) = self.apply() {
-                    error!("applying reloaded indicators: {e:#}");
-                }
-            }
-            Err(e) => error!("indicator file rejected, keeping the previous set: {e}"),
-        }
-    }
-
     fn handle(&mut self, request: Request, peer_uid: u32) -> Value {
         let kind = |list: &str| match list {
             "allow" => Some(ListKind::Allow),
@@ -439,38 +426,53 @@ impl Daemon {
             Request::Add { .. } | Request::Remove { .. } if peer_uid != 0 => {
                 control::error("only root may change policy")
             }
-            Request::Add { list, values } => self.change(&list, &values, true),
-            Request::Remove { list, values } => self.change(&list, &values, false),
+            // Root's changes are answered by `change`, off the loop.
+            Request::Add { .. } | Request::Remove { .. } => {
+                control::error("internal: policy change not routed")
+            }
         }
     }
 
-    fn change(&mut self, list: &str, values: &[String], add: bool) -> Value {
+    /// `indicators add|remove`: parsed here, applied on the policy thread; the answer comes when the
+    /// kernel holds the new set.
+    fn change(
+        &mut self,
+        list: &str,
+        values: &[String],
+        add: bool,
+        reply: tokio::sync::oneshot::Sender<Value>,
+    ) {
         let kind = match list {
             "allow" => ListKind::Allow,
             "block" => ListKind::Block,
-            other => return control::error(&format!("unknown list {other:?} (allow or block)")),
+            other => {
+                let _ = reply.send(control::error(&format!("unknown list {other:?} (allow or block)")));
+                return;
+            }
         };
-        let mut parsed = Vec::new();
+        let mut indicators = Vec::new();
         for v in values {
             match Indicator::parse(v.trim()) {
-                Ok(i) => parsed.push(i),
-                Err(reason) => return control::error(&format!("{v:?}: {reason}")),
+                Ok(i) => indicators.push(i),
+                Err(reason) => {
+                    let _ = reply.send(control::error(&format!("{v:?}: {reason}")));
+                    return;
+                }
             }
         }
-        let n = parsed.len();
-        for i in parsed {
-            if add {
-                self.indicators.add(kind, i);
-            } else {
-                self.indicators.remove(kind, i);
-            }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        if self.policy.send(policy_worker::Job::Change { kind, indicators, add, reply: done }).is_err() {
+            let _ = reply.send(control::error("the policy thread stopped"));
+            return;
         }
-        match self.apply() {
-            Ok(()) => {
-                json!({ "ok": true, "message": format!("{} {n} {kind} indicator(s)", if add { "added" } else { "removed" }) })
-            }
-            Err(e) => control::error(&format!("{e:#}")),
-        }
+        tokio::spawn(async move {
+            let value = match answer.await {
+                Ok(Ok(message)) => json!({ "ok": true, "message": message }),
+                Ok(Err(e)) => control::error(&e),
+                Err(_) => control::error("the policy thread stopped"),
+            };
+            let _ = reply.send(value);
+        });
     }
 
     fn status(&self) -> Value {
@@ -488,7 +490,7 @@ impl Daemon {
             "pid": std::process::id(),
             "uptime_seconds": uptime,
             "attached": self.kernel.attachments.iter().map(|a| json!({"program": a.program, "target": a.target})).collect::<Vec<_>>(),
-            "indicators": { "allow": allow_n, "block": block_n, "files": self.indicators.paths() },
+            "indicators": { "allow": allow_n, "block": block_n, "files": self.indicator_files },
             "events": self.sink.emitted,
             "events_per_second": self.sink.emitted as f64 / uptime.max(1e-3),
             "write_errors": self.sink.write_errors,
