@@ -5,7 +5,13 @@
 //! the old set or the new one, never a mix and never an empty one. Afterwards both bytes are made equal
 //! and entries of neither generation are deleted, so the next reload writes only what changed.
 
-use std::{collections::HashMap, hash::Hash, net::IpAddr, time::Instant};
+use std::{
+    collections::HashMap,
+    hash::Hash,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap as BpfHashMap, LpmTrie, MapData, lpm_trie::Key};
@@ -20,20 +26,88 @@ use super::kernel::Kernel;
 
 trait SlotMap<K> {
     fn put(&mut self, key: &K, slots: IndicatorSlots) -> anyhow::Result<()>;
+    /// Many writes at once (the order does not matter: each key appears once).
+    fn put_many(&mut self, entries: &[(K, IndicatorSlots)]) -> anyhow::Result<()> {
+        for (key, slots) in entries {
+            self.put(key, *slots)?;
+        }
+        Ok(())
+    }
     fn delete(&mut self, key: &K) -> anyhow::Result<()>;
     /// What the map holds now (a map adopted from a previous daemon is not empty).
     fn entries(&self) -> anyhow::Result<HashMap<K, IndicatorSlots>>;
 }
 
-impl SlotMap<NameKey> for BpfHashMap<MapData, NameKey, IndicatorSlots> {
+/// The domain map, written in batches (BPF_MAP_UPDATE_BATCH): a million indicators are a few system
+/// calls, not a million.
+struct DomainMap {
+    map: BpfHashMap<MapData, NameKey, IndicatorSlots>,
+    fd: OwnedFd,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BATCH: usize = 65_536;
+/// The kernel's internal "not supported" (524), which reaches user space from some batch paths.
+const ENOTSUPP: i32 = 524;
+
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+impl SlotMap<NameKey> for DomainMap {
     fn put(&mut self, key: &NameKey, slots: IndicatorSlots) -> anyhow::Result<()> {
-        self.insert(key, slots, 0).context("write DOMAINS (is the map full? raise the capacity)")
+        self.map.insert(key, slots, 0).context("write DOMAINS (is the map full? raise the capacity)")
+    }
+    fn put_many(&mut self, entries: &[(NameKey, IndicatorSlots)]) -> anyhow::Result<()> {
+        for chunk in entries.chunks(BATCH) {
+            let keys: Vec<NameKey> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<IndicatorSlots> = chunk.iter().map(|(_, v)| *v).collect();
+            let mut attr = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: values.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: self.fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` points at `keys` and `values`, which live across the call and hold `count`
+            // entries of the map's key and value sizes.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_UPDATE_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    size_of::<BatchAttr>(),
+                )
+            };
+            if rc != 0 {
+                let err = std::io::Error::last_os_error();
+                // Kernels without batch support for hash maps: one write at a time.
+                if err.raw_os_error() == Some(libc::EINVAL) || err.raw_os_error() == Some(ENOTSUPP) {
+                    for (key, slots) in chunk {
+                        self.put(key, *slots)?;
+                    }
+                    continue;
+                }
+                return Err(err).context("write DOMAINS in a batch (is the map full? raise the capacity)");
+            }
+        }
+        Ok(())
     }
     fn delete(&mut self, key: &NameKey) -> anyhow::Result<()> {
-        self.remove(key).context("delete from DOMAINS")
+        self.map.remove(key).context("delete from DOMAINS")
     }
     fn entries(&self) -> anyhow::Result<HashMap<NameKey, IndicatorSlots>> {
-        self.iter().map(|e| e.context("read DOMAINS")).collect()
+        self.map.iter().map(|e| e.context("read DOMAINS")).collect()
     }
 }
 
@@ -65,37 +139,50 @@ impl<K: Hash + Eq + Clone, M: SlotMap<K>> Table<K, M> {
 
     /// Write `wanted` into generation `next` (other generation untouched).
     fn stage(&mut self, wanted: &HashMap<K, u8>, next: usize) -> anyhow::Result<usize> {
-        let mut writes = 0;
+        if self.held.is_empty() {
+            return self.fill(wanted);
+        }
+        let mut writes = Vec::new();
         for (key, &bits) in wanted {
             let slots = self.held.entry(key.clone()).or_insert([0, 0]);
             if slots[next] != bits {
                 slots[next] = bits;
-                self.map.put(key, *slots)?;
-                writes += 1;
+                writes.push((key.clone(), *slots));
             }
         }
         for (key, slots) in self.held.iter_mut() {
             if slots[next] != 0 && !wanted.contains_key(key) {
                 slots[next] = 0;
-                self.map.put(key, *slots)?;
-                writes += 1;
+                writes.push((key.clone(), *slots));
             }
         }
-        Ok(writes)
+        self.map.put_many(&writes)?;
+        Ok(writes.len())
+    }
+
+    /// The first set into an empty map: nothing was enforced before, so there is no old set to keep
+    /// consistent, and both generations get the bits at once (one write per entry instead of two).
+    fn fill(&mut self, wanted: &HashMap<K, u8>) -> anyhow::Result<usize> {
+        let writes: Vec<(K, IndicatorSlots)> = wanted.iter().map(|(k, &b)| (k.clone(), [b, b])).collect();
+        self.map.put_many(&writes)?;
+        self.held = writes.iter().cloned().collect();
+        Ok(writes.len())
     }
 
     /// After the flip to `live`: make the idle byte equal to the live one, drop dead entries.
     fn settle(&mut self, live: usize) -> anyhow::Result<()> {
         let idle = 1 - live;
         let mut dead = Vec::new();
+        let mut writes = Vec::new();
         for (key, slots) in self.held.iter_mut() {
             if slots[live] == 0 {
                 dead.push(key.clone());
             } else if slots[idle] != slots[live] {
                 slots[idle] = slots[live];
-                self.map.put(key, *slots)?;
+                writes.push((key.clone(), *slots));
             }
         }
+        self.map.put_many(&writes)?;
         for key in dead {
             self.map.delete(&key)?;
             self.held.remove(&key);
@@ -110,7 +197,7 @@ type NetTable<const N: usize> = Table<([u8; N], u32), LpmTrie<MapData, [u8; N], 
 pub struct KernelPolicy {
     config_map: Array<MapData, Config>,
     pub config: Config,
-    domains: Table<NameKey, BpfHashMap<MapData, NameKey, IndicatorSlots>>,
+    domains: Table<NameKey, DomainMap>,
     nets_v4: NetTable<4>,
     nets_v6: NetTable<16>,
 }
@@ -132,7 +219,16 @@ impl KernelPolicy {
         Ok(KernelPolicy {
             config_map: Array::try_from(take("CONFIG")?).context("map CONFIG")?,
             config,
-            domains: Table::adopt(BpfHashMap::try_from(take("DOMAINS")?).context("map DOMAINS")?)?,
+            domains: {
+                let map = take("DOMAINS")?;
+                let fd = match &map {
+                    aya::maps::Map::HashMap(data) => {
+                        data.fd().as_fd().try_clone_to_owned().context("dup DOMAINS fd")?
+                    }
+                    _ => anyhow::bail!("map DOMAINS is not a hash map"),
+                };
+                Table::adopt(DomainMap { map: BpfHashMap::try_from(map).context("map DOMAINS")?, fd })?
+            },
             nets_v4: Table::adopt(LpmTrie::try_from(take("NETS_V4")?).context("map NETS_V4")?)?,
             nets_v6: Table::adopt(LpmTrie::try_from(take("NETS_V6")?).context("map NETS_V6")?)?,
         })
