@@ -746,7 +746,6 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         pin_dir.clone(),
     ];
     r.case("fault_kill9_in_block_mode_keeps_enforcing_and_restart_adopts", || {
-        let cg = &pin_cg;
         let first = Monitor::start(&bed.dir, "fault-1", None, &args);
         let status = status(&first);
         assert_eq!(status["mode"], "block");
@@ -755,7 +754,7 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         std::thread::sleep(Duration::from_millis(300));
         // No daemon now: enforcement is pinned.
         let mark = bed.log_mark();
-        let blocked = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        let blocked = curl(bed, &pin_cg, &["-x", SQUID, "https://blocked.test/"]);
         assert!(
             !blocked.ok() && blocked.elapsed < Duration::from_secs(1),
             "still blocked after kill -9: {blocked:?}"
@@ -764,19 +763,19 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
             !bed.logs_since(mark).contains("blocked.test"),
             "squid saw the blocked name while no daemon ran"
         );
-        let allowed = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        let allowed = curl(bed, &pin_cg, &["-x", SQUID, "https://origin.test/"]);
         assert!(allowed.ok(), "allowed connections still work: {allowed:?}");
         assert_eq!(
-            cgroup_programs(&cg).len(),
+            cgroup_programs(&pin_cg).len(),
             CGROUP_PROGRAMS,
             "attachments while no daemon runs: {:?}",
-            cgroup_programs(&cg)
+            cgroup_programs(&pin_cg)
         );
         drop(first);
 
         let second = Monitor::start(&bed.dir, "fault-2", None, &args);
         assert!(second.stderr().contains("adopting the enforcement"), "{}", second.stderr());
-        let programs = cgroup_programs(&cg);
+        let programs = cgroup_programs(&pin_cg);
         assert_eq!(programs.len(), CGROUP_PROGRAMS, "no duplicate attachment after adoption: {programs:?}");
         // What happened while no daemon ran is reported from the pinned ring buffer.
         let missed = second.wait_events(10, |e| {
@@ -788,9 +787,9 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
             "the block made while no daemon ran is reported on restart:\n{}",
             describe(&second.events())
         );
-        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        let run = curl(bed, &pin_cg, &["-x", SQUID, "https://blocked.test/"]);
         expect_blocked(bed, &second, &run, "blocked.test", bed.log_mark());
-        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        let run = curl(bed, &pin_cg, &["-x", SQUID, "https://origin.test/"]);
         expect_success(&second, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
         drop(second);
         let out = std::process::Command::new(tests::monitor::monitor_bin())
@@ -799,11 +798,11 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
             .expect("detach");
         assert!(out.status.success(), "monitor detach: {}", String::from_utf8_lossy(&out.stderr));
         assert!(
-            cgroup_programs(&cg).is_empty(),
+            cgroup_programs(&pin_cg).is_empty(),
             "detach removes every attachment: {:?}",
-            cgroup_programs(&cg)
+            cgroup_programs(&pin_cg)
         );
-        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        let run = curl(bed, &pin_cg, &["-x", SQUID, "https://blocked.test/"]);
         assert!(run.ok(), "nothing blocks after detach: {run:?}");
     });
     r.case("fault_bad_indicator_file_attaches_nothing", || {
