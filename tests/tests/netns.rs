@@ -1040,6 +1040,45 @@ fn run_port(args: &[&str]) -> u16 {
     }
 }
 
+/// A flow that both the socket hooks and TC see (a local client over `lo` with TC on `lo`) is reported
+/// once, by the socket hooks, with its process.
+fn dedupe_cases(r: &mut Runner, bed: &mut Bed) {
+    let cg = Cgroup::new("dedupe");
+    let ns = bed.client_ns.clone();
+    let web = bed.dir.join("www").display().to_string();
+    if r.setup("dedupe_local_server_starts", || {
+        bed.serve(
+            &ns,
+            "local-web",
+            &["/usr/bin/python3", "-m", "http.server", "8099", "--bind", "127.0.0.1", "--directory", &web],
+        );
+        bed.wait_port(&ns, "127.0.0.1", 8099);
+    })
+    .is_none()
+    {
+        return;
+    }
+    let Some(mon) = r.setup("dedupe_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "dedupe",
+            Some(&ns),
+            &["--cgroup".into(), cg.path.display().to_string(), "--iface".into(), "lo".into()],
+        )
+    }) else {
+        return;
+    };
+    r.case("dedupe_flow_seen_by_socket_hooks_and_tc_is_reported_once", || {
+        let run = curl(bed, &cg, &["-H", "Host: dedupe.test", "http://127.0.0.1:8099/index.html"]);
+        assert!(run.ok(), "local curl: {run:?}");
+        let e = expect_success(&mon, &run, ("127.0.0.1", 8099), "dedupe.test", "curl");
+        assert!(e["AdditionalFields"].get("SeenOn").is_none(), "the socket hooks report it: {e}");
+        std::thread::sleep(Duration::from_millis(2000));
+        let all: Vec<Value> = mon.events().into_iter().filter(|e| e["RemoteUrl"] == "dedupe.test").collect();
+        assert_eq!(all.len(), 1, "one event for one flow:\n{}", describe(&all));
+    });
+}
+
 fn main() {
     if !tests::require_root() {
         println!("0 passed, 0 failed");
@@ -1066,6 +1105,7 @@ fn main() {
     fault_cases(&mut r, &bed);
     config_cases(&mut r, &bed);
     quic_cases(&mut r, &bed);
+    dedupe_cases(&mut r, &mut bed);
     drop(bed);
     r.finish();
 }
