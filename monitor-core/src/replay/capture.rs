@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pcap_file::DataLink;
 use pcap_file::pcap::PcapReader;
@@ -46,10 +47,27 @@ impl Interface {
     }
 }
 
+/// The capture file, counting the bytes read into `progress` (for a progress bar).
+pub(crate) struct Counting<'a> {
+    inner: File,
+    progress: Option<&'a AtomicU64>,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(progress) = self.progress {
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
 /// Calls `on_frame` for every packet in the capture at `path`, pcap or pcapng (told by the file's
 /// magic, not its name: corpora hold pcapng files named `.pcap`).
 pub(crate) fn read_frames(
     path: &Path,
+    progress: Option<&AtomicU64>,
     on_frame: &mut dyn FnMut(Frame<'_>),
 ) -> Result<CaptureEnd, ReplayError> {
     let io_error = |source| ReplayError::Io { path: path.to_path_buf(), source };
@@ -57,7 +75,7 @@ pub(crate) fn read_frames(
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic).map_err(|_| ReplayError::NotACapture { path: path.to_path_buf() })?;
     file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-    let reader = BufReader::new(file);
+    let reader = BufReader::new(Counting { inner: file, progress });
     if magic == PCAPNG_MAGIC {
         read_pcapng(path, reader, on_frame)
     } else if PCAP_MAGICS.contains(&magic) {
@@ -69,7 +87,7 @@ pub(crate) fn read_frames(
 
 fn read_pcap(
     path: &Path,
-    reader: BufReader<File>,
+    reader: BufReader<Counting<'_>>,
     on_frame: &mut dyn FnMut(Frame<'_>),
 ) -> Result<CaptureEnd, ReplayError> {
     let mut pcap =
@@ -94,7 +112,7 @@ fn read_pcap(
 
 fn read_pcapng(
     path: &Path,
-    reader: BufReader<File>,
+    reader: BufReader<Counting<'_>>,
     on_frame: &mut dyn FnMut(Frame<'_>),
 ) -> Result<CaptureEnd, ReplayError> {
     let mut pcapng = PcapNgReader::new(reader)

@@ -62,6 +62,15 @@ pub struct ReplayStats {
 
 /// Replays the capture at `path`, calling `on_event` once per flow.
 pub fn replay(path: &Path, on_event: &mut dyn FnMut(DeviceEvent)) -> Result<ReplayStats, ReplayError> {
+    replay_with_progress(path, None, on_event)
+}
+
+/// As [`replay`], adding the bytes of the file read so far to `progress` as it goes.
+pub fn replay_with_progress(
+    path: &Path,
+    progress: Option<&std::sync::atomic::AtomicU64>,
+    on_event: &mut dyn FnMut(DeviceEvent),
+) -> Result<ReplayStats, ReplayError> {
     let device_name =
         path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
     let mut replay = Replay {
@@ -73,7 +82,7 @@ pub fn replay(path: &Path, on_event: &mut dyn FnMut(DeviceEvent)) -> Result<Repl
         report_id: 0,
     };
     let mut decoder = Decoder::new();
-    let end = capture::read_frames(path, &mut |frame| {
+    let end = capture::read_frames(path, progress, &mut |frame| {
         replay.stats.packets += 1;
         match decoder.decode(frame.link, frame.data, frame.unix_nanos) {
             Decoded::Tcp(segment) => replay.on_segment(frame.unix_nanos, &segment),
