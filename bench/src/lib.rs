@@ -1,0 +1,17 @@
+//! `cargo xtask bench`: what the monitor costs and how fast it is, measured side by side in one run in
+//! the integration-test bed (real squid and nginx in network namespaces, the daemon attached to the
+//! load generator's cgroup).
+//!
+//! - [`loadgen`]: the compiled load generator (CONNECT + TLS + small GET, or direct; fixed workers).
+//! - [`driver`]: the run: variants alternated over rounds, bulk, events, kernel cost, indicators,
+//!   extraction against tshark, parser micro-benchmarks; then [`report`] prints and writes the results.
+
+pub mod capture;
+pub mod driver;
+pub mod extraction;
+pub mod kernel;
+pub mod loadgen;
+pub mod micro;
+pub mod procfs;
+pub mod report;
+pub mod stats;
