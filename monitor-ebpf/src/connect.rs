@@ -93,6 +93,8 @@ fn on_connect(ctx: &SockAddrContext, family: u32) -> i32 {
                 verdict: outcome,
                 sock_type,
             });
+            // The process is read from /proc when user space gets this record: wake it now, before a
+            // short-lived client exits.
             entry.submit(0);
         }
         None => count_drop(DROP_RINGBUF_FULL),

@@ -52,6 +52,22 @@ pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with
 #[map]
 pub static QUIC_DENY: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Unread bytes in `EVENTS` above which a record wakes the reader at once. Below it the reader is not
+/// woken: it drains the ring on its own every 100 ms, and a wakeup per record (an IPI, a VM exit on a
+/// virtual machine) would cost as much as the programs themselves.
+const WAKE_ABOVE: u64 = 256 * 1024;
+
+/// Flags for `submit`: wake the reader only when the ring is filling up.
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > WAKE_ABOVE {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     if let Some(counter) = DROPS.get_ptr_mut(reason) {

@@ -17,7 +17,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, QUIC_DENY, config, count_drop},
+    maps::{EVENTS, FLOWS, QUIC_DENY, config, count_drop, wakeup},
     send::header,
 };
 
@@ -109,6 +109,6 @@ fn try_quic_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
             (*rec).len = below + 1;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(1)
 }

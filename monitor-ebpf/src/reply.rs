@@ -16,7 +16,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, count_drop},
+    maps::{EVENTS, FLOWS, count_drop, wakeup},
     send::header,
 };
 
@@ -88,6 +88,6 @@ fn try_proxy_reply(ctx: &SkBuffContext) -> Result<(), i64> {
             (*rec).len = below + 1;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
     Ok(())
 }

@@ -31,7 +31,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, SCRATCH, config, count_drop},
+    maps::{EVENTS, FLOWS, SCRATCH, config, count_drop, wakeup},
     parse::{MASK, Scan, Scratch, WINDOW, scan_client_hello, scan_http, scan_socks},
     policy::{domain_bits, ipv4_bits, verdict},
 };
@@ -241,7 +241,7 @@ fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
             (*rec).len = n;
             bpf_probe_read_kernel((*rec).data.as_mut_ptr().cast(), n, data.add(off as usize).cast());
         }
-        entry.submit(0);
+        entry.submit(wakeup());
         off += PAYLOAD_CHUNK as u32;
     }
 }
@@ -266,7 +266,7 @@ fn report_verdict(state: &FlowState, scratch: &Scratch, outcome: u32, source: u3
             scratch.bytes.as_ptr().add((start & MASK) as usize).cast(),
         );
     }
-    entry.submit(0);
+    entry.submit(wakeup());
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, SOCKS, config, count_drop},
+    maps::{EVENTS, FLOWS, SOCKS, config, count_drop, wakeup},
     send::header,
 };
 
@@ -155,5 +155,5 @@ fn emit(ctx: &SockOpsContext, kind: u32, cookie: u64, old_state: u32) {
         return;
     };
     entry.write(SocketRecord { header: header(kind, cookie), endpoints: endpoints(ctx), old_state, _pad: 0 });
-    entry.submit(0);
+    entry.submit(wakeup());
 }

@@ -14,7 +14,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, WIRE_FLOWS, count_drop},
+    maps::{EVENTS, WIRE_FLOWS, count_drop, wakeup},
     send::header,
 };
 
@@ -173,5 +173,5 @@ fn emit(ctx: &TcContext, segment: &Segment, offset: u32, in_packet: u32, len: u3
             }
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup());
 }

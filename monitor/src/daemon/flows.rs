@@ -121,6 +121,8 @@ pub struct Flows {
     /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
     pub denied_quic: Vec<u64>,
     quic: HashMap<u64, QuicFlow>,
+    /// Recent /proc answers by tgid, with the comm they were read for (a reused pid has another one).
+    processes: HashMap<u32, (Instant, String, InitiatingProcess)>,
     /// Processes of UDP sockets (connect() to port 443), until their QUIC flow is seen or they age out.
     udp_processes: HashMap<u64, (InitiatingProcess, Instant)>,
 }
@@ -136,6 +138,9 @@ struct QuicFlow {
     touched: Instant,
 }
 
+/// How long a process's /proc description is reused for its next connections (its command line rarely
+/// changes; a pid reused this quickly by a process with the same comm and uid is not told apart).
+const PROCESS_CACHE_FOR: Duration = Duration::from_secs(2);
 /// QUIC flows (and UDP sockets' processes) are forgotten after this long: UDP has no close to see.
 const QUIC_FORGET_AFTER: Duration = Duration::from_secs(120);
 
@@ -162,6 +167,7 @@ impl Flows {
             block: mode == MODE_BLOCK,
             denied_quic: Vec::new(),
             quic: HashMap::new(),
+            processes: HashMap::new(),
             udp_processes: HashMap::new(),
         }
     }
@@ -197,8 +203,25 @@ impl Flows {
         })
     }
 
+    /// The process behind `rec`, from /proc, or from the last few seconds' answers for the same process:
+    /// a client making many connections would otherwise cost three /proc reads each.
+    fn process_of(&mut self, rec: &ProcessRecord) -> InitiatingProcess {
+        let name = comm(&rec.comm);
+        let now = Instant::now();
+        if let Some((seen, cached_comm, process)) = self.processes.get(&rec.tgid)
+            && now.duration_since(*seen) < PROCESS_CACHE_FOR
+            && *cached_comm == name
+            && process.account_uid == rec.uid
+        {
+            return process.clone();
+        }
+        let process = describe(rec.tgid, rec.uid, &name, &self.accounts);
+        self.processes.insert(rec.tgid, (now, name, process.clone()));
+        process
+    }
+
     pub fn on_process(&mut self, rec: &ProcessRecord, sink: &mut Sink) {
-        let process = describe(rec.tgid, rec.uid, &comm(&rec.comm), &self.accounts);
+        let process = self.process_of(rec);
         let cookie = rec.header.cookie;
         if rec.sock_type == SOCK_DGRAM {
             self.udp_processes.insert(cookie, (process, Instant::now()));
@@ -721,6 +744,7 @@ impl Flows {
         }
         self.wires.retain(|_, f| !f.reported || f.deadline.is_some());
         self.quic.retain(|_, f| now.duration_since(f.touched) < QUIC_FORGET_AFTER);
+        self.processes.retain(|_, (seen, _, _)| now.duration_since(*seen) < PROCESS_CACHE_FOR);
         self.udp_processes.retain(|_, (_, seen)| now.duration_since(*seen) < QUIC_FORGET_AFTER);
     }
 
