@@ -228,13 +228,19 @@ fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
         if off >= window || base + off >= CAPTURE_LIMIT {
             break;
         }
+        let remaining = window - off;
+        let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
+        // The 6.1 verifier walks a path of the unrolled loop that cannot happen, where `n` looks negative;
+        // a bound on an opaque copy holds on every path.
+        let n = core::hint::black_box(n);
+        if n > PAYLOAD_CHUNK as u32 {
+            break;
+        }
         let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
             count_drop(DROP_RINGBUF_FULL);
             return;
         };
         let rec = entry.as_mut_ptr();
-        let remaining = window - off;
-        let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
         unsafe {
             (*rec).header = header(KIND_PAYLOAD, state.cookie);
             (*rec).offset = base + off;
