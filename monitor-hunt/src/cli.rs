@@ -3,6 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{self, IsTerminal, Write};
+#[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -104,14 +105,13 @@ pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> 
     let now = now_micros();
     let events = store.timeline(&filter, now)?;
     if let Some(html) = &args.html {
-        // The page holds the events (command lines, accounts): readable by its owner only.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(html)
-            .with_context(|| format!("create {}", html.display()))?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // The page holds the events (command lines, accounts): readable by its owner only. Elsewhere the
+        // file inherits its folder's access list.
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options.open(html).with_context(|| format!("create {}", html.display()))?;
         file.write_all(render_html(&events, now).as_bytes())
             .with_context(|| format!("write {}", html.display()))?;
         return finish_output(writeln!(out, "wrote {} events to {}", events.len(), html.display()));

@@ -7,7 +7,8 @@
 //! the writer commits at most one batch per [`BATCH_INTERVAL`] under a trickle of events and one per
 //! [`BATCH_MAX_EVENTS`] under load, so it stays a handful of fsyncs a second, off the event path.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{DirBuilder, OpenOptions};
+#[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -424,28 +425,30 @@ fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
 }
 
 fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    // Owner-only modes on Unix; on other systems the files inherit their folder's access list.
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
+        let mut dir = DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        dir.mode(0o700);
+        dir.create(parent).map_err(|source| StoreError::CreateDir { path: parent.to_path_buf(), source })?;
     }
     // Create the file ourselves so that it is 0600 from the start; SQLite gives its -wal and -shm files
     // the database file's mode.
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
-    let metadata =
-        file.metadata().map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
-    if metadata.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let file =
+        options.open(path).map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+    #[cfg(unix)]
+    {
+        let metadata =
+            file.metadata().map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+        if metadata.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|source| StoreError::CreateFile { path: path.to_path_buf(), source })?;
+        }
     }
     drop(file);
 

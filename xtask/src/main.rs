@@ -60,7 +60,8 @@ enum Task {
     /// Run every test: unit tests, then the network-namespace integration tests (as root).
     Test,
     /// Check the other platforms (also the first step of `test`): the daemon cross-built for aarch64,
-    /// the kernel programs built big-endian, the portable crates checked for Windows and macOS.
+    /// the kernel programs built big-endian, the portable crates checked for Windows and macOS, and
+    /// the kernel check over Debian's kernels.
     CrossCheck,
     /// Build the kernel programs for both byte orders (bpfel and bpfeb).
     CheckBpf,
@@ -73,6 +74,10 @@ enum Task {
         /// Give up on a kernel that has not powered off after this many seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         timeout: u64,
+        /// Fail when any kernel rejects a program or lacks a feature (by default only when a kernel
+        /// gives no report).
+        #[arg(long)]
+        require_all: bool,
     },
     /// Measure cost and speed side by side (as root): connection rate, bulk, events, kernel cost,
     /// indicators, extraction against tshark, parsers. Writes bench/results/latest.{md,json}.
@@ -215,7 +220,8 @@ fn setup_test_peers() -> anyhow::Result<()> {
 const FUZZ_SECONDS: u32 = 10;
 
 fn setup_fuzz() -> anyhow::Result<()> {
-    let found = Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().map(|o| o.status.success());
+    let found =
+        Command::new("cargo").args(["+nightly", "fuzz", "--version"]).output().map(|o| o.status.success());
     if found.unwrap_or(false) {
         step("cargo-fuzz found");
         return Ok(());
@@ -281,8 +287,8 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { args } => bench::run(&args),
         Task::CrossCheck => cross::check_platforms(),
         Task::CheckBpf => cross::check_bpf(),
-        Task::KernelCheck { kernels, timeout } => {
-            kernel_check::run(&kernels, std::time::Duration::from_secs(timeout))
+        Task::KernelCheck { kernels, timeout, require_all } => {
+            kernel_check::run(&kernels, std::time::Duration::from_secs(timeout), require_all)
         }
         Task::Test => {
             cross::check_platforms()?;
@@ -301,8 +307,15 @@ fn main() -> anyhow::Result<()> {
                 "monitor-ebpf",
             ]))?;
             setup_fuzz()?;
-            step(&format!("fuzzing every parser for {FUZZ_SECONDS} s each (a bounded run; crashes fail the test)"));
-            exec(Command::new("bash").arg(root().join("fuzz/run.sh")).arg(FUZZ_SECONDS.to_string()).env("PATH", path_with_tools()))?;
+            step(&format!(
+                "fuzzing every parser for {FUZZ_SECONDS} s each (a bounded run; crashes fail the test)"
+            ));
+            exec(
+                Command::new("bash")
+                    .arg(root().join("fuzz/run.sh"))
+                    .arg(FUZZ_SECONDS.to_string())
+                    .env("PATH", path_with_tools()),
+            )?;
             step("integration tests in network namespaces (real proxies, clients and kernel programs)");
             exec(
                 cargo()
