@@ -122,10 +122,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
             name: (*name).into(),
             result: result.map(|_| format!("loaded and attached ({hook}; written for {minimum})")).map_err(
                 |e| {
-                    // The verifier's log is long: its last lines say why.
+                    // The verifier's log ends with statistics; its reason comes just before them.
                     let text = format!("{e:#}");
-                    let tail: Vec<&str> = text.lines().rev().take(3).collect();
-                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    let statistics = ["verification time", "stack depth", "processed ", ": "];
+                    let reason: Vec<&str> = text
+                        .lines()
+                        .rev()
+                        .filter(|l| {
+                            !l.trim().is_empty() && !statistics.iter().any(|s| l.trim_start().starts_with(s))
+                        })
+                        .take(2)
+                        .collect();
+                    reason.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 },
             ),
         });
