@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tests::{
-    Bed, Cgroup, ClientRun, Monitor, Runner,
+    Bed, Cgroup, ClientRun, Monitor, Runner, bed,
     bed::{ORIGIN_V4, ORIGIN2_V4, ROUTER_V4, ROUTER_V6, SOCKS_PORT, SQUID_PORT, TINYPROXY_PORT},
     client,
     monitor::of_pid,
@@ -258,7 +258,96 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
         assert_eq!(e["AdditionalFields"]["SeenOn"], "tc");
         assert_eq!(found.len(), 1, "reported once: {}", describe(&found));
     });
+    r.case("gateway_chromium_multi_segment_client_hello", || {
+        // Offloads off: Chromium's ~2 KB post-quantum ClientHello crosses the interface as two segments.
+        bed::sh(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &bed.client_ns,
+            "ethtool",
+            "-K",
+            "vc",
+            "tso",
+            "off",
+            "gso",
+            "off",
+        ]));
+        let profile = bed.dir.join("chromium-gateway");
+        let profile_arg = format!("--user-data-dir={}", profile.display());
+        let rules = format!("--host-resolver-rules=MAP origin.test {ORIGIN_V4}");
+        let run = client(
+            &clients,
+            &bed.client_ns,
+            &[
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                "--ignore-certificate-errors",
+                &rules,
+                &profile_arg,
+                "--dump-dom",
+                "https://origin.test/",
+            ],
+            Duration::from_secs(60),
+        );
+        assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
+        let found = mon
+            .wait_events(10, |e| e["RemoteUrl"] == "origin.test" && e["AdditionalFields"]["SeenOn"] == "tc");
+        assert!(
+            !found.is_empty(),
+            "the split ClientHello is named on the wire:\n{}",
+            describe(&mon.events())
+        );
+        assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni");
+    });
     drop(mon);
+}
+
+/// `--uninspectable block`: bytes that name no target are refused in block mode.
+fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("uninspectable");
+    let (block, _) = write_lists(bed, "uninspectable");
+    let Some(mon) = r.setup("uninspectable_monitor_starts", || {
+        Monitor::start(
+            &bed.dir,
+            "uninspectable",
+            None,
+            &[
+                "--mode".into(),
+                "block".into(),
+                "--uninspectable".into(),
+                "block".into(),
+                "--cgroup".into(),
+                cg.path.display().to_string(),
+                "--block".into(),
+                block.clone(),
+            ],
+        )
+    }) else {
+        return;
+    };
+    r.case("uninspectable_block_refuses_unknown_bytes", || {
+        let script = format!(
+            "import socket, json\ns = socket.create_connection(('{ORIGIN_V4}', {SINK_PORT}))\ntry:\n    s.sendall(b'HELLO THERE\\r\\n')\n    print(json.dumps({{'errno': None}}))\nexcept OSError as e:\n    print(json.dumps({{'errno': e.errno}}))\n"
+        );
+        let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
+        let result: Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
+        assert_eq!(result["errno"], 13, "an uninspectable request is refused: {result}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+        });
+        assert!(!found.is_empty(), "no Blocked event:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["AdditionalFields"]["ResponseCategory"], "Uninspectable");
+        // A request that names its target still works.
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        assert!(run.ok(), "{run:?}");
+    });
 }
 
 const BLOCK_LIST: &str = "# test block list\nblocked.test\n10.200.2.3\nfd00:200:2::/64\n";
@@ -1101,6 +1190,7 @@ fn main() {
     {
         evasion_cases(&mut r, &bed, true);
         evasion_cases(&mut r, &bed, false);
+        uninspectable_cases(&mut r, &bed);
     }
     fault_cases(&mut r, &bed);
     config_cases(&mut r, &bed);

@@ -158,12 +158,19 @@ pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps of a million indicators load.
 fn raise_memlock() {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        log::warn!(
-            "could not lift RLIMIT_MEMLOCK ({}): large maps may fail to load on kernels before 5.11",
-            std::io::Error::last_os_error()
-        );
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return;
     }
+    // Not allowed to raise the hard limit (a container): take the soft limit up to it.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
+        limit.rlim_cur = limit.rlim_max;
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    }
+    log::debug!(
+        "RLIMIT_MEMLOCK stays at {} bytes: kernels before 5.11 count BPF maps against it, later ones do not",
+        limit.rlim_max
+    );
 }
 
 impl Kernel {
