@@ -753,6 +753,14 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
         );
         verdict(&run, &res, "a.blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
     });
+    r.case(&format!("evasion_{mode}_client_hello_over_4_kib"), || {
+        let (run, res) = rawclient(
+            bed,
+            &cg,
+            &["tls", &sink, &sink_port, "--sni", "blocked.test", "--pad", "4600", "--split-at", "2000"],
+        );
+        verdict(&run, &res, "blocked.test", &|| sink_bytes(bed, &res["local_port"]).unwrap_or(0) > 0);
+    });
     r.case(&format!("evasion_{mode}_client_hello_four_records"), || {
         let (run, res) =
             rawclient(bed, &cg, &["tls", &sink, &sink_port, "--sni", "blocked.test", "--records", "4"]);
