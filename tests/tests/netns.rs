@@ -26,6 +26,25 @@ fn curl(bed: &Bed, cg: &Cgroup, args: &[&str]) -> ClientRun {
     client(cg, &bed.client_ns, &argv, TIMEOUT)
 }
 
+/// Headless Chromium in the client namespace and `cg`, with its own profile directory; prints the DOM.
+fn chromium(bed: &Bed, cg: &Cgroup, profile: &str, extra: &[&str], url: &str) -> ClientRun {
+    let profile = format!("--user-data-dir={}", bed.dir.join(profile).display());
+    let mut argv = vec![
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        &profile,
+    ];
+    argv.extend_from_slice(extra);
+    argv.extend_from_slice(&["--dump-dom", url]);
+    client(cg, &bed.client_ns, &argv, Duration::from_secs(60))
+}
+
 fn describe(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
 }
@@ -155,28 +174,13 @@ fn audit_cases(r: &mut Runner, bed: &Bed) {
         assert_eq!(e["AdditionalFields"]["ProxyStatus"], 200, "{e}");
     });
     r.case("chromium_through_squid", || {
-        let profile = bed.dir.join("chromium-profile");
         let proxy = format!("--proxy-server={SQUID}");
-        let profile_arg = format!("--user-data-dir={}", profile.display());
-        let run = client(
+        let run = chromium(
+            bed,
             &cg,
-            &bed.client_ns,
-            &[
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--ignore-certificate-errors",
-                &proxy,
-                &profile_arg,
-                "--dump-dom",
-                "https://origin.test/",
-            ],
-            Duration::from_secs(60),
+            "chromium-profile",
+            &["--ignore-certificate-errors", &proxy],
+            "https://origin.test/",
         );
         assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
         let found = mon.wait_events(10, |e| {
@@ -272,29 +276,13 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
             "gso",
             "off",
         ]));
-        let profile = bed.dir.join("chromium-gateway");
-        let profile_arg = format!("--user-data-dir={}", profile.display());
         let rules = format!("--host-resolver-rules=MAP origin.test {ORIGIN_V4}");
-        let run = client(
+        let run = chromium(
+            bed,
             &clients,
-            &bed.client_ns,
-            &[
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--ignore-certificate-errors",
-                &rules,
-                &profile_arg,
-                "--dump-dom",
-                "https://origin.test/",
-            ],
-            Duration::from_secs(60),
+            "chromium-gateway",
+            &["--disable-quic", "--ignore-certificate-errors", &rules],
+            "https://origin.test/",
         );
         assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
         let found = mon
@@ -480,28 +468,13 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
     });
     r.case("block_chromium", || {
         let mark = bed.log_mark();
-        let profile = bed.dir.join("chromium-block");
         let proxy = format!("--proxy-server={SQUID}");
-        let profile_arg = format!("--user-data-dir={}", profile.display());
-        let run = client(
+        let run = chromium(
+            bed,
             &cg,
-            &bed.client_ns,
-            &[
-                "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--ignore-certificate-errors",
-                &proxy,
-                &profile_arg,
-                "--dump-dom",
-                "https://a.blocked.test/",
-            ],
-            Duration::from_secs(60),
+            "chromium-block",
+            &["--ignore-certificate-errors", &proxy],
+            "https://a.blocked.test/",
         );
         assert!(!run.stdout.contains("origin ok"), "chromium must not load the blocked page: {run:?}");
         let found = mon.wait_events(10, |e| {
