@@ -191,29 +191,10 @@ fn setup_toolchain() -> anyhow::Result<()> {
 }
 
 fn setup_test_peers() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        step("test peers installed (squid, tinyproxy, microsocks, nginx, curl, chromium, ...)");
-        return Ok(());
-    }
-    step(&format!("installing Debian packages for the integration tests: {}", missing.join(" ")));
-    exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    step(
+        "checking the Debian packages of the integration tests (squid, tinyproxy, microsocks, nginx, curl, chromium, ...)",
+    );
+    cross::install_debian_packages(TEST_PACKAGES)
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` (CI): enough to catch regressions on the seeds.
