@@ -1,8 +1,12 @@
 //! Maps shared by the programs. User space sizes `EVENTS`, `SOCKS` and the indicator maps at load time.
 
 use crate::parse::Scratch;
+use core::{ffi::c_void, ptr::addr_of};
+
 use aya_ebpf::{
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
     btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
@@ -66,6 +70,23 @@ pub fn wakeup() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// The connection's inspection state in `FLOWS`. With `create`, a missing one is made from it (an
+/// existing one is returned as it is). Null sockets and a full storage give `None`.
+#[inline(always)]
+pub fn flow_state(sk: *mut bpf_sock, create: Option<&mut FlowState>) -> Option<&'static mut FlowState> {
+    if sk.is_null() {
+        return None;
+    }
+    let (initial, flags) = match create {
+        Some(initial) => ((initial as *mut FlowState).cast(), BPF_SK_STORAGE_GET_F_CREATE as u64),
+        None => (core::ptr::null_mut(), 0),
+    };
+    let state = unsafe { bpf_sk_storage_get(addr_of!(FLOWS) as *mut c_void, sk.cast(), initial, flags) }
+        as *mut FlowState;
+    // The kernel keeps the storage as long as the socket, which outlives this program run.
+    unsafe { state.as_mut() }
 }
 
 #[inline(always)]

@@ -2,11 +2,8 @@
 //! but deriving them (HKDF, AES) is user space's job: this program hands over the first long-header
 //! datagrams of each UDP socket and drops the later ones of a socket user space has denied.
 
-use core::{ffi::c_void, ptr::addr_of};
-
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skb_load_bytes},
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -17,7 +14,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, QUIC_DENY, config, count_drop, wakeup},
+    maps::{EVENTS, QUIC_DENY, config, count_drop, flow_state, wakeup},
     send::header,
 };
 
@@ -59,23 +56,10 @@ fn try_quic_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     if ctx.load::<u8>((l4 + UDP_HLEN) as usize)? & 0x80 == 0 {
         return Ok(1);
     }
-    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return Ok(1);
-    }
     let mut initial = FlowState { cookie, seen: 0, phase: 0, verdict: 0, awaiting_reply: 0 };
-    let state = unsafe {
-        bpf_sk_storage_get(
-            addr_of!(FLOWS) as *mut c_void,
-            sk.cast(),
-            (&mut initial as *mut FlowState).cast(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    } as *mut FlowState;
-    if state.is_null() {
+    let Some(state) = flow_state(unsafe { (*skb).__bindgen_anon_2.sk }, Some(&mut initial)) else {
         return Ok(1);
-    }
-    let state = unsafe { &mut *state };
+    };
     if state.seen >= QUIC_DATAGRAMS {
         return Ok(1);
     }

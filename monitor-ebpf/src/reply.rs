@@ -3,20 +3,14 @@
 //! report a refused tunnel as ConnectionFailed for the real target. Every other packet passes untouched
 //! after one socket-storage lookup.
 
-use core::{ffi::c_void, ptr::addr_of};
-
-use aya_ebpf::{
-    helpers::generated::{bpf_sk_storage_get, bpf_skb_load_bytes},
-    macros::cgroup_skb,
-    programs::SkBuffContext,
-};
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, macros::cgroup_skb, programs::SkBuffContext};
 use monitor_common::{
-    record::{FlowState, KIND_REPLY, REPLY_CHUNK, ReplyRecord},
+    record::{KIND_REPLY, REPLY_CHUNK, ReplyRecord},
     verdict::DROP_RINGBUF_FULL,
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, count_drop, wakeup},
+    maps::{EVENTS, count_drop, flow_state, wakeup},
     send::header,
 };
 
@@ -30,17 +24,9 @@ pub fn proxy_reply(ctx: SkBuffContext) -> i32 {
 }
 
 fn try_proxy_reply(ctx: &SkBuffContext) -> Result<(), i64> {
-    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
-    if sk.is_null() {
+    let Some(state) = flow_state(unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }, None) else {
         return Ok(());
-    }
-    let state =
-        unsafe { bpf_sk_storage_get(addr_of!(FLOWS) as *mut c_void, sk.cast(), core::ptr::null_mut(), 0) }
-            as *mut FlowState;
-    if state.is_null() {
-        return Ok(());
-    }
-    let state = unsafe { &mut *state };
+    };
     if state.awaiting_reply == 0 {
         return Ok(());
     }

@@ -5,13 +5,10 @@
 //! runs again on the whole when the rest has been written. So a denied request never leaves, however
 //! it is split.
 
-use core::{ffi::c_void, ptr::addr_of};
-
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::generated::{
         bpf_ktime_get_ns, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel,
-        bpf_sk_storage_get,
     },
     macros::sk_msg,
     programs::SkMsgContext,
@@ -31,7 +28,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, SCRATCH, config, count_drop, wakeup},
+    maps::{EVENTS, SCRATCH, config, count_drop, flow_state, wakeup},
     parse::{MASK, Scan, Scratch, WINDOW, scan_client_hello, scan_http, scan_socks},
     policy::{domain_bits, ipv4_bits, verdict},
 };
@@ -45,17 +42,9 @@ pub fn inspect_send(ctx: SkMsgContext) -> u32 {
 }
 
 fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
-    let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk };
-    if sk.is_null() {
+    let Some(state) = flow_state(unsafe { (*ctx.msg).__bindgen_anon_3.sk }, None) else {
         return Ok(SK_PASS);
-    }
-    let state =
-        unsafe { bpf_sk_storage_get(addr_of!(FLOWS) as *mut c_void, sk.cast(), core::ptr::null_mut(), 0) }
-            as *mut FlowState;
-    if state.is_null() {
-        return Ok(SK_PASS);
-    }
-    let state = unsafe { &mut *state };
+    };
     match state.phase {
         PHASE_DONE => return Ok(SK_PASS),
         PHASE_BLOCKED => return Ok(SK_DROP),

@@ -1,13 +1,11 @@
 //! `sock_ops`: outgoing TCP connections of the watched cgroup, from connect to close.
 
-use core::{ffi::c_void, ptr::addr_of};
-
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -21,7 +19,7 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, SOCKS, config, count_drop, wakeup},
+    maps::{EVENTS, SOCKS, config, count_drop, flow_state, wakeup},
     send::header,
 };
 
@@ -42,18 +40,9 @@ fn try_track_connection(ctx: &SockOpsContext) {
             let mut initial =
                 FlowState { cookie, seen: 0, phase: PHASE_FIRST, verdict: 0, awaiting_reply: 0 };
             let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-            if !sk.is_null() {
-                let state = unsafe {
-                    bpf_sk_storage_get(
-                        addr_of!(FLOWS) as *mut c_void,
-                        sk.cast(),
-                        (&mut initial as *mut FlowState).cast(),
-                        BPF_SK_STORAGE_GET_F_CREATE as u64,
-                    )
-                } as *mut FlowState;
-                if !state.is_null() {
-                    unsafe { *state = initial };
-                }
+            // A reused socket may carry an old state: start afresh.
+            if let Some(state) = flow_state(sk, Some(&mut initial)) {
+                *state = initial;
             }
             // Ask for state changes: they tell established-then-closed from failed.
             let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
@@ -84,15 +73,8 @@ fn try_track_connection(ctx: &SockOpsContext) {
 }
 
 fn mark_done(ctx: &SockOpsContext) {
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    let state =
-        unsafe { bpf_sk_storage_get(addr_of!(FLOWS) as *mut c_void, sk.cast(), core::ptr::null_mut(), 0) }
-            as *mut FlowState;
-    if !state.is_null() {
-        unsafe { (*state).phase = PHASE_DONE };
+    if let Some(state) = flow_state(unsafe { (*ctx.ops).__bindgen_anon_2.sk }, None) {
+        state.phase = PHASE_DONE;
     }
 }
 
