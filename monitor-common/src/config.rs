@@ -21,14 +21,23 @@ pub struct Config {
     pub uninspectable: u32,
     /// Which slot of an indicator value is live (0 or 1): a reload fills the other slot, then flips this.
     pub generation: u32,
-    pub _pad: u32,
+    /// Block mode: how long a send may be held for the bytes that decide, in milliseconds. Past it, the
+    /// connection is uninspectable (the kernel applies this at the client's next write; user space, which
+    /// sees the hold begin, acts on a client that writes nothing more).
+    pub hold_timeout_ms: u32,
     /// Secret seeds of the indicator name hash (see [`crate::name_hash`]).
     pub seed: [u64; 2],
 }
 
 impl Config {
-    pub const fn new(mode: u32, uninspectable: u32, generation: u32, seed: [u64; 2]) -> Self {
-        Config { mode, uninspectable, generation, _pad: 0, seed }
+    pub const fn new(
+        mode: u32,
+        uninspectable: u32,
+        generation: u32,
+        hold_timeout_ms: u32,
+        seed: [u64; 2],
+    ) -> Self {
+        Config { mode, uninspectable, generation, hold_timeout_ms, seed }
     }
 }
 

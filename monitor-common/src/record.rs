@@ -17,6 +17,9 @@ pub const KIND_WIRE: u32 = 7;
 /// The first bytes a proxy answered to a CONNECT or SOCKS request.
 pub const KIND_REPLY: u32 = 8;
 
+/// Block mode: the kernel began holding (corking) a send until the bytes that decide arrive.
+pub const KIND_HOLD: u32 = 10;
+
 /// The first datagrams of a UDP socket that look like QUIC long-header packets (Initials).
 pub const KIND_QUIC: u32 = 9;
 /// Bytes of a QUIC datagram handed to user space (an Initial is padded to at least 1200).
@@ -109,6 +112,17 @@ pub struct VerdictRecord {
     pub name: [u8; NAME_MAX],
 }
 
+/// A send held in the kernel: nothing of it has left. A verdict record ends the hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HoldRecord {
+    pub header: RecordHeader,
+    /// Bytes held so far.
+    pub held: u32,
+    /// Bytes the kernel waits for before it looks again.
+    pub need: u32,
+}
+
 /// A forwarded flow seen on an interface: its 4-tuple in place of a socket.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -150,6 +164,7 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for QuicRecord {}
     unsafe impl aya::Pod for ReplyRecord {}
+    unsafe impl aya::Pod for HoldRecord {}
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for ProcessRecord {}
     unsafe impl aya::Pod for SocketRecord {}
@@ -172,6 +187,9 @@ pub struct FlowState {
     pub verdict: u32,
     /// 1 after a CONNECT or SOCKS request passed, until the proxy's first reply segment is captured.
     pub awaiting_reply: u32,
+    pub _pad: u32,
+    /// bpf_ktime_get_ns when the current hold began; 0 when no send is held.
+    pub hold_since: u64,
 }
 
 #[cfg(feature = "user")]

@@ -25,6 +25,8 @@ pub const SOURCE_SOCKS5: u32 = 5;
 pub const SOURCE_SOCKS4A: u32 = 6;
 pub const SOURCE_SOCKS_IP: u32 = 7;
 pub const SOURCE_REMOTE_IP: u32 = 8;
+/// No name: a held send reached the hold timeout without the bytes that decide.
+pub const SOURCE_HOLD_EXPIRED: u32 = 9;
 
 /// Reasons the kernel could not hand a record to user space, counted in `DROPS`.
 pub const DROP_RINGBUF_FULL: u32 = 0;
@@ -53,6 +55,7 @@ pub const fn source_name(source: u32) -> &'static str {
         SOURCE_SOCKS4A => "Socks4a",
         SOURCE_SOCKS_IP => "SocksIp",
         SOURCE_REMOTE_IP => "RemoteIp",
+        SOURCE_HOLD_EXPIRED => "HoldExpired",
         _ => "None",
     }
 }

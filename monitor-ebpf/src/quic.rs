@@ -56,7 +56,7 @@ fn try_quic_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     if ctx.load::<u8>((l4 + UDP_HLEN) as usize)? & 0x80 == 0 {
         return Ok(1);
     }
-    let mut initial = FlowState { cookie, seen: 0, phase: 0, verdict: 0, awaiting_reply: 0 };
+    let mut initial = FlowState { cookie, ..Default::default() };
     let Some(state) = flow_state(unsafe { (*skb).__bindgen_anon_2.sk }, Some(&mut initial)) else {
         return Ok(1);
     };

@@ -3,7 +3,8 @@
 //! A send that does not yet hold the bytes that decide (a ClientHello still arriving, a request line
 //! written a byte at a time) is corked: the kernel holds it, nothing is transmitted, and the program
 //! runs again on the whole when the rest has been written. So a denied request never leaves, however
-//! it is split.
+//! it is split. A hold is bounded: in bytes by the inspection window, in time by `hold_timeout_ms`, past
+//! which the connection is uninspectable and `--uninspectable` decides.
 
 use aya_ebpf::{
     bindings::sk_action::{SK_DROP, SK_PASS},
@@ -16,14 +17,14 @@ use aya_ebpf::{
 use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
     record::{
-        FlowState, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_CAPTURE,
-        PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader,
-        VerdictRecord,
+        FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
+        PHASE_CAPTURE, PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord,
+        RecordHeader, VerdictRecord,
     },
     verdict::{
-        DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_SOCKS_IP, SOURCE_SOCKS4A,
-        SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH, VERDICT_UNINSPECTABLE_ALLOWED,
-        VERDICT_UNINSPECTABLE_BLOCKED,
+        DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_NONE,
+        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH,
+        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
     },
 };
 
@@ -89,6 +90,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         }
     };
 
+    let mut expired = false;
     if let Scan::NeedBytes(need) = scan {
         if config.mode != MODE_BLOCK {
             // Audit never holds traffic: user space reads the request across sends.
@@ -101,11 +103,21 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         }
         if need > size && need <= WINDOW {
             // Hold this send until the rest is written; nothing leaves meanwhile. Only bytes that are a
-            // prefix of a request we read get here, so the client is bound to send the rest.
-            unsafe { bpf_msg_cork_bytes(ctx.msg, need) };
-            return Ok(SK_PASS);
+            // prefix of a request we read get here, so the client is bound to send the rest, but a hold is
+            // bounded in time too: past the timeout the connection is uninspectable.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if state.hold_since == 0 {
+                state.hold_since = now;
+                report_hold(state, size, need);
+            }
+            if now - state.hold_since < config.hold_timeout_ms as u64 * 1_000_000 {
+                unsafe { bpf_msg_cork_bytes(ctx.msg, need) };
+                return Ok(SK_PASS);
+            }
+            expired = true;
         }
     }
+    state.hold_since = 0;
 
     capture(state, data, size, window);
 
@@ -123,7 +135,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         }
         // Inside a tunnel the outer request already named the target.
         _ if tunnel => (VERDICT_NO_MATCH, SOURCE_NONE, 0, 0),
-        _ => (uninspectable(config), SOURCE_NONE, 0, 0),
+        _ => (uninspectable(config), if expired { SOURCE_HOLD_EXPIRED } else { SOURCE_NONE }, 0, 0),
     };
     let opens_tunnel =
         matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP) && !tunnel;
@@ -261,6 +273,16 @@ fn report_verdict(state: &FlowState, scratch: &Scratch, outcome: u32, source: u3
             scratch.bytes.as_ptr().add((start & MASK) as usize).cast(),
         );
     }
+    entry.submit(wakeup());
+}
+
+#[inline(always)]
+fn report_hold(state: &FlowState, held: u32, need: u32) {
+    let Some(mut entry) = EVENTS.reserve::<HoldRecord>(0) else {
+        count_drop(DROP_RINGBUF_FULL);
+        return;
+    };
+    entry.write(HoldRecord { header: header(KIND_HOLD, state.cookie), held, need });
     entry.submit(wakeup());
 }
 

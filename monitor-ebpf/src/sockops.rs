@@ -37,8 +37,7 @@ fn try_track_connection(ctx: &SockOpsContext) {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-            let mut initial =
-                FlowState { cookie, seen: 0, phase: PHASE_FIRST, verdict: 0, awaiting_reply: 0 };
+            let mut initial = FlowState { cookie, phase: PHASE_FIRST, ..Default::default() };
             let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
             // A reused socket may carry an old state: start afresh.
             if let Some(state) = flow_state(sk, Some(&mut initial)) {

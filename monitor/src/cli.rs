@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon in the foreground: attach the kernel programs and emit events.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Change or list the indicators of the running daemon.
     Indicators(IndicatorsArgs),
     /// Show what the running daemon is doing.
@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// [default: allow].
     #[arg(long, value_enum)]
     pub uninspectable: Option<Uninspectable>,
+    /// In block mode, how long a send may be held while the rest of its request is awaited (e.g. 5s,
+    /// 500ms); past it the connection is uninspectable and `--uninspectable` decides [default: 5s].
+    #[arg(long, value_name = "DURATION")]
+    pub hold_timeout: Option<String>,
     /// The control socket for `monitor indicators` and `monitor status` [default: /run/monitor/control.sock].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
@@ -188,7 +192,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             monitor_hunt::cli::timeline(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         #[cfg(target_os = "linux")]
-        Command::Run(args) => crate::daemon::run(args),
+        Command::Run(args) => crate::daemon::run(*args),
         #[cfg(target_os = "linux")]
         Command::Indicators(args) => crate::daemon::control::indicators(args),
         #[cfg(target_os = "linux")]

@@ -311,6 +311,8 @@ fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
                 "block".into(),
                 "--uninspectable".into(),
                 "block".into(),
+                "--hold-timeout".into(),
+                "1s".into(),
                 "--cgroup".into(),
                 cg.path.display().to_string(),
                 "--block".into(),
@@ -335,6 +337,28 @@ fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
         // A request that names its target still works.
         let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
         assert!(run.ok(), "{run:?}");
+    });
+    r.case("hold_timeout_aborts_a_stalled_request", || {
+        // A CONNECT line that stops mid-host and waits: the kernel holds it; past the hold timeout the
+        // daemon aborts the socket, and not a byte reached the peer.
+        let script = format!(
+            "import socket, json, time\ns = socket.create_connection(('{ORIGIN_V4}', {SINK_PORT}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1]}}\ns.sendall(b'CONNECT origin.te')\ns.settimeout(8)\nt = time.monotonic()\ntry:\n    r['errno'] = None\n    r['eof'] = s.recv(100) == b''\nexcept OSError as e:\n    r['errno'] = e.errno\nr['elapsed'] = time.monotonic() - t\nprint(json.dumps(r))\n"
+        );
+        let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
+        let result: Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
+        assert_eq!(result["errno"], libc::ECONNABORTED, "the held connection is aborted: {result}");
+        let elapsed = result["elapsed"].as_f64().unwrap_or(99.0);
+        assert!((0.9..5.0).contains(&elapsed), "aborted once the 1 s hold ran out: {result}");
+        assert_eq!(sink_bytes(bed, &result["local_port"]), Some(0), "no held byte reached the peer");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+        });
+        assert!(!found.is_empty(), "no Blocked event:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["AdditionalFields"]["ResponseCategory"], "Uninspectable", "{}", found[0]);
+        assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "HoldExpired", "{}", found[0]);
+        assert_eq!(found[0]["RemotePort"], SINK_PORT, "{}", found[0]);
+        let status = status(&mon);
+        assert!(status["flows"]["holds_aborted"].as_u64().unwrap_or(0) >= 1, "{status}");
     });
 }
 
@@ -664,6 +688,8 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
                 block_list.clone(),
                 "--allow".into(),
                 allow_list.clone(),
+                "--hold-timeout".into(),
+                "1s".into(),
             ],
         )
     }) else {
@@ -713,6 +739,30 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
         );
         verdict(&run, &res, "blocked.test", &|| in_squid("blocked.test:443"));
     });
+    if block {
+        r.case("evasion_block_hold_timeout_allows_at_next_write", || {
+            // `--uninspectable allow` (the default): a request that stalls mid-host past the hold timeout is
+            // reported uninspectable, and its held bytes go out with the client's next write.
+            let script = format!(
+                "import socket, json, time\ns = socket.create_connection(('{ORIGIN_V4}', {SINK_PORT}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1], 'errno': None}}\ntry:\n    s.sendall(b'CONNECT origin.te')\n    time.sleep(2.5)\n    s.sendall(b's')\n    time.sleep(0.3)\nexcept OSError as e:\n    r['errno'] = e.errno\ns.close()\nprint(json.dumps(r))\n"
+            );
+            let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
+            let result: Value =
+                serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
+            assert_eq!(result["errno"], Value::Null, "nothing is refused: {result}");
+            assert_eq!(sink_bytes(bed, &result["local_port"]), Some(18), "the held bytes and the next write arrive");
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess"
+            });
+            assert!(!found.is_empty(), "no ConnectionSuccess:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+            assert_eq!(found[0]["AdditionalFields"]["HoldExpired"], true, "{}", found[0]);
+            assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
+            assert!(
+                !of_pid(&mon.events(), run.pid).iter().any(|e| e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"),
+                "allowed, not blocked"
+            );
+        });
+    }
     r.case(&format!("evasion_{mode}_client_hello_one_byte_writes"), || {
         let (run, res) =
             rawclient(bed, &cg, &["tls", &sink, &sink_port, "--sni", "blocked.test", "--chunk", "1"]);

@@ -16,11 +16,11 @@ use std::{
 use monitor_common::{
     config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
     record::{
-        PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord, VerdictRecord,
-        WireRecord,
+        HoldRecord, PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord,
+        VerdictRecord, WireRecord,
     },
     verdict::{
-        SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
+        SOURCE_HOLD_EXPIRED, SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
         VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
@@ -32,6 +32,7 @@ use monitor_core::{
 use serde_json::{Map, Value};
 
 use super::{
+    abort::Abort,
     process::{Accounts, describe},
     records::{addr, comm, local, remote},
     sink::Sink,
@@ -51,6 +52,8 @@ const VERDICT_GRACE: Duration = Duration::from_millis(250);
 /// Reported flows whose close was never seen are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 const WIRE_REORDER_MAX: usize = 64;
+/// User space acts on a stalled hold this long after the kernel's bound.
+const TICK_SLACK: Duration = Duration::from_millis(200);
 const SOCK_DGRAM: u32 = 2;
 
 struct Verdict {
@@ -70,6 +73,10 @@ struct SocketFlow {
     verdicts: Vec<Verdict>,
     reported: bool,
     blocked: bool,
+    /// Block mode: bytes the kernel holds until the rest of a request arrives (from its hold record).
+    held: Option<u32>,
+    /// The hold ran out before the bytes that decide arrived.
+    hold_expired: bool,
     deadline: Option<Instant>,
     touched: Instant,
 }
@@ -98,6 +105,10 @@ pub struct FlowCounters {
     pub lost_payload: u64,
     pub wire_flows: u64,
     pub wire_duplicates: u64,
+    /// Held sends whose hold ran out (block mode): reported uninspectable.
+    pub holds_expired: u64,
+    /// Of those, sockets aborted because `--uninspectable block`.
+    pub holds_aborted: u64,
 }
 
 pub struct Flows {
@@ -118,6 +129,11 @@ pub struct Flows {
     /// Cookies the kernel will not inspect again: user space takes them out of SOCKS.
     pub judged: Vec<u64>,
     block: bool,
+    /// `--uninspectable block` (applies in block mode).
+    refuse_uninspectable: bool,
+    hold_timeout: Duration,
+    /// Held sockets to abort: their hold ran out and `--uninspectable block` refuses them.
+    pub aborts: Vec<Abort>,
     /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
     pub denied_quic: Vec<u64>,
     quic: HashMap<u64, QuicFlow>,
@@ -152,7 +168,12 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
 }
 
 impl Flows {
-    pub fn new(mode: u32, set: Arc<IndicatorSet>) -> Self {
+    pub fn new(
+        mode: u32,
+        refuse_uninspectable: bool,
+        hold_timeout: Duration,
+        set: Arc<IndicatorSet>,
+    ) -> Self {
         Flows {
             inspect: mode != MODE_OFF,
             release_when_named: mode == MODE_AUDIT,
@@ -165,6 +186,9 @@ impl Flows {
             counters: FlowCounters::default(),
             judged: Vec::new(),
             block: mode == MODE_BLOCK,
+            refuse_uninspectable,
+            hold_timeout,
+            aborts: Vec::new(),
             denied_quic: Vec::new(),
             quic: HashMap::new(),
             processes: HashMap::new(),
@@ -172,7 +196,9 @@ impl Flows {
         }
     }
 
-    pub fn set_mode(&mut self, mode: u32) {
+    pub fn set_mode(&mut self, mode: u32, refuse_uninspectable: bool, hold_timeout: Duration) {
+        self.refuse_uninspectable = refuse_uninspectable;
+        self.hold_timeout = hold_timeout;
         self.block = mode == MODE_BLOCK;
         self.inspect = mode != MODE_OFF;
         self.release_when_named = mode == MODE_AUDIT;
@@ -198,6 +224,8 @@ impl Flows {
             verdicts: Vec::new(),
             reported: false,
             blocked: false,
+            held: None,
+            hold_expired: false,
             deadline: None,
             touched: Instant::now(),
         })
@@ -331,6 +359,7 @@ impl Flows {
         }
         flow.inspector.client_bytes(&rec.data[..len]);
         flow.next_offset += len as u32;
+        flow.held = None;
         flow.touched = Instant::now();
         // The kernel's verdict on these bytes follows them in the ring buffer: the success is reported
         // when it arrives (a blocked connection reports no success), or after a grace period if it was lost.
@@ -466,6 +495,8 @@ impl Flows {
             self.protection_event(cookie, &verdict, sink);
         }
         let flow = self.socket(cookie, rec.header.ktime_ns);
+        flow.held = None;
+        flow.hold_expired |= verdict.source == SOURCE_HOLD_EXPIRED;
         flow.verdicts.push(verdict);
         if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
             flow.blocked = true;
@@ -490,7 +521,56 @@ impl Flows {
         if flow.lost_bytes {
             fields.insert("PayloadLost".into(), Value::from(true));
         }
+        if flow.hold_expired {
+            fields.insert("Uninspectable".into(), Value::from(true));
+            fields.insert("HoldExpired".into(), Value::from(true));
+        }
         fields
+    }
+
+    /// The kernel began holding a send (block mode): its verdict waits for the rest of the request,
+    /// for at most the hold timeout.
+    pub fn on_hold(&mut self, rec: &HoldRecord) {
+        let timeout = self.hold_timeout;
+        let flow = self.socket(rec.header.cookie, rec.header.ktime_ns);
+        flow.held = Some(rec.held);
+        flow.touched = Instant::now();
+        if !flow.reported && !flow.blocked {
+            // A little past the kernel's own bound, so a client that does write again is judged there.
+            flow.deadline = Some(Instant::now() + timeout + TICK_SLACK);
+        }
+    }
+
+    /// A hold ran out and the client wrote nothing more: the kernel will not look again until it does.
+    /// The connection is uninspectable: refused (the socket is aborted, its held bytes never leave) or
+    /// reported and left to the kernel, which lets the bytes through at the client's next write.
+    fn hold_expired(&mut self, cookie: u64, sink: &mut Sink) {
+        let refuse = self.block && self.refuse_uninspectable;
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return };
+        flow.hold_expired = true;
+        self.counters.holds_expired += 1;
+        if !refuse {
+            self.report_success(cookie, sink);
+            return;
+        }
+        flow.blocked = true;
+        flow.deadline = None;
+        let target = match (flow.local, flow.remote) {
+            (Some(local), Some(remote)) => {
+                Some(Abort { cookie, pid: flow.process.as_ref().map(|p| p.pid), local, remote })
+            }
+            _ => None,
+        };
+        let verdict = Verdict {
+            outcome: VERDICT_UNINSPECTABLE_BLOCKED,
+            source: SOURCE_HOLD_EXPIRED,
+            name: String::new(),
+        };
+        self.protection_event(cookie, &verdict, sink);
+        if let Some(target) = target {
+            self.counters.holds_aborted += 1;
+            self.aborts.push(target);
+        }
     }
 
     fn report_success(&mut self, cookie: u64, sink: &mut Sink) {
@@ -717,6 +797,10 @@ impl Flows {
             .collect();
         for cookie in due {
             if let Some(flow) = self.sockets.get_mut(&cookie) {
+                if flow.held.is_some() {
+                    self.hold_expired(cookie, sink);
+                    continue;
+                }
                 flow.inspector.finish();
             }
             self.report_success(cookie, sink);

@@ -1,5 +1,6 @@
 //! The daemon: load and attach the kernel programs, follow connections, emit events, apply policy.
 
+mod abort;
 pub mod control;
 mod flows;
 mod indicators;
@@ -64,6 +65,11 @@ fn notify_ready() {
     let _ = socket.send_to(b"READY=1", PathBuf::from(path));
 }
 
+/// The kernel's copy of the hold timeout (settings bound it to a day).
+fn hold_millis(timeout: std::time::Duration) -> u32 {
+    timeout.as_millis().min(u32::MAX as u128) as u32
+}
+
 fn mode_value(mode: Mode) -> u32 {
     match mode {
         Mode::Off => MODE_OFF,
@@ -126,7 +132,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, Err(e)) if mode == MODE_BLOCK => return Err(e),
         (None, Err(_)) => None,
     };
-    let mut config = Config::new(mode, uninspectable, 0, random_seed()?);
+    let mut config = Config::new(mode, uninspectable, 0, hold_millis(args.hold_timeout), random_seed()?);
     if let Some(dir) = &pin_dir {
         if mode == MODE_BLOCK {
             if let Some(previous) = Kernel::pinned_config(dir) {
@@ -202,7 +208,12 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         policy_updates,
         indicator_files,
         sink,
-        flows: Flows::new(mode, std::sync::Arc::new(set)),
+        flows: Flows::new(
+            mode,
+            uninspectable == UNINSPECTABLE_BLOCK,
+            args.hold_timeout,
+            std::sync::Arc::new(set),
+        ),
         socks,
         quic_deny,
         started: Instant::now(),
@@ -320,6 +331,7 @@ impl Daemon {
                 Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
                 Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
+                Record::Hold(r) => self.flows.on_hold(&r),
             }
         }
         self.release_judged();
@@ -331,6 +343,20 @@ impl Daemon {
             // Already gone when the socket closed first.
             let _ = self.socks.remove(&cookie);
         }
+        for target in self.flows.aborts.drain(..) {
+            match abort::abort(target.clone()) {
+                Ok(()) => info!(
+                    "aborted {}:{} -> {}:{}: its held request named no target within the hold timeout",
+                    target.local.0, target.local.1, target.remote.0, target.remote.1
+                ),
+                // Gone already: the client closed it, or wrote again and the kernel refused it.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => warn!(
+                    "could not abort {}:{} -> {}:{} (held, uninspectable): {e}; its held bytes stay held",
+                    target.local.0, target.local.1, target.remote.0, target.remote.1
+                ),
+            }
+        }
         for cookie in self.flows.denied_quic.drain(..) {
             if let Err(e) = self.quic_deny.insert(cookie, 1, 0) {
                 warn!("could not deny a QUIC flow: {e}");
@@ -338,7 +364,7 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: mode, uninspectable policy and indicator files take effect now; what is attached where
+    /// SIGHUP: mode, uninspectable policy, hold timeout and indicator files take effect now; what is attached where
     /// (cgroups, interfaces, sinks, sockets, pins) takes a restart, which in block mode opens no gap.
     fn reload_config(&mut self) {
         let new = match Settings::resolve(&self.cli_args) {
@@ -360,19 +386,27 @@ impl Daemon {
                 }
             }
         }
-        if new.mode != self.args.mode || new.uninspectable != self.args.uninspectable {
+        if new.mode != self.args.mode
+            || new.uninspectable != self.args.uninspectable
+            || new.hold_timeout != self.args.hold_timeout
+        {
             let mode = mode_value(new.mode);
             let uninspectable = match new.uninspectable {
                 Uninspectable::Allow => UNINSPECTABLE_ALLOW,
                 Uninspectable::Block => UNINSPECTABLE_BLOCK,
             };
             let (reply, answer) = std::sync::mpsc::channel();
-            let _ = self.policy.send(policy_worker::Job::Mode { mode, uninspectable, reply });
+            let hold_timeout_ms = hold_millis(new.hold_timeout);
+            let _ =
+                self.policy.send(policy_worker::Job::Mode { mode, uninspectable, hold_timeout_ms, reply });
             // One map write on the policy thread (after any reload it is busy with): wait for it.
             match answer.recv().unwrap_or_else(|_| Err("the policy thread stopped".into())) {
                 Ok(()) => {
-                    self.flows.set_mode(mode);
-                    info!("mode now {:?}, uninspectable {:?}", new.mode, new.uninspectable);
+                    self.flows.set_mode(mode, uninspectable == UNINSPECTABLE_BLOCK, new.hold_timeout);
+                    info!(
+                        "mode now {:?}, uninspectable {:?}, hold timeout {:?}",
+                        new.mode, new.uninspectable, new.hold_timeout
+                    );
                     if (new.mode == Mode::Block) != (self.args.mode == Mode::Block) {
                         warn!(
                             "pinning of enforcement follows the mode the daemon started in until it restarts"
@@ -397,7 +431,8 @@ impl Daemon {
                 warn!("{key} changed: it takes effect when the daemon restarts");
             }
         }
-        let Settings { mode, uninspectable, allow, block, .. } = new;
+        let Settings { mode, uninspectable, allow, block, hold_timeout, .. } = new;
+        self.args.hold_timeout = hold_timeout;
         self.args.mode = mode;
         self.args.uninspectable = uninspectable;
         self.args.allow = allow;

@@ -27,6 +27,7 @@ pub enum Job {
     Mode {
         mode: u32,
         uninspectable: u32,
+        hold_timeout_ms: u32,
         reply: mpsc::Sender<Result<(), String>>,
     },
     /// Re-read the files now (SIGHUP).
@@ -79,7 +80,8 @@ impl PolicyWorker {
                         .map_err(|e| format!("{e:#}"));
                     let _ = reply.send(answer);
                 }
-                Ok(Job::Mode { mode, uninspectable, reply }) => {
+                Ok(Job::Mode { mode, uninspectable, hold_timeout_ms, reply }) => {
+                    self.policy.config.hold_timeout_ms = hold_timeout_ms;
                     self.policy.config.mode = mode;
                     self.policy.config.uninspectable = uninspectable;
                     let _ = reply.send(self.policy.write_config().map_err(|e| format!("{e:#}")));

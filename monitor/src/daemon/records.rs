@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
-    AF_INET, Endpoints, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC,
-    KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord,
-    SocketRecord, VerdictRecord, WireRecord,
+    AF_INET, Endpoints, HoldRecord, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_HOLD, KIND_PAYLOAD,
+    KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, QuicRecord,
+    RecordHeader, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
 };
 
 pub enum Record {
@@ -18,6 +18,7 @@ pub enum Record {
     Wire(Box<WireRecord>),
     Reply(Box<ReplyRecord>),
     Quic(Box<QuicRecord>),
+    Hold(HoldRecord),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -40,6 +41,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_WIRE => Record::Wire(Box::new(read(bytes)?)),
         KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
         KIND_QUIC => Record::Quic(Box::new(read(bytes)?)),
+        KIND_HOLD => Record::Hold(read(bytes)?),
         _ => return None,
     })
 }

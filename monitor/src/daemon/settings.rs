@@ -34,6 +34,7 @@ struct ConfigFile {
     pin_dir: Option<PathBuf>,
     ring_buffer_bytes: Option<u32>,
     metrics: Option<SocketAddr>,
+    hold_timeout: Option<String>,
 }
 
 /// Everything `monitor run` needs, resolved.
@@ -55,23 +56,33 @@ pub struct Settings {
     pub pin_dir: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
     pub metrics: Option<SocketAddr>,
+    /// Block mode: how long a send may be held for the bytes that decide.
+    pub hold_timeout: Duration,
 }
 
-/// `30d`, `12h`, `15m`, `90s`.
+/// The default bound on a hold: far above what a real client takes to finish a request it started.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kernel keeps the bound in milliseconds, in 32 bits; a day is already far beyond any use.
+const HOLD_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
+
+/// `30d`, `12h`, `15m`, `90s`, `500ms`.
 fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 =
-        number.parse().with_context(|| format!("{key}: {text:?} is not a duration like 30d, 12h, 15m"))?;
-    let secs = match unit {
-        "d" => n * 86_400,
-        "h" => n * 3_600,
-        "m" => n * 60,
-        "s" | "" => n,
-        _ => bail!("{key}: unknown unit {unit:?} in {text:?} (d, h, m or s)"),
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{key}: {text:?} is not a duration like 30d, 12h, 15m, 500ms"))?;
+    let millis = match unit {
+        "d" => n.checked_mul(86_400_000),
+        "h" => n.checked_mul(3_600_000),
+        "m" => n.checked_mul(60_000),
+        "s" | "" => n.checked_mul(1_000),
+        "ms" => Some(n),
+        _ => bail!("{key}: unknown unit {unit:?} in {text:?} (d, h, m, s or ms)"),
     };
-    Ok(Duration::from_secs(secs))
+    let millis = millis.with_context(|| format!("{key}: {text:?} is too long"))?;
+    Ok(Duration::from_millis(millis))
 }
 
 /// A file that sets policy must not be writable by anyone but root: whoever can write it can disable
@@ -123,6 +134,7 @@ impl Settings {
             pin_dir,
             ring_buffer_bytes,
             metrics,
+            hold_timeout,
         } = file;
         let ring_buffer_bytes = match (args.ring_buffer_bytes, ring_buffer_bytes) {
             (Some(n), _) => n,
@@ -145,6 +157,21 @@ impl Settings {
             Some((key, text)) => Some(duration(key, text)?),
             None => None,
         };
+        let hold_timeout = match args
+            .hold_timeout
+            .as_deref()
+            .map(|t| ("--hold-timeout", t))
+            .or(hold_timeout.as_deref().map(|t| ("hold_timeout", t)))
+        {
+            Some((key, text)) => {
+                let d = duration(key, text)?;
+                if d.is_zero() || d > HOLD_TIMEOUT_MAX {
+                    bail!("{key}: {text:?} must be above 0 and at most 1d");
+                }
+                d
+            }
+            None => DEFAULT_HOLD_TIMEOUT,
+        };
         Ok(Settings {
             config,
             mode: args.mode.or(mode).unwrap_or(Mode::Audit),
@@ -161,6 +188,7 @@ impl Settings {
             pin_dir: args.pin_dir.clone().or(pin_dir),
             ring_buffer_bytes,
             metrics: args.metrics.or(metrics),
+            hold_timeout,
         })
     }
 }
@@ -191,6 +219,7 @@ control = "/run/m.sock"
 pin_dir = "/sys/fs/bpf/m"
 ring_buffer_bytes = 65536
 metrics = "127.0.0.1:9900"
+hold_timeout = "2s"
 "#,
         )
         .expect("valid configuration");
@@ -214,5 +243,7 @@ metrics = "127.0.0.1:9900"
         assert!(err.contains("ring_buffer_bytes"), "{err}");
         assert!(duration("store_max_age", "3w").unwrap_err().to_string().contains("store_max_age"));
         assert_eq!(duration("k", "2h").expect("2h"), Duration::from_secs(7200));
+        assert_eq!(duration("k", "750ms").expect("750ms"), Duration::from_millis(750));
+        assert!(duration("hold_timeout", "99999999999999999d").unwrap_err().to_string().contains("too long"));
     }
 }
