@@ -33,20 +33,26 @@ impl Monitor {
     /// Start `monitor run ARGS` (plus events, store and control paths under `dir`), optionally inside a
     /// network namespace, and wait until it says it is ready.
     pub fn start(dir: &std::path::Path, name: &str, netns: Option<&str>, args: &[String]) -> Monitor {
+        Self::start_wrapped(dir, name, netns, &[], args)
+    }
+
+    /// As [`Monitor::start`], with the daemon run through `wrapper` (a command that ends by executing its
+    /// remaining arguments), e.g. to give it a mount namespace of its own.
+    pub fn start_wrapped(
+        dir: &std::path::Path,
+        name: &str,
+        netns: Option<&str>,
+        wrapper: &[&str],
+        args: &[String],
+    ) -> Monitor {
         let events_path = dir.join(format!("{name}-events.jsonl"));
         let store_path = dir.join(format!("{name}-events.db"));
         let control = dir.join(format!("{name}-control.sock"));
         let _ = fs::remove_file(&events_path);
         let bin = monitor_bin();
         assert!(bin.exists(), "no monitor binary at {} (run `cargo xtask build`)", bin.display());
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
+        let mut cmd = command(netns, wrapper);
+        cmd.arg(&bin);
         // Each test daemon pins (in block mode) in a directory of its own, never the host's default one.
         let own_pin_dir = (!args.iter().any(|a| a == "--pin-dir"))
             .then(|| format!("/sys/fs/bpf/monitor-test-{}-{name}", std::process::id()));
@@ -159,6 +165,34 @@ impl Drop for Monitor {
 }
 
 /// Events of one client process.
+/// `[nsenter --net=NS --] [WRAPPER...]`, to which the daemon's path and arguments are added.
+pub fn command(netns: Option<&str>, wrapper: &[&str]) -> Command {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["nsenter".into(), format!("--net=/run/netns/{ns}"), "--".into()]);
+    }
+    argv.extend(wrapper.iter().map(|s| s.to_string()));
+    if argv.is_empty() {
+        return Command::new("env");
+    }
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// A wrapper that runs the daemon in a mount namespace of its own where no cgroup v2 hierarchy is
+/// mounted: a host without cgroup2, for the daemon only.
+pub const WITHOUT_CGROUP2: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    "for m in $(awk '{for (i = 7; i <= NF; i++) if ($i == \"-\") { if ($(i + 1) == \"cgroup2\") print $5; break }}' /proc/self/mountinfo); do umount -l \"$m\" || exit 1; done; exec \"$@\"",
+    "sh",
+];
+
 pub fn of_pid(events: &[Value], pid: u32) -> Vec<Value> {
     events.iter().filter(|e| e["InitiatingProcessId"] == pid).cloned().collect()
 }

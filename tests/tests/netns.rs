@@ -9,7 +9,7 @@ use tests::{
     Bed, Cgroup, ClientRun, Monitor, Runner, bed,
     bed::{ORIGIN_V4, ORIGIN2_V4, ROUTER_V4, ROUTER_V6, SOCKS_PORT, SQUID_PORT, TINYPROXY_PORT},
     client,
-    monitor::of_pid,
+    monitor::{WITHOUT_CGROUP2, command, of_pid},
 };
 
 const SQUID: &str = "http://10.200.1.1:3128";
@@ -293,6 +293,78 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
             describe(&mon.events())
         );
         assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni");
+    });
+    drop(mon);
+}
+
+/// A host without cgroup v2 (the daemon gets a mount namespace of its own with none mounted): audit with
+/// `--iface` degrades to TC alone and says so; block mode, and a run with nothing left to watch, refuse.
+fn degrade_cases(r: &mut Runner, bed: &Bed) {
+    let refused = |name: &str, args: &[&str]| {
+        let control = bed.dir.join(format!("{name}.sock"));
+        let pin_dir = format!("/sys/fs/bpf/monitor-test-{}-{name}", std::process::id());
+        let out = command(Some(&bed.router_ns), WITHOUT_CGROUP2)
+            .arg(tests::monitor::monitor_bin())
+            .arg("run")
+            .args(args)
+            .args(["--store", "none", "--events", "/dev/null", "--pin-dir", &pin_dir])
+            .arg("--control")
+            .arg(&control)
+            .output()
+            .expect("run monitor");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{name}: must refuse: {err}");
+        assert!(!err.contains("attached"), "{name}: nothing is attached: {err}");
+        assert!(!std::path::Path::new(&pin_dir).exists(), "{name}: nothing is pinned");
+        err
+    };
+    r.case("no_cgroup2_block_mode_refuses", || {
+        let err = refused("nocg-block", &["--mode", "block", "--iface", &bed.router_client_if]);
+        assert!(err.contains("block mode needs the cgroup hooks") && err.contains("cgroup v2"), "{err}");
+        assert!(
+            err.contains("Audit mode with --iface still works from TC alone"),
+            "says what still works: {err}"
+        );
+    });
+    r.case("no_cgroup2_and_no_iface_refuses", || {
+        let err = refused("nocg-none", &["--mode", "audit"]);
+        assert!(err.contains("nothing the monitor can watch") && err.contains("mount -t cgroup2"), "{err}");
+    });
+    let clients = Cgroup::new("degraded-clients");
+    let Some(mon) = r.setup("no_cgroup2_audit_monitor_starts", || {
+        Monitor::start_wrapped(
+            &bed.dir,
+            "degraded",
+            Some(&bed.router_ns),
+            WITHOUT_CGROUP2,
+            &["--iface".into(), bed.router_client_if.clone()],
+        )
+    }) else {
+        return;
+    };
+    r.case("no_cgroup2_audit_continues_from_tc_alone", || {
+        let said = mon.stderr();
+        assert!(
+            said.contains("local sockets are not watched") && said.contains("audit continues from TC alone"),
+            "the daemon says what is missing and what still works:\n{said}"
+        );
+        let st = status(&mon);
+        let degraded = st["degraded"].as_array().cloned().unwrap_or_default();
+        for program in ["connect4", "track_connection", "inspect_send"] {
+            assert!(degraded.iter().any(|p| p == program), "{program} degraded: {st}");
+        }
+        assert!(st["attached"].as_array().is_some_and(|a| a.len() == 1), "only TC: {}", st["attached"]);
+        assert_eq!(st["kernel_features"]["cgroup2"], Value::Null, "{st}");
+        assert!(st["notes"].as_array().is_some_and(|n| !n.is_empty()), "{st}");
+        let run = curl(
+            bed,
+            &clients,
+            &["--resolve", &format!("other.test:443:{ORIGIN_V4}"), "https://other.test/"],
+        );
+        assert!(run.ok(), "forwarded curl failed: {run:?}");
+        let found = mon.wait_events(10, |e| e["RemoteUrl"] == "other.test" && e["RemoteIP"] == ORIGIN_V4);
+        assert!(!found.is_empty(), "the forwarded flow is named from TC:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["AdditionalFields"]["SeenOn"], "tc");
     });
     drop(mon);
 }
@@ -1208,6 +1280,7 @@ fn main() {
     let mut bed = Bed::new();
     audit_cases(&mut r, &bed);
     gateway_cases(&mut r, &bed);
+    degrade_cases(&mut r, &bed);
     block_cases(&mut r, &bed);
     audit_mode_cases(&mut r, &bed);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/rawclient.py");

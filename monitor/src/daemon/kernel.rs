@@ -23,6 +23,10 @@ use monitor_common::{
     verdict::DROP_REASONS,
 };
 
+/// The programs attached to cgroups (with `inspect_send`, which only cgroup-watched sockets reach).
+const CGROUP_PROGRAMS: [&str; 6] =
+    ["connect4", "connect6", "track_connection", "inspect_send", "proxy_reply", "quic_egress"];
+
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
 /// Where each program is attached, for `monitor status` and the logs.
@@ -41,8 +45,10 @@ pub struct Kernel {
     /// Where enforcement is pinned (block mode), so that it survives the daemon.
     pub pin_dir: Option<PathBuf>,
     mode: u32,
-    /// Programs this kernel refused where the monitor can do without them (what is lost is logged).
+    /// Programs not attached where the monitor can do without them (what is lost is logged).
     pub degraded: Vec<&'static str>,
+    inspection: bool,
+    skb: bool,
 }
 
 pub struct LoadOptions<'a> {
@@ -54,6 +60,10 @@ pub struct LoadOptions<'a> {
     /// Block mode: pin maps and links here, adopting what a previous daemon left.
     pub pin_dir: Option<&'a Path>,
     pub ring_buffer_bytes: u32,
+    /// Attach sk_msg (payload inspection); the features probe said this kernel can.
+    pub inspection: bool,
+    /// Attach the cgroup_skb programs (proxy answers, QUIC).
+    pub skb: bool,
 }
 
 /// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
@@ -155,28 +165,12 @@ pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
     Ok(released)
 }
 
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps of a million indicators load.
-fn raise_memlock() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
-        return;
-    }
-    // Not allowed to raise the hard limit (a container): take the soft limit up to it.
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0 {
-        limit.rlim_cur = limit.rlim_max;
-        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
-    }
-    log::debug!(
-        "RLIMIT_MEMLOCK stays at {} bytes: kernels before 5.11 count BPF maps against it, later ones do not",
-        limit.rlim_max
-    );
-}
-
 impl Kernel {
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Kernel> {
-        raise_memlock();
         let mut loader = EbpfLoader::new();
+        // A map type this kernel lacks is left out instead of failing the whole object: the features probe
+        // has already decided what can run without it, and the programs that use it stay unloaded.
+        loader.allow_unsupported_maps();
         loader
             .map_max_entries("DOMAINS", opts.domain_capacity.max(1024))
             .map_max_entries("NETS_V4", opts.net_capacity.max(1024))
@@ -209,8 +203,31 @@ impl Kernel {
             pin_dir: opts.pin_dir.map(Path::to_path_buf),
             mode: opts.config.mode,
             degraded: Vec::new(),
+            inspection: opts.inspection,
+            skb: opts.skb,
         };
-        kernel.attach_cgroups(opts.cgroups)?;
+        if !opts.cgroups.is_empty() {
+            let (links, attachments) = (kernel.links.len(), kernel.attachments.len());
+            match kernel.attach_cgroups(opts.cgroups) {
+                Ok(()) => {}
+                // Audit with gateway interfaces can do without the cgroup hooks; block mode cannot.
+                Err(e) if opts.config.mode != MODE_BLOCK && !opts.ifaces.is_empty() => {
+                    kernel.links.truncate(links);
+                    kernel.attachments.truncate(attachments);
+                    kernel.degraded.extend(CGROUP_PROGRAMS);
+                    log::warn!(
+                        "the cgroup hooks could not be attached ({e:#}): local sockets are not watched (no processes, \
+                         nothing blocked); audit continues from TC alone on {}",
+                        opts.ifaces.join(", ")
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            kernel.degraded.extend(CGROUP_PROGRAMS);
+        }
+        kernel.degraded.sort_unstable();
+        kernel.degraded.dedup();
         kernel.attach_ifaces(opts.ifaces)?;
         if let Some(dir) = opts.pin_dir {
             kernel.pin_links(dir)?;
@@ -303,7 +320,12 @@ impl Kernel {
             socks.fd().try_clone().context("dup SOCKS fd")?
         };
         let block = self.mode == MODE_BLOCK;
-        match self.attach_inspection(&sock_fd) {
+        let inspection = if self.inspection {
+            self.attach_inspection(&sock_fd)
+        } else {
+            Err(anyhow::anyhow!("not attempted"))
+        };
+        match inspection {
             Ok(()) => {
                 self.attachments.push(Attachment { program: "inspect_send", target: "sockhash SOCKS".into() })
             }
@@ -311,6 +333,8 @@ impl Kernel {
             Err(e) if block => {
                 return Err(e.context("block mode needs payload inspection (sk_msg on a sockhash)"));
             }
+            // The features probe already said why.
+            Err(_) if !self.inspection => self.degraded.push("inspect_send"),
             Err(e) => {
                 log::warn!("payload inspection is unavailable, events will name no targets: {e:#}");
                 self.degraded.push("inspect_send");
@@ -331,13 +355,17 @@ impl Kernel {
                 self.keep(name, link)?;
             }
         }
-        if let Err(e) = self.attach_skb(&files, "proxy_reply", CgroupSkbAttachType::Ingress) {
-            log::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
-            self.degraded.push("proxy_reply");
-        }
-        if let Err(e) = self.attach_skb(&files, "quic_egress", CgroupSkbAttachType::Egress) {
-            log::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
-            self.degraded.push("quic_egress");
+        if !self.skb {
+            self.degraded.extend(["proxy_reply", "quic_egress"]);
+        } else {
+            if let Err(e) = self.attach_skb(&files, "proxy_reply", CgroupSkbAttachType::Ingress) {
+                log::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
+                self.degraded.push("proxy_reply");
+            }
+            if let Err(e) = self.attach_skb(&files, "quic_egress", CgroupSkbAttachType::Egress) {
+                log::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
+                self.degraded.push("quic_egress");
+            }
         }
         let mut taken = Vec::new();
         let prog: &mut SockOps = self.program("track_connection")?;

@@ -2,6 +2,7 @@
 
 mod abort;
 pub mod control;
+mod features;
 mod flows;
 mod indicators;
 mod kernel;
@@ -65,6 +66,18 @@ fn notify_ready() {
     let _ = socket.send_to(b"READY=1", PathBuf::from(path));
 }
 
+/// About how much memory the maps take (kernels before 5.11 charge it to RLIMIT_MEMLOCK): entry
+/// sizes plus the kernel's per-entry overhead, rounded up.
+fn map_bytes(ring_buffer_bytes: u32, domain_capacity: u32, net_capacity: u32) -> u64 {
+    ring_buffer_bytes as u64
+        + domain_capacity as u64 * 96
+        + 2 * net_capacity as u64 * 96
+        + 65_536 * 64 // SOCKS
+        + 65_536 * 128 // WIRE_FLOWS
+        + 16_384 * 64 // QUIC_DENY
+        + (1 << 20) // CONFIG, DROPS, SCRATCH
+}
+
 /// The kernel's copy of the hold timeout (settings bound it to a day).
 fn hold_millis(timeout: std::time::Duration) -> u32 {
     timeout.as_millis().min(u32::MAX as u128) as u32
@@ -93,8 +106,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())?;
     let set = indicators.effective();
-    let cgroups = if args.cgroups.is_empty() { vec![cgroup2_root()?] } else { args.cgroups.clone() };
-    for cgroup in &cgroups {
+    for cgroup in &args.cgroups {
         if !cgroup.join("cgroup.procs").exists() {
             bail!("{} is not a cgroup v2 directory (no cgroup.procs)", cgroup.display());
         }
@@ -102,6 +114,32 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     for iface in &args.ifaces {
         kernel::check_iface(iface)?;
     }
+    let mode = mode_value(args.mode);
+    let capacity = |n: usize| ((n + n / 4).max(1024).min(u32::MAX as usize / 2)) as u32;
+    let domain_capacity = capacity(set.domains().count() + 65_536);
+    let net_capacity = capacity(set.nets().count() + 16_384);
+    // What the kernel can do decides what is attached; a `--check` by someone else than root cannot probe.
+    let plan = if unsafe { libc::geteuid() } == 0 {
+        let found = features::Features::detect();
+        let wanted = features::Wanted {
+            mode,
+            ifaces: &args.ifaces,
+            explicit_cgroups: !args.cgroups.is_empty(),
+            map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity),
+        };
+        let plan = features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?;
+        for note in &plan.notes {
+            warn!("{note}");
+        }
+        Some((plan, found))
+    } else {
+        None
+    };
+    let cgroups = match &plan {
+        Some((plan, _)) if !plan.cgroup_hooks => Vec::new(),
+        _ if args.cgroups.is_empty() => vec![cgroup2_root()?],
+        _ => args.cgroups.clone(),
+    };
     if let Some(addr) = args.metrics
         && !addr.ip().is_loopback()
     {
@@ -118,7 +156,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mode = mode_value(args.mode);
+    let (plan, kernel_features) = plan.context("the kernel's features were not probed")?;
     let uninspectable = match args.uninspectable {
         Uninspectable::Allow => UNINSPECTABLE_ALLOW,
         Uninspectable::Block => UNINSPECTABLE_BLOCK,
@@ -163,13 +201,15 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     let sink = Sink::open(&args.events, store.map(|(_, w)| w))?;
     let listener = control::bind(&args.control)?;
 
-    let capacity = |n: usize| ((n + n / 4).max(1024).min(u32::MAX as usize / 2)) as u32;
+    let ifaces = if plan.gateway { args.ifaces.clone() } else { Vec::new() };
     let mut kernel = Kernel::load(&LoadOptions {
         config,
         cgroups: &cgroups,
-        ifaces: &args.ifaces,
-        domain_capacity: capacity(set.domains().count() + 65_536),
-        net_capacity: capacity(set.nets().count() + 16_384),
+        ifaces: &ifaces,
+        domain_capacity,
+        net_capacity,
+        inspection: plan.inspection,
+        skb: plan.skb,
         pin_dir: if mode == MODE_BLOCK { pin_dir.as_deref() } else { None },
         ring_buffer_bytes: args.ring_buffer_bytes,
     })?;
@@ -192,7 +232,11 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    info!("mode {:?}; ready", args.mode);
+    if kernel.degraded.is_empty() {
+        info!("mode {:?}; ready", args.mode);
+    } else {
+        info!("mode {:?}; ready, degraded (not attached: {})", args.mode, kernel.degraded.join(", "));
+    }
     notify_ready();
 
     let runtime =
@@ -218,6 +262,8 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         quic_deny,
         started: Instant::now(),
         store_path,
+        kernel_features,
+        notes: plan.notes,
     };
     let result = runtime.block_on(daemon.serve(events, listener));
     let _ = std::fs::remove_file(&args.control);
@@ -238,6 +284,9 @@ struct Daemon {
     quic_deny: aya::maps::HashMap<MapData, u64, u32>,
     started: Instant,
     store_path: Option<PathBuf>,
+    /// What the probe found at start, and what the daemon said about what is missing.
+    kernel_features: features::Features,
+    notes: Vec<String>,
 }
 
 impl Daemon {
@@ -536,7 +585,8 @@ impl Daemon {
             "kernel_flow_entries": { "sockets_inspected": socks_n, "forwarded_flows": wire_n },
             "pin_dir": self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
             "degraded": self.kernel.degraded,
-            "kernel_features": probe::features(),
+            "notes": self.notes,
+            "kernel_features": self.kernel_features,
             "kernel_drops": drops,
         })
     }

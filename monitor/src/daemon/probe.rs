@@ -2,7 +2,7 @@
 //! attaches it to a scratch cgroup and to `lo`, then detaches; prints one line per program and feature.
 //! Used by `cargo xtask kernel-check` under other kernels, and by operators before deploying.
 
-use std::{fs, os::fd::AsFd as _, path::Path, process::ExitCode};
+use std::{fs, os::fd::AsFd as _, process::ExitCode};
 
 use anyhow::Context as _;
 use aya::{
@@ -11,7 +11,10 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkMsg, SockOps, TcAttachType, tc},
 };
 
-use super::kernel::{OBJECT, cgroup2_root};
+use super::{
+    features::Features,
+    kernel::{OBJECT, cgroup2_root},
+};
 
 /// Each program, its hook, and the oldest kernel it is written for.
 pub const PROGRAMS: &[(&str, &str, &str)] = &[
@@ -33,26 +36,11 @@ fn feature(name: &str, ok: bool, what: &str) -> Line {
     Line { name: name.into(), result: if ok { Ok(what.into()) } else { Err(format!("missing: {what}")) } }
 }
 
-/// What `monitor status` shows of the kernel: its release and the features the monitor relies on.
-pub fn features() -> serde_json::Value {
-    serde_json::json!({
-        "release": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "btf": Path::new("/sys/kernel/btf/vmlinux").exists(),
-        "cgroup2": cgroup2_root().ok().map(|p| p.display().to_string()),
-        "bpf_stats_enabled": fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim() == "1").unwrap_or(false),
-    })
-}
-
 pub fn run() -> anyhow::Result<ExitCode> {
-    let mut lines = vec![
-        feature("btf", Path::new("/sys/kernel/btf/vmlinux").exists(), "/sys/kernel/btf/vmlinux"),
-        match cgroup2_root() {
-            Ok(p) => Line { name: "cgroup2".into(), result: Ok(p.display().to_string()) },
-            Err(e) => Line { name: "cgroup2".into(), result: Err(format!("{e:#}")) },
-        },
-    ];
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!("kernel\t{}", release.trim());
+    let found = Features::detect();
+    println!("kernel\t{}", found.release);
+    let mut lines: Vec<Line> =
+        found.lines().into_iter().map(|(name, ok, what)| feature(name, ok, &what)).collect();
     let mut ebpf = match EbpfLoader::new().load(OBJECT) {
         Ok(e) => e,
         Err(e) => {
