@@ -94,7 +94,7 @@ struct Shared {
 
 impl Shared {
     fn record_failure(&self, error: StoreError) {
-        log::warn!("event store: {error}");
+        tracing::warn!("event store: {error}");
         let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
         slot.get_or_insert(error);
     }
@@ -210,7 +210,7 @@ impl StoreWriter {
 impl Drop for StoreWriter {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            log::warn!("event store: {e}");
+            tracing::warn!("event store: {e}");
         }
     }
 }
@@ -241,7 +241,7 @@ impl Writer {
                 Ok(Command::Line(line)) => match serde_json::from_str(&line) {
                     Ok(event) => self.queue(event, &mut pending, &mut batch_deadline),
                     Err(e) => {
-                        log::debug!("event store: line not stored: {e}");
+                        tracing::debug!("event store: line not stored: {e}");
                         self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 },
@@ -367,7 +367,7 @@ fn insert_batch(
                 statement.execute(rusqlite::params_from_iter(stored.cells.iter()))?;
             }
             Err(reason) => {
-                log::debug!("event store: event not stored: {reason}");
+                tracing::debug!("event store: event not stored: {reason}");
                 dropped.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
     match cli::dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("monitor: error: {err:#}");
+            tracing::error!("{err:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1083,6 +1083,41 @@ fn config_cases(r: &mut Runner, bed: &Bed) {
     let monitor = |args: &[&str]| {
         std::process::Command::new(tests::monitor::monitor_bin()).args(args).output().expect("run monitor")
     };
+    r.case("logs_carry_journal_priorities_when_stderr_is_the_journal", || {
+        // systemd names the journal stream it connects in JOURNAL_STREAM (device:inode); a file stands in.
+        let log = bed.dir.join("journal-stream.log");
+        let run = |args: &[&str]| {
+            let file = std::fs::File::create(&log).expect("create log");
+            let meta = file.metadata().expect("stat log");
+            let stream = format!(
+                "{}:{}",
+                std::os::unix::fs::MetadataExt::dev(&meta),
+                std::os::unix::fs::MetadataExt::ino(&meta)
+            );
+            let status = std::process::Command::new(tests::monitor::monitor_bin())
+                .args(args)
+                .env("JOURNAL_STREAM", stream)
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::null())
+                .stderr(file)
+                .status()
+                .expect("run monitor");
+            (status, std::fs::read_to_string(&log).expect("read log"))
+        };
+        let cgroup = cg.path.display().to_string();
+        let (status, text) = run(&["run", "--check", "--cgroup", &cgroup, "--metrics", "0.0.0.0:9999"]);
+        assert!(status.success(), "{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("<4>monitor: warning: metrics will listen on 0.0.0.0")),
+            "{text}"
+        );
+        let (status, text) = run(&["run", "--cgroup", "/nonexistent"]);
+        assert!(!status.success());
+        assert!(text.starts_with("<3>monitor: error: /nonexistent is not a cgroup v2 directory"), "{text}");
+        // Not the journal: plain lines.
+        let out = monitor(&["run", "--cgroup", "/nonexistent"]);
+        assert!(String::from_utf8_lossy(&out.stderr).starts_with("monitor: error: "), "{out:?}");
+    });
     r.case("config_check_validates_and_flags_win", || {
         std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\nstore = \"none\"\n"))
             .expect("write config");
@@ -1125,7 +1160,12 @@ fn config_cases(r: &mut Runner, bed: &Bed) {
         );
         let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
         assert!(run.ok(), "audit mode from the file: {run:?}");
+        let audited = mon.wait_events(10, |e| e["InitiatingProcessId"] == run.pid);
+        assert!(!audited.is_empty(), "the audit-mode event is written");
         std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\n")).expect("write config");
+        // Rotation: the file is moved away, and SIGHUP makes the daemon open a new one at the same path.
+        let rotated = mon.events_path.with_extension("jsonl.1");
+        std::fs::rename(&mon.events_path, &rotated).expect("rotate the events file");
         unsafe { libc::kill(mon.pid() as i32, libc::SIGHUP) };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !mon.stderr().contains("mode now Block") {
@@ -1133,7 +1173,19 @@ fn config_cases(r: &mut Runner, bed: &Bed) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        // Read from the new file at the original path.
         expect_blocked(bed, &mon, &run, "blocked.test", bed.log_mark());
+        let old = std::fs::read_to_string(&rotated).expect("read the rotated file");
+        assert!(
+            !old.contains("ExploitGuardNetworkProtectionBlocked"),
+            "nothing goes to the rotated file after SIGHUP"
+        );
+        let meta = std::fs::metadata(&mon.events_path).expect("the new events file");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o007,
+            0,
+            "not world-readable"
+        );
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
         use std::io::{Read as _, Write as _};
         stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").expect("request metrics");

@@ -101,7 +101,7 @@ pub fn bpffs() -> anyhow::Result<PathBuf> {
             std::io::Error::last_os_error()
         );
     }
-    log::info!("mounted the BPF file system at /sys/fs/bpf");
+    tracing::info!("mounted the BPF file system at /sys/fs/bpf");
     Ok(PathBuf::from("/sys/fs/bpf"))
 }
 
@@ -215,7 +215,7 @@ impl Kernel {
                     kernel.links.truncate(links);
                     kernel.attachments.truncate(attachments);
                     kernel.degraded.extend(CGROUP_PROGRAMS);
-                    log::warn!(
+                    tracing::warn!(
                         "the cgroup hooks could not be attached ({e:#}): local sockets are not watched (no processes, \
                          nothing blocked); audit continues from TC alone on {}",
                         opts.ifaces.join(", ")
@@ -260,7 +260,7 @@ impl Kernel {
         }
         for old in older {
             let released = release_generation(&old)?;
-            log::info!("adopted enforcement pinned by a previous daemon: released its {released} links");
+            tracing::info!("adopted enforcement pinned by a previous daemon: released its {released} links");
         }
         Ok(())
     }
@@ -336,7 +336,7 @@ impl Kernel {
             // The features probe already said why.
             Err(_) if !self.inspection => self.degraded.push("inspect_send"),
             Err(e) => {
-                log::warn!("payload inspection is unavailable, events will name no targets: {e:#}");
+                tracing::warn!("payload inspection is unavailable, events will name no targets: {e:#}");
                 self.degraded.push("inspect_send");
             }
         }
@@ -359,11 +359,11 @@ impl Kernel {
             self.degraded.extend(["proxy_reply", "quic_egress"]);
         } else {
             if let Err(e) = self.attach_skb(&files, "proxy_reply", CgroupSkbAttachType::Ingress) {
-                log::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
+                tracing::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
                 self.degraded.push("proxy_reply");
             }
             if let Err(e) = self.attach_skb(&files, "quic_egress", CgroupSkbAttachType::Egress) {
-                log::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
+                tracing::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
                 self.degraded.push("quic_egress");
             }
         }

@@ -45,7 +45,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the kernel's drop counters are read (a rise is logged).
 const DROPS_POLL: Duration = Duration::from_millis(250);
 
-use log::{error, info, warn};
+use tracing::{error, info, warn};
 
 fn random_seed() -> anyhow::Result<[u64; 2]> {
     let mut bytes = [0u8; 16];
@@ -413,8 +413,9 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: mode, uninspectable policy, hold timeout and indicator files take effect now; what is attached where
-    /// (cgroups, interfaces, sinks, sockets, pins) takes a restart, which in block mode opens no gap.
+    /// SIGHUP: mode, uninspectable policy, hold timeout, indicator files, the events file (reopened, for
+    /// rotation) and the store take effect now; what is attached where (cgroups, interfaces, the ring
+    /// buffer, sockets, pins) takes a restart, which in block mode opens no gap.
     fn reload_config(&mut self) {
         let new = match Settings::resolve(&self.cli_args) {
             Ok(new) => new,
@@ -465,11 +466,39 @@ impl Daemon {
                 Err(e) => error!("writing the new mode: {e}"),
             }
         }
+        // The events file is opened again even when its path is the same: that is how rotation works.
+        match self.sink.reopen_events(&new.events) {
+            Ok(()) => info!("events: {} (re)opened", new.events),
+            Err(e) => error!("keeping the previous events file: {e:#}"),
+        }
+        let store_changed = (&new.store, new.store_max_age, new.store_max_bytes)
+            != (&self.args.store, self.args.store_max_age, self.args.store_max_bytes);
+        if store_changed {
+            let retention =
+                monitor_hunt::Retention { max_age: new.store_max_age, max_bytes: new.store_max_bytes };
+            let opened = match &new.store {
+                Some(path) => sink::open_store(path, retention)
+                    .with_context(|| format!("open the event store {}", path.display()))
+                    .map(Some),
+                None => Ok(None),
+            };
+            match opened.and_then(|store| self.sink.replace_store(store)) {
+                Ok(()) => {
+                    info!(
+                        "event store: {}",
+                        new.store.as_ref().map(|p| p.display().to_string()).unwrap_or("none".into())
+                    );
+                    self.store_path = new.store.clone();
+                    self.args.store = new.store.clone();
+                    self.args.store_max_age = new.store_max_age;
+                    self.args.store_max_bytes = new.store_max_bytes;
+                }
+                Err(e) => error!("keeping the previous event store: {e:#}"),
+            }
+        }
         let restart_only = [
             ("cgroups", new.cgroups != self.args.cgroups),
             ("ifaces", new.ifaces != self.args.ifaces),
-            ("events", new.events != self.args.events),
-            ("store", new.store != self.args.store),
             ("control", new.control != self.args.control),
             ("pin_dir", new.pin_dir != self.args.pin_dir),
             ("ring_buffer_bytes", new.ring_buffer_bytes != self.args.ring_buffer_bytes),
@@ -480,7 +509,8 @@ impl Daemon {
                 warn!("{key} changed: it takes effect when the daemon restarts");
             }
         }
-        let Settings { mode, uninspectable, allow, block, hold_timeout, .. } = new;
+        let Settings { mode, uninspectable, allow, block, hold_timeout, events, .. } = new;
+        self.args.events = events;
         self.args.hold_timeout = hold_timeout;
         self.args.mode = mode;
         self.args.uninspectable = uninspectable;

@@ -7,9 +7,9 @@ use std::{
     time::Duration,
 };
 
-use log::{error, info};
 use monitor_core::policy::{Indicator, IndicatorSet, ListKind};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+use tracing::{error, info};
 
 use super::{indicators::Indicators, policy::KernelPolicy};
 

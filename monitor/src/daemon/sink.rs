@@ -25,21 +25,43 @@ pub fn device_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+fn open_events(events: &str) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(if events == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        // Events name processes and destinations: not for every local user to read.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(Path::new(events))
+            .with_context(|| format!("open the events file {events}"))?;
+        Box::new(BufWriter::new(file))
+    })
+}
+
 impl Sink {
     pub fn open(events: &str, store: Option<EventStore>) -> anyhow::Result<Sink> {
-        let out: Box<dyn Write + Send> = if events == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            // Events name processes and destinations: not for every local user to read.
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(Path::new(events))
-                .with_context(|| format!("open the events file {events}"))?;
-            Box::new(BufWriter::new(file))
-        };
+        let out = open_events(events)?;
         Ok(Sink { out, store, device_name: device_name(), next_report_id: 1, emitted: 0, write_errors: 0 })
+    }
+
+    /// Open the events file again (SIGHUP): after a rotation, or for a new path. On failure the old one
+    /// stays in use.
+    pub fn reopen_events(&mut self, events: &str) -> anyhow::Result<()> {
+        let out = open_events(events)?;
+        let _ = self.out.flush();
+        self.out = out;
+        Ok(())
+    }
+
+    /// Put another store in place (SIGHUP with a new path or retention) and close the old one, which
+    /// writes what it still holds. `None`: no store from now on.
+    pub fn replace_store(&mut self, store: Option<EventStore>) -> anyhow::Result<()> {
+        match std::mem::replace(&mut self.store, store) {
+            Some(old) => old.close().context("close the previous event store"),
+            None => Ok(()),
+        }
     }
 
     pub fn next_report_id(&mut self) -> u64 {
