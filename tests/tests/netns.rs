@@ -939,9 +939,10 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
     ];
     r.case("fault_kill9_in_block_mode_keeps_enforcing_and_restart_adopts", || {
         let first = Monitor::start(&bed.dir, "fault-1", None, &args);
-        let status = status(&first);
-        assert_eq!(status["mode"], "block");
-        assert_eq!(status["pin_dir"], pin_dir.as_str());
+        let st = status(&first);
+        assert_eq!(st["mode"], "block");
+        assert_eq!(st["pin_dir"], pin_dir.as_str());
+        assert_eq!(st["adopted_from"], Value::Null, "nothing to adopt at first: {st}");
         unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) };
         std::thread::sleep(Duration::from_millis(300));
         // No daemon now: enforcement is pinned.
@@ -969,6 +970,10 @@ fn fault_cases(r: &mut Runner, bed: &Bed) {
         assert!(second.stderr().contains("adopting the enforcement"), "{}", second.stderr());
         let programs = cgroup_programs(&pin_cg);
         assert_eq!(programs.len(), CGROUP_PROGRAMS, "no duplicate attachment after adoption: {programs:?}");
+        let st = status(&second);
+        assert_eq!(st["adopted_from"], pin_dir.as_str(), "status says it adopted: {st}");
+        assert_eq!(st["mode"], "block");
+        assert!(st["degraded"].as_array().is_some_and(|d| d.is_empty()), "{st}");
         // What happened while no daemon ran is reported from the pinned ring buffer.
         let missed = second.wait_events(10, |e| {
             e["InitiatingProcessId"] == blocked.pid

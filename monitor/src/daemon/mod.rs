@@ -171,9 +171,11 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, Err(_)) => None,
     };
     let mut config = Config::new(mode, uninspectable, 0, hold_millis(args.hold_timeout), random_seed()?);
+    let mut adopted = None;
     if let Some(dir) = &pin_dir {
         if mode == MODE_BLOCK {
             if let Some(previous) = Kernel::pinned_config(dir) {
+                adopted = Some(dir.display().to_string());
                 info!("adopting the enforcement pinned in {}", dir.display());
                 // The pinned indicators are keyed by the previous seeds; the generation carries on too.
                 config.seed = previous.seed;
@@ -264,6 +266,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         store_path,
         kernel_features,
         notes: plan.notes,
+        adopted,
     };
     let result = runtime.block_on(daemon.serve(events, listener));
     let _ = std::fs::remove_file(&args.control);
@@ -287,6 +290,8 @@ struct Daemon {
     /// What the probe found at start, and what the daemon said about what is missing.
     kernel_features: features::Features,
     notes: Vec<String>,
+    /// The pin directory whose enforcement this daemon adopted at start.
+    adopted: Option<String>,
 }
 
 impl Daemon {
@@ -614,6 +619,7 @@ impl Daemon {
             "open_flows": self.flows.open_count(),
             "kernel_flow_entries": { "sockets_inspected": socks_n, "forwarded_flows": wire_n },
             "pin_dir": self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
+            "adopted_from": self.adopted,
             "degraded": self.kernel.degraded,
             "notes": self.notes,
             "kernel_features": self.kernel_features,
