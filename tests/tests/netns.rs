@@ -581,6 +581,39 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
         assert!(!bed.logs_since(mark).contains("a.blocked.test"), "squid saw the blocked name");
     });
+    r.case("block_chromium_direct_sni_multi_segment", || {
+        // Straight to the origin, offloads off: Chromium's ~2 KB ClientHello (post-quantum key share,
+        // extensions in random order) leaves as more than one segment, and only its SNI names the target.
+        bed::sh(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &bed.client_ns,
+            "ethtool",
+            "-K",
+            "vc",
+            "tso",
+            "off",
+            "gso",
+            "off",
+        ]));
+        let rules = format!("--host-resolver-rules=MAP a.blocked.test {ORIGIN_V4}");
+        let run = chromium(
+            bed,
+            &cg,
+            "chromium-block-direct",
+            &["--disable-quic", "--ignore-certificate-errors", &rules],
+            "https://a.blocked.test/",
+        );
+        assert!(!run.stdout.contains("origin ok"), "chromium must not load the blocked page: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+                && e["RemoteUrl"] == "a.blocked.test"
+                && e["RemoteIP"] == ORIGIN_V4
+                && e["InitiatingProcessFileName"].as_str().is_some_and(|n| n.contains("chrom"))
+        });
+        assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni", "{}", found[0]);
+    });
     r.case("block_runtime_indicators_add_remove_list", || {
         let out = mon.ctl(&["indicators", "add", "block", "later.test"]);
         assert!(out.status.success(), "indicators add: {}", String::from_utf8_lossy(&out.stderr));
