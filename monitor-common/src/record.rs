@@ -209,6 +209,10 @@ pub const PHASE_BLOCKED: u32 = 4;
 /// them) without holding any, until user space has its answer or `CAPTURE_LIMIT` is reached.
 pub const PHASE_CAPTURE: u32 = 5;
 
+/// Block mode, a plain HTTP request passed: the program runs again where the next request on the
+/// connection starts (keep-alive, pipelining) and judges it too.
+pub const PHASE_HTTP: u32 = 6;
+
 /// Key of a forwarded flow in the TC flow table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

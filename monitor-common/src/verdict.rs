@@ -27,6 +27,9 @@ pub const SOURCE_SOCKS_IP: u32 = 7;
 pub const SOURCE_REMOTE_IP: u32 = 8;
 /// No name: a held send reached the hold timeout without the bytes that decide.
 pub const SOURCE_HOLD_EXPIRED: u32 = 9;
+/// A plain HTTP request whose end cannot be found (a Transfer-Encoding, conflicting Content-Length
+/// values, a head past the window): the next request on its connection could not be judged.
+pub const SOURCE_UNFRAMED: u32 = 10;
 
 /// Reasons the kernel could not hand a record to user space, counted in `DROPS`.
 pub const DROP_RINGBUF_FULL: u32 = 0;
@@ -56,6 +59,7 @@ pub const fn source_name(source: u32) -> &'static str {
         SOURCE_SOCKS_IP => "SocksIp",
         SOURCE_REMOTE_IP => "RemoteIp",
         SOURCE_HOLD_EXPIRED => "HoldExpired",
+        SOURCE_UNFRAMED => "Unframed",
         _ => "None",
     }
 }

@@ -28,6 +28,12 @@ const SOCKS_USERID_MAX: u32 = 256;
 #[repr(C)]
 pub struct Scratch {
     pub bytes: [u8; SCRATCH_LEN],
+    /// What the scan found, written and read back through map memory (see `send::settle`).
+    pub scan: Scan,
+    pub need: u32,
+    pub framed: u32,
+    pub unframed: u32,
+    pub _pad: u32,
 }
 
 impl Scratch {
@@ -43,21 +49,50 @@ impl Scratch {
     }
 }
 
-/// What the first bytes say.
-pub enum Scan {
-    /// The target's name is `len` bytes at `start`.
-    Name { source: u32, start: u32, len: u32 },
-    /// The target is an IPv4 address (network order).
-    Ipv4 { source: u32, addr: u32 },
-    /// The decision needs this many bytes in total; more are on their way (the client has not finished
-    /// the request it must finish before the peer answers).
-    NeedBytes(u32),
-    /// A SOCKS5 greeting (or auth sub-negotiation) passed: the request is the next write.
-    Greeting,
-    /// A known protocol that names no target (a ClientHello without SNI, HTTP without Host).
-    Unnamed,
-    /// Not a protocol we read; the connection is uninspectable.
-    Unknown,
+/// What the first bytes say: a plain struct rather than an enum, so that every field has a value on
+/// every path (the verifier rejects a register the optimizer left undefined for a variant without it).
+#[derive(Clone, Copy)]
+pub struct Scan {
+    /// One of the `SCAN_*` kinds.
+    pub kind: u32,
+    /// `SOURCE_*`: which bytes named the target (names and addresses).
+    pub source: u32,
+    /// A name's offset; an IPv4 address (network order); the bytes needed.
+    pub a: u32,
+    /// A name's length.
+    pub b: u32,
+}
+
+/// The target's name is `b` bytes at `a`.
+pub const SCAN_NAME: u32 = 0;
+/// The target is an IPv4 address `a` (network order).
+pub const SCAN_IPV4: u32 = 1;
+/// The decision needs `a` bytes in total; more are on their way (the client has not finished the request
+/// it must finish before the peer answers).
+pub const SCAN_NEED_BYTES: u32 = 2;
+/// A SOCKS5 greeting (or auth sub-negotiation) passed: the request is the next write.
+pub const SCAN_GREETING: u32 = 3;
+/// A known protocol that names no target (a ClientHello without SNI, HTTP without Host).
+pub const SCAN_UNNAMED: u32 = 4;
+/// Not a protocol we read; the connection is uninspectable.
+pub const SCAN_UNKNOWN: u32 = 5;
+
+impl Scan {
+    #[inline(always)]
+    pub const fn name(source: u32, start: u32, len: u32) -> Scan {
+        Scan { kind: SCAN_NAME, source, a: start, b: len }
+    }
+    #[inline(always)]
+    pub const fn ipv4(source: u32, addr: u32) -> Scan {
+        Scan { kind: SCAN_IPV4, source, a: addr, b: 0 }
+    }
+    #[inline(always)]
+    pub const fn need(n: u32) -> Scan {
+        Scan { kind: SCAN_NEED_BYTES, source: 0, a: n, b: 0 }
+    }
+    pub const GREETING: Scan = Scan { kind: SCAN_GREETING, source: 0, a: 0, b: 0 };
+    pub const UNNAMED: Scan = Scan { kind: SCAN_UNNAMED, source: 0, a: 0, b: 0 };
+    pub const UNKNOWN: Scan = Scan { kind: SCAN_UNKNOWN, source: 0, a: 0, b: 0 };
 }
 
 /// Run `body` up to `n` times through the bpf_loop helper (5.17+): the verifier checks the body once
@@ -84,22 +119,22 @@ pub fn scan_http(buf: &Scratch, len: u32) -> Scan {
         b'O' => b"OPTIONS ",
         b'C' => b"CONNECT ",
         b'T' => b"TRACE ",
-        b'P' if len < 2 => return Scan::NeedBytes(2),
+        b'P' if len < 2 => return Scan::need(2),
         b'P' => match buf.at(1) {
             b'O' => b"POST ",
             b'U' => b"PUT ",
             b'A' => b"PATCH ",
-            _ => return Scan::Unknown,
+            _ => return Scan::UNKNOWN,
         },
-        _ => return Scan::Unknown,
+        _ => return Scan::UNKNOWN,
     };
     let mut i = 0u32;
     for &expected in method {
         if i >= len {
-            return Scan::NeedBytes(len + 1);
+            return Scan::need(len + 1);
         }
         if buf.at(i) != expected {
-            return Scan::Unknown;
+            return Scan::UNKNOWN;
         }
         i += 1;
     }
@@ -119,7 +154,7 @@ pub fn scan_http(buf: &Scratch, len: u32) -> Scan {
     }
     // Absolute form: http:// or https://, any case.
     if len < target + 8 {
-        return Scan::NeedBytes(target + 8);
+        return Scan::need(target + 8);
     }
     if lower(buf.at(target)) == b'h'
         && lower(buf.at(target + 1)) == b't'
@@ -144,24 +179,24 @@ fn authority(buf: &Scratch, len: u32, start: u32, source: u32) -> Scan {
     // learn no bound from a comparison of two registers (6.1 rejects the unmasked access).
     if start < len && buf.at(core::hint::black_box(start)) == b'[' {
         // An IPv6 literal: user space names it; the kernel judges it by the connect-time address only.
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
     let mut scan = Cursor { buf, len, pos: start, found: 0 };
     bounded_loop(AUTHORITY_MAX, authority_end, &mut scan);
     if scan.found == 0 {
-        return if scan.pos >= len { Scan::NeedBytes(len + 1) } else { Scan::Unnamed };
+        return if scan.pos >= len { Scan::need(len + 1) } else { Scan::UNNAMED };
     }
     let p = scan.pos;
     if p < start {
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
     let n = p - start;
     if n == 0 || n >= AUTHORITY_MAX {
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
     match ipv4_literal(buf, start, n) {
-        Some(addr) => Scan::Ipv4 { source, addr },
-        None => Scan::Name { source, start, len: n },
+        Some(addr) => Scan::ipv4(source, addr),
+        None => Scan::name(source, start, n),
     }
 }
 
@@ -284,9 +319,163 @@ fn host_header(buf: &Scratch, len: u32, from: u32) -> Scan {
             authority(buf, len, v, SOURCE_HTTP_HOST)
         }
         // End of the head without a Host header.
-        2 => Scan::Unnamed,
-        _ if len < HEAD_MAX => Scan::NeedBytes(len + 1),
-        _ => Scan::Unnamed,
+        2 => Scan::UNNAMED,
+        _ if len < HEAD_MAX => Scan::need(len + 1),
+        _ => Scan::UNNAMED,
+    }
+}
+
+/// Where an HTTP request ends, so the next one on the connection can be judged too.
+pub enum Framing {
+    /// The request (head and body) is this many bytes.
+    Length(u32),
+    /// The head is not complete yet: this many bytes are needed in total (at least).
+    NeedBytes(u32),
+    /// It cannot be framed here: a Transfer-Encoding, conflicting or unreadable Content-Length values,
+    /// or a head longer than the window.
+    Unknown,
+}
+
+/// A search through a request head for a line, in loop bodies that only move `pos`: the verifier checks
+/// each once.
+struct HeadSearch<'a> {
+    buf: &'a Scratch,
+    len: u32,
+    pos: u32,
+    found: u32,
+}
+
+/// `\n` and then `name` (lowercase, ending in `:`), any case, at `at`.
+#[inline(always)]
+fn line_is<const N: usize>(buf: &Scratch, at: u32, name: &[u8; N]) -> bool {
+    if buf.at(at) != b'\n' {
+        return false;
+    }
+    let mut i = 1u32;
+    for &expected in name {
+        if lower(buf.at(at + i)) != expected {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Stops at the blank line that ends the head (found = the head's length).
+extern "C" fn head_end(_: u64, c: *mut HeadSearch<'_>) -> i64 {
+    let c = unsafe { &mut *c };
+    let p = c.pos;
+    if p + 2 > c.len {
+        return 1;
+    }
+    if c.buf.at(p) == b'\n' {
+        let next = c.buf.at(p + 1);
+        if next == b'\n' {
+            c.found = p + 2;
+            return 1;
+        }
+        if next == b'\r' && p + 3 <= c.len && c.buf.at(p + 2) == b'\n' {
+            c.found = p + 3;
+            return 1;
+        }
+    }
+    c.pos = p + 1;
+    0
+}
+
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
+
+/// Stops at a `Content-Length:` line (found = 1, `pos` at its `\n`).
+extern "C" fn content_length_line(_: u64, c: *mut HeadSearch<'_>) -> i64 {
+    let c = unsafe { &mut *c };
+    let p = c.pos;
+    if p + 1 + CONTENT_LENGTH.len() as u32 > c.len {
+        return 1;
+    }
+    if line_is(c.buf, p, CONTENT_LENGTH) {
+        c.found = 1;
+        return 1;
+    }
+    c.pos = p + 1;
+    0
+}
+
+/// Stops at a `Transfer-Encoding:` line (found = 1).
+extern "C" fn transfer_encoding_line(_: u64, c: *mut HeadSearch<'_>) -> i64 {
+    let c = unsafe { &mut *c };
+    let p = c.pos;
+    if p + 1 + TRANSFER_ENCODING.len() as u32 > c.len {
+        return 1;
+    }
+    if line_is(c.buf, p, TRANSFER_ENCODING) {
+        c.found = 1;
+        return 1;
+    }
+    c.pos = p + 1;
+    0
+}
+
+/// The digits of a Content-Length value at `at` (after at most 4 blanks), ended by CR, LF or a blank.
+#[inline(always)]
+fn length_value(buf: &Scratch, at: u32) -> Option<u32> {
+    let mut p = at;
+    for _ in 0..4 {
+        let b = buf.at(p);
+        if b == b' ' || b == b'\t' {
+            p += 1;
+        }
+    }
+    let mut value = 0u64;
+    let mut digits = 0u32;
+    let mut ended = false;
+    for _ in 0..10 {
+        let b = buf.at(p + digits);
+        if !b.is_ascii_digit() {
+            ended = b == b'\r' || b == b'\n' || b == b' ' || b == b'\t';
+            break;
+        }
+        value = value * 10 + (b - b'0') as u64;
+        digits += 1;
+    }
+    if digits == 0 || !ended || value >= u32::MAX as u64 {
+        return None;
+    }
+    Some(value as u32)
+}
+
+/// The length of the HTTP request whose head starts `buf`: its head plus its Content-Length.
+#[inline(always)]
+pub fn head_framing(buf: &Scratch, len: u32) -> Framing {
+    let mut end = HeadSearch { buf, len, pos: 0, found: 0 };
+    bounded_loop(WINDOW, head_end, &mut end);
+    if end.found == 0 {
+        return if len < WINDOW { Framing::NeedBytes(len + 1) } else { Framing::Unknown };
+    }
+    let head = end.found;
+    // Chunked (or any coding): the body's end is not a count the kernel can follow.
+    let mut coding = HeadSearch { buf, len: head, pos: 0, found: 0 };
+    bounded_loop(WINDOW, transfer_encoding_line, &mut coding);
+    if coding.found != 0 {
+        return Framing::Unknown;
+    }
+    let mut length = HeadSearch { buf, len: head, pos: 0, found: 0 };
+    bounded_loop(WINDOW, content_length_line, &mut length);
+    if length.found == 0 {
+        return Framing::Length(head);
+    }
+    // A second Content-Length is how requests are smuggled past a reader that takes the other one.
+    let mut again = HeadSearch { buf, len: head, pos: length.pos + 1, found: 0 };
+    bounded_loop(WINDOW, content_length_line, &mut again);
+    if again.found != 0 {
+        return Framing::Unknown;
+    }
+    match length_value(buf, length.pos + 1 + CONTENT_LENGTH.len() as u32) {
+        Some(body) => match head.checked_add(body) {
+            Some(total) => Framing::Length(total),
+            None => Framing::Unknown,
+        },
+        None => Framing::Unknown,
     }
 }
 
@@ -295,7 +484,7 @@ fn host_header(buf: &Scratch, len: u32, from: u32) -> Scan {
 #[inline(always)]
 pub fn scan_client_hello(buf: &Scratch, len: u32) -> Scan {
     if len < 4 || buf.at(0) != 1 {
-        return Scan::Unknown;
+        return Scan::UNKNOWN;
     }
     // type(1) length(3) version(2) random(32) session_id
     let mut p = 38u32;
@@ -308,19 +497,19 @@ pub fn scan_client_hello(buf: &Scratch, len: u32) -> Scan {
     let mut scan = Cursor { buf, len: end, pos: p, found: 0 };
     bounded_loop(TLS_EXTENSIONS_MAX, server_name_extension, &mut scan);
     if scan.found == 0 {
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
     let p = scan.pos;
     // server_name_list length(2), name_type(1) = host_name, name length(2), name
     if buf.at(p + 6) != 0 {
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
     let n = buf.be16(p + 7);
     let start = p + 9;
     if n == 0 || start + n > end {
-        return Scan::Unnamed;
+        return Scan::UNNAMED;
     }
-    Scan::Name { source: SOURCE_TLS_SNI, start, len: n }
+    Scan::name(SOURCE_TLS_SNI, start, n)
 }
 
 /// Walks the extensions; stops at server_name (type 0) with found = 1.
@@ -342,7 +531,7 @@ extern "C" fn server_name_extension(_: u64, c: *mut Cursor<'_>) -> i64 {
 #[inline(always)]
 pub fn scan_socks(buf: &Scratch, len: u32, after_greeting: bool) -> Scan {
     if len < 2 {
-        return Scan::NeedBytes(2);
+        return Scan::need(2);
     }
     let version = buf.at(0);
     if version == 4 {
@@ -353,69 +542,69 @@ pub fn scan_socks(buf: &Scratch, len: u32, after_greeting: bool) -> Scan {
         let ulen = buf.at(1) as u32;
         let need = 2 + ulen + 1;
         if len < need {
-            return Scan::NeedBytes(need);
+            return Scan::need(need);
         }
         let total = need + buf.at(need - 1) as u32;
-        return if len < total { Scan::NeedBytes(total) } else { Scan::Greeting };
+        return if len < total { Scan::need(total) } else { Scan::GREETING };
     }
     if version != 5 {
-        return Scan::Unknown;
+        return Scan::UNKNOWN;
     }
     if !after_greeting {
         // 05 nmethods methods...; the client waits for the method choice before its request.
         let need = 2 + buf.at(1) as u32;
-        return if len < need { Scan::NeedBytes(need) } else { Scan::Greeting };
+        return if len < need { Scan::need(need) } else { Scan::GREETING };
     }
     // 05 cmd 00 atyp addr port
     if len < 5 {
-        return Scan::NeedBytes(5);
+        return Scan::need(5);
     }
     match buf.at(3) {
         1 => {
             if len < 10 {
-                return Scan::NeedBytes(10);
+                return Scan::need(10);
             }
             let addr = u32::from_ne_bytes([buf.at(4), buf.at(5), buf.at(6), buf.at(7)]);
-            Scan::Ipv4 { source: SOURCE_SOCKS_IP, addr }
+            Scan::ipv4(SOURCE_SOCKS_IP, addr)
         }
         3 => {
             let n = buf.at(4) as u32;
             if len < 5 + n + 2 {
-                return Scan::NeedBytes(5 + n + 2);
+                return Scan::need(5 + n + 2);
             }
-            if n == 0 { Scan::Unnamed } else { Scan::Name { source: SOURCE_SOCKS5, start: 5, len: n } }
+            if n == 0 { Scan::UNNAMED } else { Scan::name(SOURCE_SOCKS5, 5, n) }
         }
         // IPv6: judged by user space and the connect-time address.
-        _ => Scan::Unnamed,
+        _ => Scan::UNNAMED,
     }
 }
 
 #[inline(always)]
 fn socks4(buf: &Scratch, len: u32) -> Scan {
     if len < 9 {
-        return Scan::NeedBytes(9);
+        return Scan::need(9);
     }
     if buf.at(1) != 1 {
-        return Scan::Unknown;
+        return Scan::UNKNOWN;
     }
     // Skip the user id.
     let mut scan = Cursor { buf, len, pos: 8, found: 0 };
     bounded_loop(SOCKS_USERID_MAX, nul_byte, &mut scan);
     if scan.found == 0 {
-        return if scan.pos >= len { Scan::NeedBytes(len + 1) } else { Scan::Unknown };
+        return if scan.pos >= len { Scan::need(len + 1) } else { Scan::UNKNOWN };
     }
     let p = scan.pos + 1;
     let is_4a = buf.at(4) == 0 && buf.at(5) == 0 && buf.at(6) == 0 && buf.at(7) != 0;
     if !is_4a {
         let addr = u32::from_ne_bytes([buf.at(4), buf.at(5), buf.at(6), buf.at(7)]);
-        return Scan::Ipv4 { source: SOURCE_SOCKS_IP, addr };
+        return Scan::ipv4(SOURCE_SOCKS_IP, addr);
     }
     let start = p;
     let mut scan = Cursor { buf, len, pos: p, found: 0 };
     bounded_loop(256, nul_byte, &mut scan);
     if scan.found == 0 {
-        return if scan.pos >= len { Scan::NeedBytes(len + 1) } else { Scan::Unnamed };
+        return if scan.pos >= len { Scan::need(len + 1) } else { Scan::UNNAMED };
     }
     let end = scan.pos;
-    if end <= start { Scan::Unnamed } else { Scan::Name { source: SOURCE_SOCKS4A, start, len: end - start } }
+    if end <= start { Scan::UNNAMED } else { Scan::name(SOURCE_SOCKS4A, start, end - start) }
 }

@@ -18,19 +18,23 @@ use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
     record::{
         FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
-        PHASE_CAPTURE, PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord,
-        RecordHeader, VerdictRecord,
+        PHASE_CAPTURE, PHASE_DONE, PHASE_FIRST, PHASE_HTTP, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL,
+        PayloadRecord, RecordHeader, VerdictRecord,
     },
     verdict::{
-        DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_NONE,
-        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH,
-        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
+        DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED,
+        SOURCE_HTTP_HOST, SOURCE_NONE, SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_UNFRAMED,
+        VERDICT_ALLOWED, VERDICT_BLOCKED, VERDICT_NO_MATCH, VERDICT_UNINSPECTABLE_ALLOWED,
+        VERDICT_UNINSPECTABLE_BLOCKED,
     },
 };
 
 use crate::{
     maps::{EVENTS, SCRATCH, config, count_drop, flow_state, wakeup},
-    parse::{MASK, Scan, Scratch, WINDOW, scan_client_hello, scan_http, scan_socks},
+    parse::{
+        Framing, MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch, WINDOW,
+        head_framing, scan_client_hello, scan_http, scan_socks,
+    },
     policy::{domain_bits, ipv4_bits, verdict},
 };
 
@@ -79,7 +83,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     let scan = if first == 0x16 && (state.phase == PHASE_FIRST || state.phase == PHASE_TUNNEL) {
         match copy_handshake(scratch, data, window) {
             Ok(n) => scan_client_hello(scratch, n),
-            Err(need) => Scan::NeedBytes(need),
+            Err(need) => Scan::need(need),
         }
     } else {
         read(scratch.bytes.as_mut_ptr(), window, data);
@@ -90,8 +94,32 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         }
     };
 
+    let tunnel = state.phase == PHASE_TUNNEL;
+    let keep_alive = state.phase == PHASE_HTTP;
+    let named = scan.kind == SCAN_NAME || scan.kind == SCAN_IPV4;
+    let mut need = if scan.kind == SCAN_NEED_BYTES { scan.a } else { 0 };
+    // Block mode, plain HTTP: a request is framed (its head, its Content-Length) before it passes, so that
+    // the next request on the connection (keep-alive, pipelining) is judged as well.
+    let mut framed = 0u32;
+    let mut unframed = false;
+    if config.mode == MODE_BLOCK
+        && !tunnel
+        && named
+        && (scan.source == SOURCE_ABSOLUTE_FORM || scan.source == SOURCE_HTTP_HOST)
+    {
+        match head_framing(scratch, window) {
+            Framing::Length(n) => framed = n,
+            Framing::NeedBytes(n) => need = n,
+            Framing::Unknown => unframed = true,
+        }
+    }
+
+    // The verifier would walk what follows once per combination of the constants above (scan kind,
+    // source, framing); read back from map memory they are plain unknown values, and its paths merge.
+    let (scan, need, framed, unframed) = settle(scratch, scan, need, framed, unframed);
+
     let mut expired = false;
-    if let Scan::NeedBytes(need) = scan {
+    if need != 0 {
         if config.mode != MODE_BLOCK {
             // Audit never holds traffic: user space reads the request across sends.
             capture(state, data, size, window);
@@ -119,15 +147,29 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     }
     state.hold_since = 0;
 
-    capture(state, data, size, window);
+    if !keep_alive {
+        capture(state, data, size, window);
+    }
 
-    let tunnel = state.phase == PHASE_TUNNEL;
-    let (outcome, source, start, len) = match scan {
-        Scan::Name { source, start, len } => {
-            (verdict(domain_bits(scratch, start, len, config), config), source, start, len)
+    // A named request whose end could not be found within the bounds cannot be framed.
+    let lost = if expired { SOURCE_HOLD_EXPIRED } else { SOURCE_UNFRAMED };
+    let (outcome, source, start, len) = match scan.kind {
+        SCAN_NAME | SCAN_IPV4 => {
+            let bits = if scan.kind == SCAN_NAME {
+                domain_bits(scratch, scan.a, scan.b, config)
+            } else {
+                ipv4_bits(scan.a, config)
+            };
+            let outcome = verdict(bits, config);
+            let (start, len) = if scan.kind == SCAN_NAME { (scan.a, scan.b) } else { (0, 0) };
+            // A denied name is refused whatever the framing; an allowed one needs its request framed.
+            if outcome != VERDICT_BLOCKED && (unframed || need != 0) {
+                (uninspectable(config), lost, start, len)
+            } else {
+                (outcome, scan.source, start, len)
+            }
         }
-        Scan::Ipv4 { source, addr } => (verdict(ipv4_bits(addr, config), config), source, 0, 0),
-        Scan::Greeting => {
+        SCAN_GREETING => {
             // The method choice answers the greeting; user space needs it to read the reply that follows.
             state.phase = PHASE_SOCKS5_REQUEST;
             state.awaiting_reply = 1;
@@ -145,18 +187,51 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     } else if opens_tunnel {
         state.awaiting_reply = 1;
         PHASE_TUNNEL
+    } else if framed != 0 && outcome != VERDICT_UNINSPECTABLE_ALLOWED {
+        PHASE_HTTP
     } else {
         PHASE_DONE
     };
-    report_verdict(state, scratch, outcome, source, start, len);
+    // Every first request is reported; later ones on a kept-alive connection only when they are refused
+    // or cannot be read.
+    if !keep_alive || !(outcome == VERDICT_NO_MATCH || outcome == VERDICT_ALLOWED) {
+        report_verdict(state, scratch, outcome, source, start, len);
+    }
     if state.phase == PHASE_BLOCKED {
         return Ok(SK_DROP);
     }
-    if state.phase == PHASE_DONE {
+    if state.phase == PHASE_HTTP {
+        // This request passes; the program runs again where the next one starts, in this send or a later one.
+        unsafe { bpf_msg_apply_bytes(ctx.msg, framed) };
+    } else if state.phase == PHASE_DONE {
         // Later sends of this socket need no program run until user space takes it out of SOCKS.
         unsafe { bpf_msg_apply_bytes(ctx.msg, u32::MAX) };
     }
     Ok(SK_PASS)
+}
+
+/// Store the scan's outcome in the per-CPU scratch map and load it back (volatile, so the compiler keeps
+/// both): values loaded from map memory carry no constants for the verifier to tell paths apart by.
+#[inline(always)]
+fn settle(
+    scratch: &mut Scratch,
+    scan: Scan,
+    need: u32,
+    framed: u32,
+    unframed: bool,
+) -> (Scan, u32, u32, bool) {
+    unsafe {
+        core::ptr::write_volatile(&mut scratch.scan, scan);
+        core::ptr::write_volatile(&mut scratch.need, need);
+        core::ptr::write_volatile(&mut scratch.framed, framed);
+        core::ptr::write_volatile(&mut scratch.unframed, unframed as u32);
+        (
+            core::ptr::read_volatile(&scratch.scan),
+            core::ptr::read_volatile(&scratch.need),
+            core::ptr::read_volatile(&scratch.framed),
+            core::ptr::read_volatile(&scratch.unframed) != 0,
+        )
+    }
 }
 
 #[inline(always)]

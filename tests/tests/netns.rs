@@ -410,6 +410,20 @@ fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
         let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
         assert!(run.ok(), "{run:?}");
     });
+    r.case("uninspectable_block_refuses_a_chunked_request", || {
+        let mark = bed.log_mark();
+        let chunked = "POST http://origin.test/chunked HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let (run, res) = writes(bed, &cg, ROUTER_V4, SQUID_PORT, &[chunked]);
+        assert_eq!(res["errors"][0], 13, "{res}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+        });
+        assert!(!found.is_empty(), "no Blocked event:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["AdditionalFields"]["ResponseCategory"], "Uninspectable", "{}", found[0]);
+        assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "Unframed", "{}", found[0]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!bed.logs_since(mark).contains("/chunked"), "squid saw the refused request");
+    });
     r.case("hold_timeout_aborts_a_stalled_request", || {
         // A CONNECT line that stops mid-host and waits: the kernel holds it; past the hold timeout the
         // daemon aborts the socket, and not a byte reached the peer.
@@ -458,7 +472,8 @@ fn expect_protection(mon: &Monitor, run: &ClientRun, action: &str, target: &str)
     );
     let e = found[0].clone();
     assert_eq!(e["Table"], "DeviceEvents");
-    assert_eq!(e["InitiatingProcessFileName"], "curl", "{e}");
+    let file_name = e["InitiatingProcessFileName"].as_str().unwrap_or("");
+    assert!(file_name == "curl" || file_name.starts_with("python3"), "{e}");
     assert_eq!(e["AdditionalFields"]["ResponseCategory"], "CustomBlockList", "{e}");
     assert_eq!(e["AdditionalFields"]["IsAudit"], action.ends_with("Audited"), "{e}");
     e
@@ -484,6 +499,24 @@ fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, mark:
         .count();
     assert_eq!(successes, 0, "a blocked connection must not also report ConnectionSuccess for its target");
     let _ = bed;
+}
+
+/// A Python client in `cg` that connects to `host:port` and makes one write per piece, 200 ms apart;
+/// it prints its local port and the errno of each write (null when it went out).
+fn writes(bed: &Bed, cg: &Cgroup, host: &str, port: u16, pieces: &[&str]) -> (ClientRun, Value) {
+    let pieces = serde_json::to_string(pieces).expect("pieces as JSON");
+    let script = format!(
+        "import json, socket, time\ns = socket.create_connection(('{host}', {port}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1], 'errors': []}}\nfor piece in json.loads({pieces:?}):\n    try:\n        s.sendall(piece.encode())\n        r['errors'].append(None)\n    except OSError as e:\n        r['errors'].append(e.errno)\n    time.sleep(0.2)\ns.close()\nprint(json.dumps(r))\n"
+    );
+    let run = client(cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
+    let result: Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
+    (run, result)
+}
+
+/// A plain-HTTP proxy request, absolute form.
+fn proxy_get(host: &str) -> String {
+    format!("GET http://{host}/ HTTP/1.1\r\nHost: {host}\r\nUser-Agent: keep-alive-test\r\n\r\n")
 }
 
 fn block_cases(r: &mut Runner, bed: &Bed) {
@@ -613,6 +646,64 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         });
         assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
         assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni", "{}", found[0]);
+    });
+    r.case("block_second_request_on_a_kept_alive_proxy_connection", || {
+        // curl reuses its connection to the proxy for the second URL: that request is judged too.
+        let mark = bed.log_mark();
+        let run = curl(bed, &cg, &["-x", SQUID, "http://origin.test/", "http://blocked.test/"]);
+        assert!(!run.ok(), "the second transfer must fail: {run:?}");
+        assert!(run.stdout.starts_with("200"), "the first one succeeds: {run:?}");
+        let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", "blocked.test");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "AbsoluteForm", "{e}");
+        let first = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "http://origin.test/", "curl");
+        assert_eq!(first["LocalPort"], e["LocalPort"], "the same connection: {first}\n{e}");
+        std::thread::sleep(Duration::from_millis(300));
+        let log = bed.logs_since(mark);
+        assert!(log.contains("origin.test") && !log.contains("blocked.test"), "squid saw:\n{log}");
+    });
+    r.case("block_pipelined_requests_in_one_write", || {
+        let mark = bed.log_mark();
+        let both = proxy_get("origin.test") + &proxy_get("blocked.test");
+        let (run, res) = writes(bed, &cg, ROUTER_V4, SQUID_PORT, &[&both]);
+        assert_eq!(res["errors"][0], 13, "the write carrying a denied request is refused: {res}");
+        let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", "blocked.test");
+        assert_eq!(e["AdditionalFields"]["KeptAliveRequest"], true, "{e}");
+        assert_eq!(
+            e["AdditionalFields"]["Url"],
+            Value::Null,
+            "the first request's fields are not mixed in: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!bed.logs_since(mark).contains("blocked.test"), "squid saw the denied request");
+    });
+    r.case("block_request_after_a_body_is_judged_and_the_body_is_not", || {
+        // A body that looks like a request is data: it passes. The request after it is judged.
+        let mark = bed.log_mark();
+        let body = proxy_get("blocked.test");
+        let post = format!(
+            "POST http://origin.test/upload HTTP/1.1\r\nHost: origin.test\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (run, res) =
+            writes(bed, &cg, ROUTER_V4, SQUID_PORT, &[&post, &proxy_get("origin.test"), &proxy_get("blocked.test")]);
+        assert_eq!(res["errors"], serde_json::json!([null, null, 13]), "{res}");
+        expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", "blocked.test");
+        std::thread::sleep(Duration::from_millis(300));
+        let log = bed.logs_since(mark);
+        assert!(log.contains("origin.test/upload"), "the POST went through:\n{log}");
+        assert!(!log.contains("http://blocked.test"), "squid fetched nothing from the denied host:\n{log}");
+    });
+    r.case("block_chunked_request_is_uninspectable_and_allowed_by_default", || {
+        let chunked = "POST http://origin.test/chunked HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let (run, res) = writes(bed, &cg, ROUTER_V4, SQUID_PORT, &[chunked, &proxy_get("blocked.test")]);
+        // `--uninspectable allow`: the connection can no longer be followed, and says so.
+        assert_eq!(res["errors"], serde_json::json!([null, null]), "{res}");
+        let found = mon.wait_events(10, |e| {
+            e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess"
+        });
+        assert!(!found.is_empty(), "{}", describe(&of_pid(&mon.events(), run.pid)));
+        assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
+        assert_eq!(found[0]["AdditionalFields"]["KernelTargetSource"], "Unframed", "{}", found[0]);
     });
     r.case("block_runtime_indicators_add_remove_list", || {
         let out = mon.ctl(&["indicators", "add", "block", "later.test"]);

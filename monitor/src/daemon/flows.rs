@@ -20,8 +20,8 @@ use monitor_common::{
         VerdictRecord, WireRecord,
     },
     verdict::{
-        SOURCE_HOLD_EXPIRED, SOURCE_NONE, VERDICT_AUDITED, VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED,
-        VERDICT_UNINSPECTABLE_BLOCKED, source_name,
+        SOURCE_ABSOLUTE_FORM, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE, VERDICT_AUDITED,
+        VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
 use monitor_core::{
@@ -656,6 +656,17 @@ impl Flows {
             "ResponseCategory".into(),
             Value::from(if uninspectable { "Uninspectable" } else { "CustomBlockList" }),
         );
+        let later_request = matches!(verdict.source, SOURCE_ABSOLUTE_FORM | SOURCE_HTTP_HOST)
+            && flow.inspector.is_complete()
+            && flow.inspector.inspection().host.as_deref() != Some(verdict.name.as_str());
+        if later_request {
+            // A later request on a kept-alive (or pipelined) connection: what the inspector read describes
+            // the first one.
+            for key in ["Url", "HttpHost", "TargetHost", "TargetPort", "KernelTarget", "KernelTargetSource"] {
+                fields.remove(key);
+            }
+            fields.insert("KeptAliveRequest".into(), Value::from(true));
+        }
         fields.insert("TargetSource".into(), Value::from(source_name(verdict.source)));
         if !uninspectable {
             let matched = match set.judge_host(&verdict.name) {

@@ -108,8 +108,18 @@ pub fn run() -> anyhow::Result<ExitCode> {
         })();
         lines.push(Line {
             name: (*name).into(),
-            result: result.map(|_| format!("loaded and attached ({hook}; written for {minimum})")).map_err(
-                |e| {
+            result: result
+                .map(|_| {
+                    // How hard the verifier worked (its limit is a million): room left for changes.
+                    let verified = program
+                        .info()
+                        .ok()
+                        .and_then(|i| i.verified_instruction_count())
+                        .map(|n| format!("; {n} instructions verified"))
+                        .unwrap_or_default();
+                    format!("loaded and attached ({hook}; written for {minimum}{verified})")
+                })
+                .map_err(|e| {
                     // The verifier's log ends with statistics; its reason comes just before them.
                     let text = format!("{e:#}");
                     let statistics = ["verification time", "stack depth", "processed ", ": "];
@@ -122,8 +132,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                         .take(2)
                         .collect();
                     reason.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                },
-            ),
+                }),
         });
     }
     if let Ok(p) = scratch {
