@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::SkMsgContext,
 };
 use monitor_common::{
-    config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
+    config::{CAPTURE_LIMIT, Config, MODE_BLOCK, MODE_OFF, UNINSPECTABLE_BLOCK},
     record::{
         FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
         PHASE_CAPTURE, PHASE_DONE, PHASE_FIRST, PHASE_HTTP, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL,
@@ -98,11 +98,12 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     let keep_alive = state.phase == PHASE_HTTP;
     let named = scan.kind == SCAN_NAME || scan.kind == SCAN_IPV4;
     let mut need = if scan.kind == SCAN_NEED_BYTES { scan.a } else { 0 };
-    // Block mode, plain HTTP: a request is framed (its head, its Content-Length) before it passes, so that
-    // the next request on the connection (keep-alive, pipelining) is judged as well.
+    // Plain HTTP: a request is framed (its head, its Content-Length) before it passes, so that the next
+    // request on the connection (keep-alive, pipelining) is judged as well. Audit mode frames what it can
+    // without holding anything; only block mode makes an unframable request uninspectable.
     let mut framed = 0u32;
     let mut unframed = false;
-    if config.mode == MODE_BLOCK
+    if config.mode != MODE_OFF
         && !tunnel
         && named
         && (scan.source == SOURCE_ABSOLUTE_FORM || scan.source == SOURCE_HTTP_HOST)
@@ -110,7 +111,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         match head_framing(scratch, window) {
             Framing::Length(n) => framed = n,
             Framing::NeedBytes(n) => need = n,
-            Framing::Unknown => unframed = true,
+            Framing::Unknown => unframed = config.mode == MODE_BLOCK,
         }
     }
 

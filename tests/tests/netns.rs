@@ -805,6 +805,15 @@ fn audit_mode_cases(r: &mut Runner, bed: &Bed) {
         assert!(run.ok(), "audit mode lets the IP indicator's connection through: {run:?}");
         expect_protection(&mon, &run, "ExploitGuardNetworkProtectionAudited", ORIGIN2_V4);
     });
+    r.case("audit_mode_reports_a_later_request_on_a_kept_alive_connection", || {
+        let run = curl(bed, &cg, &["-x", SQUID, "http://origin.test/", "http://blocked.test/"]);
+        assert!(run.ok(), "audit mode blocks nothing: {run:?}");
+        let e = expect_protection(&mon, &run, "ExploitGuardNetworkProtectionAudited", "blocked.test");
+        assert_eq!(e["AdditionalFields"]["KeptAliveRequest"], true, "{e}");
+        assert_eq!(e["AdditionalFields"]["IsAudit"], true, "{e}");
+        let first = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "http://origin.test/", "curl");
+        assert_eq!(first["LocalPort"], e["LocalPort"], "the same connection: {first}\n{e}");
+    });
     drop(mon);
 
     let cg = Cgroup::new("offmode");

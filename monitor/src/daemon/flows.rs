@@ -77,6 +77,8 @@ struct SocketFlow {
     held: Option<u32>,
     /// The hold ran out before the bytes that decide arrived.
     hold_expired: bool,
+    /// The kernel judges every request on this (plain HTTP) connection: it stays in the sockhash.
+    kernel_follows: bool,
     deadline: Option<Instant>,
     touched: Instant,
 }
@@ -226,6 +228,7 @@ impl Flows {
             blocked: false,
             held: None,
             hold_expired: false,
+            kernel_follows: false,
             deadline: None,
             touched: Instant::now(),
         })
@@ -489,12 +492,18 @@ impl Flows {
             self.judged.push(cookie);
         }
         let outcome = verdict.outcome;
+        let http = matches!(verdict.source, SOURCE_ABSOLUTE_FORM | SOURCE_HTTP_HOST);
+        let later = self.sockets.get(&cookie).is_some_and(|f| f.reported);
         // Audited events come from user space's reading of the whole request (see `report_success`),
-        // which also covers requests the kernel saw only in pieces.
-        if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
+        // which also covers requests the kernel saw only in pieces; later requests on a kept-alive
+        // connection only the kernel sees.
+        if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED)
+            || (outcome == VERDICT_AUDITED && http && later)
+        {
             self.protection_event(cookie, &verdict, sink);
         }
         let flow = self.socket(cookie, rec.header.ktime_ns);
+        flow.kernel_follows |= http && rec.last == 0;
         flow.held = None;
         flow.hold_expired |= verdict.source == SOURCE_HOLD_EXPIRED;
         flow.verdicts.push(verdict);
@@ -582,7 +591,7 @@ impl Flows {
         if named {
             self.counters.named += 1;
         }
-        if self.release_when_named {
+        if self.release_when_named && !self.sockets.get(&cookie).is_some_and(|f| f.kernel_follows) {
             self.judged.push(cookie);
         }
         let fields = self.sockets.get(&cookie).map(Self::base_fields).unwrap_or_default();
