@@ -372,24 +372,14 @@ fn degrade_cases(r: &mut Runner, bed: &Bed) {
 /// `--uninspectable block`: bytes that name no target are refused in block mode.
 fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
     let cg = Cgroup::new("uninspectable");
-    let (block, _) = write_lists(bed, "uninspectable");
     let Some(mon) = r.setup("uninspectable_monitor_starts", || {
-        Monitor::start(
-            &bed.dir,
+        policy_monitor(
+            bed,
+            &cg,
             "uninspectable",
-            None,
-            &[
-                "--mode".into(),
-                "block".into(),
-                "--uninspectable".into(),
-                "block".into(),
-                "--hold-timeout".into(),
-                "1s".into(),
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--block".into(),
-                block.clone(),
-            ],
+            "block",
+            false,
+            &["--uninspectable", "block", "--hold-timeout", "1s"],
         )
     }) else {
         return;
@@ -450,6 +440,32 @@ fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
 
 const BLOCK_LIST: &str = "# test block list\nblocked.test\n10.200.2.3\nfd00:200:2::/64\n";
 const ALLOW_LIST: &str = "ok.blocked.test\n";
+
+/// `monitor run --mode MODE --cgroup CG --block LIST [--allow LIST] EXTRA...`, with lists of its own
+/// written under `name`.
+fn policy_monitor(
+    bed: &Bed,
+    cg: &Cgroup,
+    name: &str,
+    mode: &str,
+    with_allow: bool,
+    extra: &[&str],
+) -> Monitor {
+    let (block, allow) = write_lists(bed, name);
+    let mut args: Vec<String> = vec![
+        "--mode".into(),
+        mode.into(),
+        "--cgroup".into(),
+        cg.path.display().to_string(),
+        "--block".into(),
+        block,
+    ];
+    if with_allow {
+        args.extend(["--allow".into(), allow]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Monitor::start(&bed.dir, name, None, &args)
+}
 
 fn write_lists(bed: &Bed, name: &str) -> (String, String) {
     let block = bed.dir.join(format!("{name}-block.txt"));
@@ -521,24 +537,9 @@ fn proxy_get(host: &str) -> String {
 
 fn block_cases(r: &mut Runner, bed: &Bed) {
     let cg = Cgroup::new("block");
-    let (block, allow) = write_lists(bed, "block");
-    let Some(mon) = r.setup("block_monitor_starts", || {
-        Monitor::start(
-            &bed.dir,
-            "block",
-            None,
-            &[
-                "--mode".into(),
-                "block".into(),
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--block".into(),
-                block.clone(),
-                "--allow".into(),
-                allow.clone(),
-            ],
-        )
-    }) else {
+    let (block, _) = write_lists(bed, "block"); // rewritten by the reload case below
+    let Some(mon) = r.setup("block_monitor_starts", || policy_monitor(bed, &cg, "block", "block", true, &[]))
+    else {
         return;
     };
     r.case("block_squid_connect", || {
@@ -646,6 +647,31 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         });
         assert!(!found.is_empty(), "no Blocked event for chromium:\n{}", describe(&mon.events()));
         assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni", "{}", found[0]);
+    });
+    r.case("block_short_lived_clients_are_named_in_full", || {
+        // Refused at connect(), each curl exits within a millisecond or two: the daemon has to know the
+        // process from before (its exec), not from a /proc that is already gone.
+        let script = format!(
+            "for i in $(seq 1 10); do curl -s -o /dev/null --max-time 2 http://{ORIGIN2_V4}/short-$i; done; true"
+        );
+        let run = client(&cg, &bed.client_ns, &["sh", "-c", &script], TIMEOUT);
+        let blocked = |e: &Value| {
+            e["InitiatingProcessParentId"] == run.pid && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut found = mon.wait_events(10, blocked);
+        while found.len() < 10 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            found = mon.events().into_iter().filter(|e| blocked(e)).collect();
+        }
+        assert_eq!(found.len(), 10, "one Blocked event per curl:\n{}", describe(&found));
+        for e in &found {
+            assert_eq!(e["InitiatingProcessFolderPath"], "/usr/bin", "{e}");
+            assert!(
+                e["InitiatingProcessCommandLine"].as_str().is_some_and(|c| c.contains("/short-")),
+                "the full command line: {e}"
+            );
+        }
     });
     r.case("block_second_request_on_a_kept_alive_proxy_connection", || {
         // curl reuses its connection to the proxy for the second URL: that request is judged too.
@@ -769,24 +795,9 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
 
 fn audit_mode_cases(r: &mut Runner, bed: &Bed) {
     let cg = Cgroup::new("auditmode");
-    let (block, allow) = write_lists(bed, "auditmode");
-    let Some(mon) = r.setup("audit_mode_monitor_starts", || {
-        Monitor::start(
-            &bed.dir,
-            "auditmode",
-            None,
-            &[
-                "--mode".into(),
-                "audit".into(),
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--block".into(),
-                block.clone(),
-                "--allow".into(),
-                allow.clone(),
-            ],
-        )
-    }) else {
+    let Some(mon) =
+        r.setup("audit_mode_monitor_starts", || policy_monitor(bed, &cg, "auditmode", "audit", true, &[]))
+    else {
         return;
     };
     r.case("audit_mode_reports_and_connects", || {
@@ -817,21 +828,9 @@ fn audit_mode_cases(r: &mut Runner, bed: &Bed) {
     drop(mon);
 
     let cg = Cgroup::new("offmode");
-    let Some(mon) = r.setup("off_mode_monitor_starts", || {
-        Monitor::start(
-            &bed.dir,
-            "offmode",
-            None,
-            &[
-                "--mode".into(),
-                "off".into(),
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--block".into(),
-                block.clone(),
-            ],
-        )
-    }) else {
+    let Some(mon) =
+        r.setup("off_mode_monitor_starts", || policy_monitor(bed, &cg, "offmode", "off", false, &[]))
+    else {
         return;
     };
     r.case("off_mode_connection_events_only", || {
@@ -878,25 +877,8 @@ fn sink_bytes(bed: &Bed, local_port: &Value) -> Option<u64> {
 fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
     let mode = if block { "block" } else { "audit" };
     let cg = Cgroup::new(&format!("evasion-{mode}"));
-    let (block_list, allow_list) = write_lists(bed, &format!("evasion-{mode}"));
     let Some(mon) = r.setup(&format!("evasion_{mode}_monitor_starts"), || {
-        Monitor::start(
-            &bed.dir,
-            &format!("evasion-{mode}"),
-            None,
-            &[
-                "--mode".into(),
-                mode.into(),
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--block".into(),
-                block_list.clone(),
-                "--allow".into(),
-                allow_list.clone(),
-                "--hold-timeout".into(),
-                "1s".into(),
-            ],
-        )
+        policy_monitor(bed, &cg, &format!("evasion-{mode}"), mode, true, &["--hold-timeout", "1s"])
     }) else {
         return;
     };
@@ -1353,21 +1335,8 @@ fn quic_cases(r: &mut Runner, bed: &Bed) {
     for block in [false, true] {
         let mode = if block { "block" } else { "audit" };
         let cg = Cgroup::new(&format!("quic-{mode}"));
-        let (block_list, _) = write_lists(bed, &format!("quic-{mode}"));
         let Some(mon) = r.setup(&format!("quic_{mode}_monitor_starts"), || {
-            Monitor::start(
-                &bed.dir,
-                &format!("quic-{mode}"),
-                None,
-                &[
-                    "--mode".into(),
-                    mode.into(),
-                    "--cgroup".into(),
-                    cg.path.display().to_string(),
-                    "--block".into(),
-                    block_list.clone(),
-                ],
-            )
+            policy_monitor(bed, &cg, &format!("quic-{mode}"), mode, false, &[])
         }) else {
             continue;
         };

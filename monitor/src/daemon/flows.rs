@@ -33,7 +33,7 @@ use serde_json::{Map, Value};
 
 use super::{
     abort::Abort,
-    process::{Accounts, describe},
+    process::{Accounts, EXEC_REMEMBERED, ExecCache, describe},
     records::{addr, comm, local, remote},
     sink::Sink,
 };
@@ -139,6 +139,8 @@ pub struct Flows {
     /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
     pub denied_quic: Vec<u64>,
     quic: HashMap<u64, QuicFlow>,
+    /// Processes as they were at their exec (see `process::watch_execs`).
+    execs: ExecCache,
     /// Recent /proc answers by tgid, with the comm they were read for (a reused pid has another one).
     processes: HashMap<u32, (Instant, String, InitiatingProcess)>,
     /// Processes of UDP sockets (connect() to port 443), until their QUIC flow is seen or they age out.
@@ -175,6 +177,7 @@ impl Flows {
         refuse_uninspectable: bool,
         hold_timeout: Duration,
         set: Arc<IndicatorSet>,
+        execs: ExecCache,
     ) -> Self {
         Flows {
             inspect: mode != MODE_OFF,
@@ -193,6 +196,7 @@ impl Flows {
             aborts: Vec::new(),
             denied_quic: Vec::new(),
             quic: HashMap::new(),
+            execs,
             processes: HashMap::new(),
             udp_processes: HashMap::new(),
         }
@@ -246,7 +250,25 @@ impl Flows {
         {
             return process.clone();
         }
-        let process = describe(rec.tgid, rec.uid, &name, &self.accounts);
+        // A process that exec'd moments ago was read at its exec, while it surely existed: a client that
+        // connects and exits at once (a refused connect()) may be gone from /proc by now.
+        let exec = {
+            let execs = self.execs.lock().unwrap_or_else(|e| e.into_inner());
+            execs
+                .get(&rec.tgid)
+                .filter(|e| {
+                    e.comm == name && e.uid == rec.uid && now.duration_since(e.seen) < EXEC_REMEMBERED
+                })
+                .map(|e| e.process.clone())
+        };
+        let process = match exec {
+            Some(mut process) => {
+                process.account_name = self.accounts.name(rec.uid);
+                process.account_uid = rec.uid;
+                process
+            }
+            None => describe(rec.tgid, rec.uid, &name, &self.accounts),
+        };
         self.processes.insert(rec.tgid, (now, name, process.clone()));
         process
     }

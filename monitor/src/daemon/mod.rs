@@ -241,6 +241,14 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     notify_ready();
 
+    let execs = process::ExecCache::default();
+    if let Err(e) = process::watch_execs(execs.clone()) {
+        // Not in the initial network namespace, or no CONFIG_PROC_EVENTS: only a process still running
+        // when its record is read is named in full.
+        warn!(
+            "no exec events ({e}): a client that exits right after connecting may be named by its comm only"
+        );
+    }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
     let indicator_files = indicators.paths();
@@ -259,6 +267,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             uninspectable == UNINSPECTABLE_BLOCK,
             args.hold_timeout,
             std::sync::Arc::new(set),
+            execs,
         ),
         socks,
         quic_deny,

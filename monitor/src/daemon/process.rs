@@ -1,6 +1,13 @@
 //! Naming the process behind a connection from /proc, as soon as its connect() is reported.
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use monitor_core::event::InitiatingProcess;
 
@@ -31,6 +38,14 @@ impl Accounts {
 
 /// The process `tgid`, from /proc; when it has already exited, what the kernel told us (`comm`).
 pub fn describe(tgid: u32, uid: u32, comm: &str, accounts: &Accounts) -> InitiatingProcess {
+    let mut process = describe_parts(tgid, comm);
+    process.account_name = accounts.name(uid);
+    process.account_uid = uid;
+    process
+}
+
+/// What /proc says of `tgid`, without its account.
+fn describe_parts(tgid: u32, comm: &str) -> InitiatingProcess {
     let dir = Path::new("/proc").join(tgid.to_string());
     let exe = fs::read_link(dir.join("exe")).ok();
     let (file_name, folder_path) = match &exe {
@@ -60,7 +75,180 @@ pub fn describe(tgid: u32, uid: u32, comm: &str, accounts: &Accounts) -> Initiat
         file_name,
         folder_path,
         command_line,
-        account_name: accounts.name(uid),
-        account_uid: uid,
+        account_name: String::new(),
+        account_uid: 0,
+    }
+}
+
+/// A process as /proc showed it right after its exec: kept for a while so that a client that connects
+/// and exits at once (a refused connect(), a blocked send) is still named in full.
+#[derive(Clone, Debug)]
+pub struct Exec {
+    pub seen: Instant,
+    /// `/proc/<pid>/comm`, to tell a reused pid apart.
+    pub comm: String,
+    pub uid: u32,
+    pub process: InitiatingProcess,
+}
+
+/// Recent execs by tgid, filled by [`watch_execs`].
+pub type ExecCache = Arc<Mutex<HashMap<u32, Exec>>>;
+
+/// How long an exec is remembered; a process that lives longer is read from /proc when it connects.
+pub const EXEC_REMEMBERED: Duration = Duration::from_secs(30);
+/// A bound on the cache on hosts that exec at a high rate.
+const EXEC_CACHE_MAX: usize = 65_536;
+
+const NETLINK_CONNECTOR: i32 = 11;
+const CN_IDX_PROC: u32 = 1;
+const CN_VAL_PROC: u32 = 1;
+const PROC_CN_MCAST_LISTEN: u32 = 1;
+const PROC_EVENT_EXEC: u32 = 2;
+const NLMSG_HEADER: usize = 16;
+/// `struct cn_msg`: id (idx, val), seq, ack, len (u16), flags (u16).
+const CN_MSG: usize = 20;
+
+/// Subscribe to the kernel's process events (the proc connector: CAP_NET_ADMIN, the initial network
+/// namespace) and describe every exec'd process from /proc at once. `Err` when this host offers no proc
+/// connector: processes are then read when they connect, as before.
+pub fn watch_execs(cache: ExecCache) -> std::io::Result<()> {
+    let fd =
+        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_CONNECTOR) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_pid = 0;
+    addr.nl_groups = CN_IDX_PROC;
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut listen = Vec::with_capacity(NLMSG_HEADER + CN_MSG + 4);
+    listen.extend_from_slice(&((NLMSG_HEADER + CN_MSG + 4) as u32).to_ne_bytes());
+    listen.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+    listen.extend_from_slice(&0u16.to_ne_bytes());
+    listen.extend_from_slice(&0u32.to_ne_bytes());
+    listen.extend_from_slice(&std::process::id().to_ne_bytes());
+    listen.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
+    listen.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
+    listen.extend_from_slice(&0u32.to_ne_bytes()); // seq
+    listen.extend_from_slice(&0u32.to_ne_bytes()); // ack
+    listen.extend_from_slice(&4u16.to_ne_bytes()); // len
+    listen.extend_from_slice(&0u16.to_ne_bytes()); // flags
+    listen.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
+    if unsafe { libc::send(fd.as_raw_fd(), listen.as_ptr().cast(), listen.len(), 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::thread::Builder::new().name("exec-watch".into()).spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                // ENOBUFS: events were lost under load; those processes are read when they connect.
+                if err.raw_os_error() == Some(libc::ENOBUFS) || err.kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                tracing::warn!(
+                    "exec events stopped ({err}): processes are read from /proc when they connect"
+                );
+                return;
+            }
+            for tgid in exec_events(&buf[..n as usize]) {
+                let Some(exec) = read_exec(tgid) else { continue };
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= EXEC_CACHE_MAX {
+                    let now = Instant::now();
+                    cache.retain(|_, e| now.duration_since(e.seen) < EXEC_REMEMBERED);
+                    if cache.len() >= EXEC_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(tgid, exec);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// The tgids of the PROC_EVENT_EXEC events in a datagram of netlink messages.
+fn exec_events(mut data: &[u8]) -> Vec<u32> {
+    let mut tgids = Vec::new();
+    while data.len() >= NLMSG_HEADER {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < NLMSG_HEADER || len > data.len() {
+            break;
+        }
+        let msg = &data[NLMSG_HEADER..len];
+        // cn_msg, then proc_event: what (u32), cpu (u32), timestamp (u64), then exec's pid and tgid.
+        let event = CN_MSG;
+        if msg.len() >= event + 24 {
+            let what = u32::from_ne_bytes([msg[event], msg[event + 1], msg[event + 2], msg[event + 3]]);
+            if what == PROC_EVENT_EXEC {
+                let at = event + 16 + 4;
+                tgids.push(u32::from_ne_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]));
+            }
+        }
+        data = &data[len.next_multiple_of(4).min(data.len())..];
+    }
+    tgids
+}
+
+fn read_exec(tgid: u32) -> Option<Exec> {
+    let dir = Path::new("/proc").join(tgid.to_string());
+    let comm = fs::read_to_string(dir.join("comm")).ok()?.trim_end().to_string();
+    let uid = fs::read_to_string(dir.join("status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:").and_then(|v| v.split_whitespace().next()?.parse().ok()))?;
+    let process = describe_parts(tgid, &comm);
+    Some(Exec { seen: Instant::now(), comm, uid, process })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(what: u32, tgid: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        let len = (NLMSG_HEADER + CN_MSG + 16 + 8) as u32;
+        m.extend_from_slice(&len.to_ne_bytes());
+        m.extend_from_slice(&[0; 12]);
+        m.extend_from_slice(&[0; CN_MSG]);
+        m.extend_from_slice(&what.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&0u64.to_ne_bytes());
+        m.extend_from_slice(&(tgid + 1).to_ne_bytes()); // pid (a thread)
+        m.extend_from_slice(&tgid.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn exec_events_are_read_and_others_skipped() {
+        let mut data = message(PROC_EVENT_EXEC, 4242);
+        data.extend(message(1, 7)); // a fork
+        data.extend(message(PROC_EVENT_EXEC, 99));
+        assert_eq!(exec_events(&data), vec![4242, 99]);
+        assert!(exec_events(&data[..10]).is_empty(), "a truncated datagram yields nothing");
+        let mut bad = message(PROC_EVENT_EXEC, 1);
+        bad[0..4].copy_from_slice(&1000u32.to_ne_bytes());
+        assert!(exec_events(&bad).is_empty(), "a length past the datagram stops the walk");
+    }
+
+    #[test]
+    fn this_process_is_described() {
+        let exec = read_exec(std::process::id()).expect("this process");
+        assert!(!exec.comm.is_empty());
+        assert!(exec.process.folder_path.is_some(), "{exec:?}");
     }
 }
