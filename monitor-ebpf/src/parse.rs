@@ -336,15 +336,6 @@ pub enum Framing {
     Unknown,
 }
 
-/// A search through a request head for a line, in loop bodies that only move `pos`: the verifier checks
-/// each once.
-struct HeadSearch<'a> {
-    buf: &'a Scratch,
-    len: u32,
-    pos: u32,
-    found: u32,
-}
-
 /// `\n` and then `name` (lowercase, ending in `:`), any case, at `at`.
 #[inline(always)]
 fn line_is<const N: usize>(buf: &Scratch, at: u32, name: &[u8; N]) -> bool {
@@ -361,56 +352,54 @@ fn line_is<const N: usize>(buf: &Scratch, at: u32, name: &[u8; N]) -> bool {
     true
 }
 
-/// Stops at the blank line that ends the head (found = the head's length).
-extern "C" fn head_end(_: u64, c: *mut HeadSearch<'_>) -> i64 {
+const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
+const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
+
+/// One pass over a request head: where it ends, where its Content-Length line is, and whether it has
+/// something that stops framing (a Transfer-Encoding, a second Content-Length).
+struct HeadScan<'a> {
+    buf: &'a Scratch,
+    len: u32,
+    pos: u32,
+    /// The head's length, once its blank line is found.
+    end: u32,
+    /// The `\n` before the Content-Length line; `lengths` says whether there is one.
+    length_at: u32,
+    lengths: u32,
+    unframed: u32,
+}
+
+extern "C" fn head_line(_: u64, c: *mut HeadScan<'_>) -> i64 {
     let c = unsafe { &mut *c };
     let p = c.pos;
     if p + 2 > c.len {
         return 1;
     }
-    if c.buf.at(p) == b'\n' {
-        let next = c.buf.at(p + 1);
+    let buf = c.buf;
+    if buf.at(p) == b'\n' {
+        let next = buf.at(p + 1);
         if next == b'\n' {
-            c.found = p + 2;
+            c.end = p + 2;
             return 1;
         }
-        if next == b'\r' && p + 3 <= c.len && c.buf.at(p + 2) == b'\n' {
-            c.found = p + 3;
+        if next == b'\r' && p + 3 <= c.len && buf.at(p + 2) == b'\n' {
+            c.end = p + 3;
             return 1;
         }
-    }
-    c.pos = p + 1;
-    0
-}
-
-const CONTENT_LENGTH: &[u8; 15] = b"content-length:";
-const TRANSFER_ENCODING: &[u8; 18] = b"transfer-encoding:";
-
-/// Stops at a `Content-Length:` line (found = 1, `pos` at its `\n`).
-extern "C" fn content_length_line(_: u64, c: *mut HeadSearch<'_>) -> i64 {
-    let c = unsafe { &mut *c };
-    let p = c.pos;
-    if p + 1 + CONTENT_LENGTH.len() as u32 > c.len {
-        return 1;
-    }
-    if line_is(c.buf, p, CONTENT_LENGTH) {
-        c.found = 1;
-        return 1;
-    }
-    c.pos = p + 1;
-    0
-}
-
-/// Stops at a `Transfer-Encoding:` line (found = 1).
-extern "C" fn transfer_encoding_line(_: u64, c: *mut HeadSearch<'_>) -> i64 {
-    let c = unsafe { &mut *c };
-    let p = c.pos;
-    if p + 1 + TRANSFER_ENCODING.len() as u32 > c.len {
-        return 1;
-    }
-    if line_is(c.buf, p, TRANSFER_ENCODING) {
-        c.found = 1;
-        return 1;
+        if p + 1 + TRANSFER_ENCODING.len() as u32 <= c.len && line_is(buf, p, TRANSFER_ENCODING) {
+            // Chunked (or any coding): the body's end is not a count the kernel can follow.
+            c.unframed = 1;
+            return 1;
+        }
+        if p + 1 + CONTENT_LENGTH.len() as u32 <= c.len && line_is(buf, p, CONTENT_LENGTH) {
+            if c.lengths != 0 {
+                // A second Content-Length is how requests are smuggled past a reader that takes the other.
+                c.unframed = 1;
+                return 1;
+            }
+            c.lengths = 1;
+            c.length_at = p;
+        }
     }
     c.pos = p + 1;
     0
@@ -447,31 +436,19 @@ fn length_value(buf: &Scratch, at: u32) -> Option<u32> {
 /// The length of the HTTP request whose head starts `buf`: its head plus its Content-Length.
 #[inline(always)]
 pub fn head_framing(buf: &Scratch, len: u32) -> Framing {
-    let mut end = HeadSearch { buf, len, pos: 0, found: 0 };
-    bounded_loop(WINDOW, head_end, &mut end);
-    if end.found == 0 {
+    let mut scan = HeadScan { buf, len, pos: 0, end: 0, length_at: 0, lengths: 0, unframed: 0 };
+    bounded_loop(WINDOW, head_line, &mut scan);
+    if scan.unframed != 0 {
+        return Framing::Unknown;
+    }
+    if scan.end == 0 {
         return if len < WINDOW { Framing::NeedBytes(len + 1) } else { Framing::Unknown };
     }
-    let head = end.found;
-    // Chunked (or any coding): the body's end is not a count the kernel can follow.
-    let mut coding = HeadSearch { buf, len: head, pos: 0, found: 0 };
-    bounded_loop(WINDOW, transfer_encoding_line, &mut coding);
-    if coding.found != 0 {
-        return Framing::Unknown;
+    if scan.lengths == 0 {
+        return Framing::Length(scan.end);
     }
-    let mut length = HeadSearch { buf, len: head, pos: 0, found: 0 };
-    bounded_loop(WINDOW, content_length_line, &mut length);
-    if length.found == 0 {
-        return Framing::Length(head);
-    }
-    // A second Content-Length is how requests are smuggled past a reader that takes the other one.
-    let mut again = HeadSearch { buf, len: head, pos: length.pos + 1, found: 0 };
-    bounded_loop(WINDOW, content_length_line, &mut again);
-    if again.found != 0 {
-        return Framing::Unknown;
-    }
-    match length_value(buf, length.pos + 1 + CONTENT_LENGTH.len() as u32) {
-        Some(body) => match head.checked_add(body) {
+    match length_value(buf, scan.length_at + 1 + CONTENT_LENGTH.len() as u32) {
+        Some(body) => match scan.end.checked_add(body) {
             Some(total) => Framing::Length(total),
             None => Framing::Unknown,
         },
