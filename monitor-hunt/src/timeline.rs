@@ -251,8 +251,12 @@ const HTML_TEMPLATE: &str = r##"<!DOCTYPE html>
   th, td { text-align: left; padding: 2px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
   td.time, td.remote { font-family: ui-monospace, monospace; white-space: nowrap; }
   td.target { font-weight: 600; min-width: 12em; overflow-wrap: anywhere; }
-  td.details { color: var(--muted); font-family: ui-monospace, monospace; font-size: 12px; width: 30%; overflow-wrap: anywhere; }
-  .group { overflow-x: auto; }
+  td.action { white-space: nowrap; }
+  td.notes { overflow-wrap: anywhere; min-width: 8em; }
+  /* AdditionalFields go on a row of their own under the event, across the table, so the table fits the page. */
+  tr.has-details td { border-bottom: none; }
+  td.details { color: var(--muted); font-family: ui-monospace, monospace; font-size: 12px; overflow-wrap: anywhere;
+               padding: 0 8px 6px 24px; }
   .legend span { margin-right: 12px; }
 </style>
 </head>
@@ -375,7 +379,7 @@ const HTML_TEMPLATE: &str = r##"<!DOCTYPE html>
       section.appendChild(heading);
       var table = el("table");
       var head = el("tr");
-      ["Time", "Action", "PID", "Account", "Remote (proxy)", "Target", "Notes", "Details"].forEach(function (h) { head.appendChild(el("th", "", h)); });
+      ["Time", "Action", "PID", "Account", "Remote (proxy)", "Target", "Notes"].forEach(function (h) { head.appendChild(el("th", "", h)); });
       table.appendChild(el("thead")).appendChild(head);
       var body = el("tbody");
       g.events.forEach(function (e) {
@@ -387,8 +391,15 @@ const HTML_TEMPLATE: &str = r##"<!DOCTYPE html>
         row.appendChild(el("td", "remote", e.remote + " " + e.protocol));
         row.appendChild(el("td", "target", e.target || "-"));
         row.appendChild(el("td", "notes", e.notes));
-        row.appendChild(el("td", "details", e.details));
         body.appendChild(row);
+        if (e.details) {
+          row.className += " has-details";
+          var more = el("tr", "details-row");
+          var cell = el("td", "details", e.details);
+          cell.colSpan = 7;
+          more.appendChild(cell);
+          body.appendChild(more);
+        }
       });
       table.appendChild(body);
       section.appendChild(table);

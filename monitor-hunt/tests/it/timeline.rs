@@ -191,7 +191,12 @@ fn html_timeline_renders_offline_in_chromium() {
         let cell = format!("<td class=\"target\">{}</td>", html_escape(target));
         assert!(dom.contains(&cell), "the rendered page shows {target}");
     }
-    assert_eq!(dom.matches("<tr class=\"event\">").count(), 30, "one row per event");
+    assert_eq!(dom.matches("<tr class=\"event").count(), 30, "one row per event");
+    // AdditionalFields go on a full-width row of their own, so the table fits the page.
+    let with_details = fixture_events().iter().filter(|e| e["AdditionalFields"].is_object()).count();
+    assert!(with_details > 0);
+    assert_eq!(dom.matches("<tr class=\"event has-details\">").count(), with_details);
+    assert_eq!(dom.matches("<td class=\"details\" colspan=\"7\">").count(), with_details);
     assert!(dom.contains("<div class=\"lane-label\">curl (13)</div>"), "a lane per process on the time axis");
     assert!(
         dom.contains("<div class=\"lane-label\">(no process) (2)</div>"),
@@ -209,7 +214,7 @@ fn html_timeline_renders_offline_in_chromium() {
         filtered.contains("<span id=\"shown-count\">2</span>"),
         "two of curl's events were blocked:\n{filtered}"
     );
-    assert_eq!(filtered.matches("<tr class=\"event\">").count(), 2);
+    assert_eq!(filtered.matches("<tr class=\"event").count(), 2);
     assert!(filtered.contains("<td class=\"target\">malware.test</td>"));
     assert!(filtered.contains("<td class=\"target\">blocked.example.net</td>"));
     assert!(!filtered.contains("<td class=\"target\">pastebin.com</td>"));
