@@ -10,6 +10,7 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use thiserror::Error;
@@ -40,8 +41,9 @@ impl fmt::Display for ListKind {
 /// One entry of an allow or block list.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Indicator {
-    /// A normalised domain: lower case, no trailing dot.
-    Domain(String),
+    /// A normalised domain: lower case, no trailing dot. Shared, not copied, between the lists read from
+    /// the files and the set built from them: with a million indicators each copy is tens of MiB.
+    Domain(Arc<str>),
     /// An address range; a single address is a /32 or /128.
     Net { addr: IpAddr, prefix: u8 },
 }
@@ -94,7 +96,9 @@ impl Indicator {
         if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err("neither a valid IPv4 address nor a domain");
         }
-        normalize_domain(text).map(Indicator::Domain).ok_or("not a domain, address or CIDR range")
+        normalize_domain(text)
+            .map(|d| Indicator::Domain(d.into()))
+            .ok_or("not a domain, address or CIDR range")
     }
 }
 
@@ -157,7 +161,7 @@ pub enum Decision {
 /// Both lists, as user space keeps them to explain verdicts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndicatorSet {
-    domains: HashMap<String, ListBits>,
+    domains: HashMap<Arc<str>, ListBits>,
     nets: BTreeMap<(IpAddr, u8), ListBits>,
 }
 
@@ -216,7 +220,7 @@ impl IndicatorSet {
     }
 
     pub fn domains(&self) -> impl Iterator<Item = (&str, ListBits)> {
-        self.domains.iter().map(|(d, b)| (d.as_str(), *b))
+        self.domains.iter().map(|(d, b)| (&**d, *b))
     }
 
     pub fn nets(&self) -> impl Iterator<Item = (IpAddr, u8, ListBits)> + '_ {
@@ -233,7 +237,7 @@ impl IndicatorSet {
             .domains
             .iter()
             .filter(|(_, b)| pick(b))
-            .map(|(d, _)| Indicator::Domain(d.clone()))
+            .map(|(d, _)| Indicator::Domain(Arc::clone(d)))
             .chain(
                 self.nets
                     .iter()
@@ -245,9 +249,14 @@ impl IndicatorSet {
         out
     }
 
+    /// How many indicators each list has (counted in place: listing a million of them to count is slow).
     pub fn counts(&self) -> (usize, usize) {
-        let count = |kind| self.list(kind).len();
-        (count(ListKind::Allow), count(ListKind::Block))
+        let (mut allow, mut block) = (0, 0);
+        for bits in self.domains.values().chain(self.nets.values()) {
+            allow += bits.allow as usize;
+            block += bits.block as usize;
+        }
+        (allow, block)
     }
 
     /// The decision for a host name (or an IP literal written as a name).
@@ -263,10 +272,10 @@ impl IndicatorSet {
         loop {
             if let Some(bits) = self.domains.get(suffix) {
                 if bits.allow {
-                    return Decision::Allowed(Indicator::Domain(suffix.to_string()));
+                    return Decision::Allowed(Indicator::Domain(suffix.into()));
                 }
                 if bits.block && blocked.is_none() {
-                    blocked = Some(Indicator::Domain(suffix.to_string()));
+                    blocked = Some(Indicator::Domain(suffix.into()));
                 }
             }
             match suffix.split_once('.') {

@@ -162,11 +162,20 @@ impl<K: Hash + Eq + Clone, M: SlotMap<K>> Table<K, M> {
 
     /// The first set into an empty map: nothing was enforced before, so there is no old set to keep
     /// consistent, and both generations get the bits at once (one write per entry instead of two).
+    /// Written a batch at a time, so that a million entries are not also held as one list of writes.
     fn fill(&mut self, wanted: &HashMap<K, u8>) -> anyhow::Result<usize> {
-        let writes: Vec<(K, IndicatorSlots)> = wanted.iter().map(|(k, &b)| (k.clone(), [b, b])).collect();
-        self.map.put_many(&writes)?;
-        self.held = writes.iter().cloned().collect();
-        Ok(writes.len())
+        let mut batch = Vec::with_capacity(BATCH.min(wanted.len()));
+        self.held.reserve(wanted.len());
+        for (key, &b) in wanted {
+            batch.push((key.clone(), [b, b]));
+            self.held.insert(key.clone(), [b, b]);
+            if batch.len() == BATCH {
+                self.map.put_many(&batch)?;
+                batch.clear();
+            }
+        }
+        self.map.put_many(&batch)?;
+        Ok(wanted.len())
     }
 
     /// After the flip to `live`: make the idle byte equal to the live one, drop dead entries.
