@@ -731,6 +731,13 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
         assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
         assert_eq!(found[0]["AdditionalFields"]["KernelTargetSource"], "Unframed", "{}", found[0]);
     });
+    r.case("block_bytes_after_an_upgrade_pass_by_default", || {
+        // After `Upgrade: websocket` the connection carries frames, not requests: uninspectable, and the
+        // default `--uninspectable allow` lets them through.
+        let upgrade = "GET http://origin.test/ws HTTP/1.1\r\nHost: origin.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let (_, res) = writes(bed, &cg, ORIGIN_V4, 80, &[upgrade, "\u{1}\u{5}hello frame"]);
+        assert_eq!(res["errors"], serde_json::json!([null, null]), "{res}");
+    });
     r.case("block_runtime_indicators_add_remove_list", || {
         let out = mon.ctl(&["indicators", "add", "block", "later.test"]);
         assert!(out.status.success(), "indicators add: {}", String::from_utf8_lossy(&out.stderr));
