@@ -26,6 +26,22 @@ fn curl(bed: &Bed, cg: &Cgroup, args: &[&str]) -> ClientRun {
     client(cg, &bed.client_ns, &argv, TIMEOUT)
 }
 
+/// Segmentation offloads off on the client's interface, so a large write leaves as several segments.
+fn offloads_off(bed: &Bed) {
+    bed::sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &bed.client_ns,
+        "ethtool",
+        "-K",
+        "vc",
+        "tso",
+        "off",
+        "gso",
+        "off",
+    ]));
+}
+
 /// Headless Chromium in the client namespace and `cg`, with its own profile directory; prints the DOM.
 fn chromium(bed: &Bed, cg: &Cgroup, profile: &str, extra: &[&str], url: &str) -> ClientRun {
     let profile = format!("--user-data-dir={}", bed.dir.join(profile).display());
@@ -264,18 +280,7 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
     });
     r.case("gateway_chromium_multi_segment_client_hello", || {
         // Offloads off: Chromium's ~2 KB post-quantum ClientHello crosses the interface as two segments.
-        bed::sh(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            &bed.client_ns,
-            "ethtool",
-            "-K",
-            "vc",
-            "tso",
-            "off",
-            "gso",
-            "off",
-        ]));
+        offloads_off(bed);
         let rules = format!("--host-resolver-rules=MAP origin.test {ORIGIN_V4}");
         let run = chromium(
             bed,
@@ -385,12 +390,8 @@ fn uninspectable_cases(r: &mut Runner, bed: &Bed) {
         return;
     };
     r.case("uninspectable_block_refuses_unknown_bytes", || {
-        let script = format!(
-            "import socket, json\ns = socket.create_connection(('{ORIGIN_V4}', {SINK_PORT}))\ntry:\n    s.sendall(b'HELLO THERE\\r\\n')\n    print(json.dumps({{'errno': None}}))\nexcept OSError as e:\n    print(json.dumps({{'errno': e.errno}}))\n"
-        );
-        let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
-        let result: Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
-        assert_eq!(result["errno"], 13, "an uninspectable request is refused: {result}");
+        let (run, result) = writes(bed, &cg, ORIGIN_V4, SINK_PORT, &["HELLO THERE\r\n"]);
+        assert_eq!(result["errors"][0], 13, "an uninspectable request is refused: {result}");
         let found = mon.wait_events(10, |e| {
             e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
         });
@@ -517,12 +518,26 @@ fn expect_blocked(bed: &Bed, mon: &Monitor, run: &ClientRun, target: &str, mark:
     let _ = bed;
 }
 
-/// A Python client in `cg` that connects to `host:port` and makes one write per piece, 200 ms apart;
-/// it prints its local port and the errno of each write (null when it went out).
+/// A Python client in `cg` that connects to `host:port` and makes one write per piece, `gap` apart,
+/// then waits 200 ms and closes; it prints its local port and the errno of each write (null when it
+/// went out).
+/// [`writes_apart`] with 200 ms between writes.
 fn writes(bed: &Bed, cg: &Cgroup, host: &str, port: u16, pieces: &[&str]) -> (ClientRun, Value) {
+    writes_apart(bed, cg, host, port, pieces, Duration::from_millis(200))
+}
+
+fn writes_apart(
+    bed: &Bed,
+    cg: &Cgroup,
+    host: &str,
+    port: u16,
+    pieces: &[&str],
+    gap: Duration,
+) -> (ClientRun, Value) {
     let pieces = serde_json::to_string(pieces).expect("pieces as JSON");
+    let gap = gap.as_secs_f64();
     let script = format!(
-        "import json, socket, time\ns = socket.create_connection(('{host}', {port}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1], 'errors': []}}\nfor piece in json.loads({pieces:?}):\n    try:\n        s.sendall(piece.encode())\n        r['errors'].append(None)\n    except OSError as e:\n        r['errors'].append(e.errno)\n    time.sleep(0.2)\ns.close()\nprint(json.dumps(r))\n"
+        "import json, socket, time\ns = socket.create_connection(('{host}', {port}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1], 'errors': []}}\nfor i, piece in enumerate(json.loads({pieces:?})):\n    if i:\n        time.sleep({gap})\n    try:\n        s.sendall(piece.encode())\n        r['errors'].append(None)\n    except OSError as e:\n        r['errors'].append(e.errno)\ntime.sleep(0.2)\ns.close()\nprint(json.dumps(r))\n"
     );
     let run = client(cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
     let result: Value =
@@ -618,18 +633,7 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
     r.case("block_chromium_direct_sni_multi_segment", || {
         // Straight to the origin, offloads off: Chromium's ~2 KB ClientHello (post-quantum key share,
         // extensions in random order) leaves as more than one segment, and only its SNI names the target.
-        bed::sh(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            &bed.client_ns,
-            "ethtool",
-            "-K",
-            "vc",
-            "tso",
-            "off",
-            "gso",
-            "off",
-        ]));
+        offloads_off(bed);
         let rules = format!("--host-resolver-rules=MAP a.blocked.test {ORIGIN_V4}");
         let run = chromium(
             bed,
@@ -937,22 +941,29 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
         r.case("evasion_block_hold_timeout_allows_at_next_write", || {
             // `--uninspectable allow` (the default): a request that stalls mid-host past the hold timeout is
             // reported uninspectable, and its held bytes go out with the client's next write.
-            let script = format!(
-                "import socket, json, time\ns = socket.create_connection(('{ORIGIN_V4}', {SINK_PORT}))\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\nr = {{'local_port': s.getsockname()[1], 'errno': None}}\ntry:\n    s.sendall(b'CONNECT origin.te')\n    time.sleep(2.5)\n    s.sendall(b's')\n    time.sleep(0.3)\nexcept OSError as e:\n    r['errno'] = e.errno\ns.close()\nprint(json.dumps(r))\n"
+            let pieces = ["CONNECT origin.te", "s"];
+            let (run, result) =
+                writes_apart(bed, &cg, ORIGIN_V4, SINK_PORT, &pieces, Duration::from_millis(2500));
+            assert_eq!(result["errors"], serde_json::json!([null, null]), "nothing is refused: {result}");
+            assert_eq!(
+                sink_bytes(bed, &result["local_port"]),
+                Some(18),
+                "the held bytes and the next write arrive"
             );
-            let run = client(&cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
-            let result: Value =
-                serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
-            assert_eq!(result["errno"], Value::Null, "nothing is refused: {result}");
-            assert_eq!(sink_bytes(bed, &result["local_port"]), Some(18), "the held bytes and the next write arrive");
             let found = mon.wait_events(10, |e| {
                 e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess"
             });
-            assert!(!found.is_empty(), "no ConnectionSuccess:\n{}", describe(&of_pid(&mon.events(), run.pid)));
+            assert!(
+                !found.is_empty(),
+                "no ConnectionSuccess:\n{}",
+                describe(&of_pid(&mon.events(), run.pid))
+            );
             assert_eq!(found[0]["AdditionalFields"]["HoldExpired"], true, "{}", found[0]);
             assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
             assert!(
-                !of_pid(&mon.events(), run.pid).iter().any(|e| e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"),
+                !of_pid(&mon.events(), run.pid)
+                    .iter()
+                    .any(|e| e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"),
                 "allowed, not blocked"
             );
         });
