@@ -6,17 +6,14 @@
 //! socket is looked up by its 4-tuple in its process's network namespace and must carry the same
 //! cookie, so a reused 4-tuple is never hit. The application sees ECONNABORTED and the peer a reset.
 
-use std::{
-    io,
-    net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::{io, net::IpAddr, os::fd::AsRawFd as _};
+
+use super::netlink;
 
 const SOCK_DESTROY: u16 = 21;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
-const NLMSG_HEADER: usize = 16;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `struct inet_diag_sockid`.
 const REQUEST: usize = 8 + 48;
 
@@ -37,12 +34,7 @@ fn request(abort: &Abort) -> io::Result<Vec<u8>> {
         (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6,
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "mixed address families")),
     };
-    let mut msg = Vec::with_capacity(NLMSG_HEADER + REQUEST);
-    msg.extend_from_slice(&((NLMSG_HEADER + REQUEST) as u32).to_ne_bytes());
-    msg.extend_from_slice(&SOCK_DESTROY.to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    let mut msg = Vec::with_capacity(REQUEST);
     msg.push(family as u8);
     msg.push(libc::IPPROTO_TCP as u8);
     msg.push(0); // no extensions
@@ -61,8 +53,9 @@ fn request(abort: &Abort) -> io::Result<Vec<u8>> {
     msg.extend_from_slice(&0u32.to_ne_bytes()); // any interface
     msg.extend_from_slice(&(abort.cookie as u32).to_ne_bytes());
     msg.extend_from_slice(&((abort.cookie >> 32) as u32).to_ne_bytes());
-    debug_assert_eq!(msg.len(), NLMSG_HEADER + REQUEST);
-    Ok(msg)
+    debug_assert_eq!(msg.len(), REQUEST);
+    // Port id 0: the kernel's.
+    Ok(netlink::message(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, 1, 0, &msg))
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -83,10 +76,7 @@ fn destroy(abort: &Abort) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    let fd = check(unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
-    })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = netlink::socket(libc::NETLINK_SOCK_DIAG)?;
     let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
     check(unsafe {
         libc::setsockopt(
@@ -97,11 +87,7 @@ fn destroy(abort: &Abort) -> io::Result<()> {
             size_of::<libc::timeval>() as libc::socklen_t,
         )
     })?;
-    let sent =
-        check(unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) as libc::c_int })?;
-    if sent as usize != msg.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short netlink write"));
-    }
+    netlink::send(&fd, &msg)?;
     let mut answer = [0u8; 256];
     let n = check(unsafe {
         libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) as libc::c_int
@@ -111,14 +97,13 @@ fn destroy(abort: &Abort) -> io::Result<()> {
 
 /// The kernel answers with NLMSG_ERROR: error 0 is the acknowledgement, a negative errno the failure.
 fn parse_ack(answer: &[u8]) -> io::Result<()> {
-    if answer.len() < NLMSG_HEADER + 4 {
+    let Some((kind, payload)) = netlink::messages(answer).next() else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "short netlink answer"));
-    }
-    let kind = u16::from_ne_bytes([answer[4], answer[5]]);
-    if kind != NLMSG_ERROR {
+    };
+    if kind != NLMSG_ERROR || payload.len() < 4 {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("netlink answer of type {kind}")));
     }
-    let errno = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
+    let errno = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
     match errno {
         0 => Ok(()),
         e => Err(io::Error::from_raw_os_error(-e)),
@@ -163,8 +148,7 @@ mod tests {
 
     #[test]
     fn ack_and_errors_are_read() {
-        let mut answer = vec![0u8; 36];
-        answer[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        let mut answer = netlink::message(NLMSG_ERROR, 0, 1, 0, &[0; 20]);
         assert!(parse_ack(&answer).is_ok());
         answer[16..20].copy_from_slice(&(-libc::ENOENT).to_ne_bytes());
         assert_eq!(parse_ack(&answer).expect_err("ENOENT").raw_os_error(), Some(libc::ENOENT));

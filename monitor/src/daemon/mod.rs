@@ -7,6 +7,7 @@ mod flows;
 mod indicators;
 mod kernel;
 mod metrics;
+mod netlink;
 mod policy;
 mod policy_worker;
 pub mod probe;

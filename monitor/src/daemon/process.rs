@@ -3,13 +3,15 @@
 use std::{
     collections::HashMap,
     fs,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use monitor_core::event::InitiatingProcess;
+
+use super::netlink;
 
 /// User names by uid, read once from /etc/passwd.
 pub struct Accounts {
@@ -104,7 +106,6 @@ const CN_IDX_PROC: u32 = 1;
 const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_EVENT_EXEC: u32 = 2;
-const NLMSG_HEADER: usize = 16;
 /// `struct cn_msg`: id (idx, val), seq, ack, len (u16), flags (u16).
 const CN_MSG: usize = 20;
 
@@ -112,12 +113,7 @@ const CN_MSG: usize = 20;
 /// namespace) and describe every exec'd process from /proc at once. `Err` when this host offers no proc
 /// connector: processes are then read when they connect, as before.
 pub fn watch_execs(cache: ExecCache) -> std::io::Result<()> {
-    let fd =
-        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_CONNECTOR) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = netlink::socket(NETLINK_CONNECTOR)?;
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as u16;
     addr.nl_pid = 0;
@@ -132,12 +128,7 @@ pub fn watch_execs(cache: ExecCache) -> std::io::Result<()> {
     {
         return Err(std::io::Error::last_os_error());
     }
-    let mut listen = Vec::with_capacity(NLMSG_HEADER + CN_MSG + 4);
-    listen.extend_from_slice(&((NLMSG_HEADER + CN_MSG + 4) as u32).to_ne_bytes());
-    listen.extend_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
-    listen.extend_from_slice(&0u16.to_ne_bytes());
-    listen.extend_from_slice(&0u32.to_ne_bytes());
-    listen.extend_from_slice(&std::process::id().to_ne_bytes());
+    let mut listen = Vec::with_capacity(CN_MSG + 4);
     listen.extend_from_slice(&CN_IDX_PROC.to_ne_bytes());
     listen.extend_from_slice(&CN_VAL_PROC.to_ne_bytes());
     listen.extend_from_slice(&0u32.to_ne_bytes()); // seq
@@ -145,9 +136,7 @@ pub fn watch_execs(cache: ExecCache) -> std::io::Result<()> {
     listen.extend_from_slice(&4u16.to_ne_bytes()); // len
     listen.extend_from_slice(&0u16.to_ne_bytes()); // flags
     listen.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
-    if unsafe { libc::send(fd.as_raw_fd(), listen.as_ptr().cast(), listen.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    netlink::send(&fd, &netlink::message(libc::NLMSG_DONE as u16, 0, 0, std::process::id(), &listen))?;
     std::thread::Builder::new().name("exec-watch".into()).spawn(move || {
         let mut buf = vec![0u8; 8192];
         loop {
@@ -182,26 +171,13 @@ pub fn watch_execs(cache: ExecCache) -> std::io::Result<()> {
 }
 
 /// The tgids of the PROC_EVENT_EXEC events in a datagram of netlink messages.
-fn exec_events(mut data: &[u8]) -> Vec<u32> {
-    let mut tgids = Vec::new();
-    while data.len() >= NLMSG_HEADER {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < NLMSG_HEADER || len > data.len() {
-            break;
-        }
-        let msg = &data[NLMSG_HEADER..len];
-        // cn_msg, then proc_event: what (u32), cpu (u32), timestamp (u64), then exec's pid and tgid.
-        let event = CN_MSG;
-        if msg.len() >= event + 24 {
-            let what = u32::from_ne_bytes([msg[event], msg[event + 1], msg[event + 2], msg[event + 3]]);
-            if what == PROC_EVENT_EXEC {
-                let at = event + 16 + 4;
-                tgids.push(u32::from_ne_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]));
-            }
-        }
-        data = &data[len.next_multiple_of(4).min(data.len())..];
-    }
-    tgids
+fn exec_events(data: &[u8]) -> Vec<u32> {
+    // cn_msg, then proc_event: what (u32), cpu (u32), timestamp (u64), then exec's pid and tgid.
+    let u32_at = |msg: &[u8], at: usize| u32::from_ne_bytes([msg[at], msg[at + 1], msg[at + 2], msg[at + 3]]);
+    netlink::messages(data)
+        .filter(|(_, msg)| msg.len() >= CN_MSG + 24 && u32_at(msg, CN_MSG) == PROC_EVENT_EXEC)
+        .map(|(_, msg)| u32_at(msg, CN_MSG + 20))
+        .collect()
 }
 
 fn read_exec(tgid: u32) -> Option<Exec> {
@@ -220,17 +196,13 @@ mod tests {
     use super::*;
 
     fn message(what: u32, tgid: u32) -> Vec<u8> {
-        let mut m = Vec::new();
-        let len = (NLMSG_HEADER + CN_MSG + 16 + 8) as u32;
-        m.extend_from_slice(&len.to_ne_bytes());
-        m.extend_from_slice(&[0; 12]);
-        m.extend_from_slice(&[0; CN_MSG]);
-        m.extend_from_slice(&what.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&0u64.to_ne_bytes());
-        m.extend_from_slice(&(tgid + 1).to_ne_bytes()); // pid (a thread)
-        m.extend_from_slice(&tgid.to_ne_bytes());
-        m
+        let mut event = vec![0; CN_MSG];
+        event.extend_from_slice(&what.to_ne_bytes());
+        event.extend_from_slice(&0u32.to_ne_bytes());
+        event.extend_from_slice(&0u64.to_ne_bytes());
+        event.extend_from_slice(&(tgid + 1).to_ne_bytes()); // pid (a thread)
+        event.extend_from_slice(&tgid.to_ne_bytes());
+        netlink::message(libc::NLMSG_DONE as u16, 0, 0, 0, &event)
     }
 
     #[test]
