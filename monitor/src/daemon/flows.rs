@@ -83,6 +83,19 @@ struct SocketFlow {
     touched: Instant,
 }
 
+/// A verdict the kernel named from a plain-HTTP request (absolute form or Host).
+fn is_plain_http(source: u32) -> bool {
+    matches!(source, SOURCE_ABSOLUTE_FORM | SOURCE_HTTP_HOST)
+}
+
+impl SocketFlow {
+    /// Whether a verdict from `source` is on a later request of a kept-alive (or pipelined) plain-HTTP
+    /// connection: the connection was already reported for its first request.
+    fn later_request(&self, source: u32) -> bool {
+        self.reported && is_plain_http(source)
+    }
+}
+
 struct WireFlow {
     opened_ns: u64,
     established: bool,
@@ -514,18 +527,17 @@ impl Flows {
             self.judged.push(cookie);
         }
         let outcome = verdict.outcome;
-        let http = matches!(verdict.source, SOURCE_ABSOLUTE_FORM | SOURCE_HTTP_HOST);
-        let later = self.sockets.get(&cookie).is_some_and(|f| f.reported);
+        let later = self.sockets.get(&cookie).is_some_and(|f| f.later_request(verdict.source));
         // Audited events come from user space's reading of the whole request (see `report_success`),
         // which also covers requests the kernel saw only in pieces; later requests on a kept-alive
         // connection only the kernel sees.
         if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED)
-            || (outcome == VERDICT_AUDITED && http && later)
+            || (outcome == VERDICT_AUDITED && later)
         {
             self.protection_event(cookie, &verdict, sink);
         }
         let flow = self.socket(cookie, rec.header.ktime_ns);
-        flow.kernel_follows |= http && rec.last == 0;
+        flow.kernel_follows |= is_plain_http(verdict.source) && rec.last == 0;
         flow.held = None;
         flow.hold_expired |= verdict.source == SOURCE_HOLD_EXPIRED;
         flow.verdicts.push(verdict);
@@ -687,10 +699,7 @@ impl Flows {
             "ResponseCategory".into(),
             Value::from(if uninspectable { "Uninspectable" } else { "CustomBlockList" }),
         );
-        let later_request = matches!(verdict.source, SOURCE_ABSOLUTE_FORM | SOURCE_HTTP_HOST)
-            && flow.inspector.is_complete()
-            && flow.inspector.inspection().host.as_deref() != Some(verdict.name.as_str());
-        if later_request {
+        if flow.later_request(verdict.source) {
             // A later request on a kept-alive (or pipelined) connection: what the inspector read describes
             // the first one.
             for key in ["Url", "HttpHost", "TargetHost", "TargetPort", "KernelTarget", "KernelTargetSource"] {
