@@ -235,12 +235,7 @@ extern "C" fn host_line(_: u64, c: *mut Cursor<'_>) -> i64 {
             c.found = 2;
             return 1;
         }
-        if lower(buf.at(p + 1)) == b'h'
-            && lower(buf.at(p + 2)) == b'o'
-            && lower(buf.at(p + 3)) == b's'
-            && lower(buf.at(p + 4)) == b't'
-            && buf.at(p + 5) == b':'
-        {
+        if line_is(buf, p, b"host:") {
             c.found = 1;
             return 1;
         }
