@@ -85,6 +85,18 @@ fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(millis))
 }
 
+/// A duration given as a flag (which wins) or a configuration key, with the name it was given under,
+/// for messages.
+fn flag_or_key<'a>(
+    flag: (&'static str, Option<&'a str>),
+    key: (&'static str, Option<&'a str>),
+) -> anyhow::Result<Option<(&'static str, &'a str, Duration)>> {
+    match flag.1.map(|t| (flag.0, t)).or(key.1.map(|t| (key.0, t))) {
+        Some((name, text)) => Ok(Some((name, text, duration(name, text)?))),
+        None => Ok(None),
+    }
+}
+
 /// A file that sets policy must not be writable by anyone but root: whoever can write it can disable
 /// protection.
 pub fn check_owner(what: &str, path: &Path) -> anyhow::Result<()> {
@@ -148,28 +160,19 @@ impl Settings {
             Some(p) => Some(p),
             None => Some(monitor_hunt::default_store_path()),
         };
-        let store_max_age = match args
-            .store_max_age
-            .as_deref()
-            .map(|t| ("--store-max-age", t))
-            .or(store_max_age.as_deref().map(|t| ("store_max_age", t)))
-        {
-            Some((key, text)) => Some(duration(key, text)?),
-            None => None,
-        };
-        let hold_timeout = match args
-            .hold_timeout
-            .as_deref()
-            .map(|t| ("--hold-timeout", t))
-            .or(hold_timeout.as_deref().map(|t| ("hold_timeout", t)))
-        {
-            Some((key, text)) => {
-                let d = duration(key, text)?;
-                if d.is_zero() || d > HOLD_TIMEOUT_MAX {
-                    bail!("{key}: {text:?} must be above 0 and at most 1d");
-                }
-                d
+        let store_max_age = flag_or_key(
+            ("--store-max-age", args.store_max_age.as_deref()),
+            ("store_max_age", store_max_age.as_deref()),
+        )?
+        .map(|(_, _, d)| d);
+        let hold_timeout = match flag_or_key(
+            ("--hold-timeout", args.hold_timeout.as_deref()),
+            ("hold_timeout", hold_timeout.as_deref()),
+        )? {
+            Some((key, text, d)) if d.is_zero() || d > HOLD_TIMEOUT_MAX => {
+                bail!("{key}: {text:?} must be above 0 and at most 1d")
             }
+            Some((_, _, d)) => d,
             None => DEFAULT_HOLD_TIMEOUT,
         };
         Ok(Settings {
@@ -244,6 +247,13 @@ hold_timeout = "2s"
         assert!(duration("store_max_age", "3w").unwrap_err().to_string().contains("store_max_age"));
         assert_eq!(duration("k", "2h").expect("2h"), Duration::from_secs(7200));
         assert_eq!(duration("k", "750ms").expect("750ms"), Duration::from_millis(750));
+        let (name, _, d) =
+            flag_or_key(("--x", Some("2s")), ("x", Some("3s"))).expect("valid").expect("given");
+        assert_eq!((name, d), ("--x", Duration::from_secs(2)), "the flag wins");
+        let (name, _, _) = flag_or_key(("--x", None), ("x", Some("3s"))).expect("valid").expect("given");
+        assert_eq!(name, "x");
+        let err = flag_or_key(("--x", None), ("x", Some("soon"))).expect_err("bad value").to_string();
+        assert!(err.starts_with("x:"), "names the key: {err}");
         assert!(duration("hold_timeout", "99999999999999999d").unwrap_err().to_string().contains("too long"));
     }
 }
