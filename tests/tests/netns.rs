@@ -967,6 +967,28 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
                 "allowed, not blocked"
             );
         });
+        r.case("evasion_block_hold_timeout_reported_while_the_client_waits", || {
+            // The client writes nothing more after the stalled request: the kernel never looks again, so it
+            // is the daemon that reports the connection uninspectable once the hold runs out (the empty
+            // write reaches no program; the client closes 2.5 s after the first one).
+            let pieces = ["CONNECT origin.te", ""];
+            let (run, _) = writes_apart(bed, &cg, ORIGIN_V4, SINK_PORT, &pieces, Duration::from_millis(2500));
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess"
+            });
+            assert!(
+                !found.is_empty(),
+                "no ConnectionSuccess:\n{}",
+                describe(&of_pid(&mon.events(), run.pid))
+            );
+            assert_eq!(found[0]["AdditionalFields"]["HoldExpired"], true, "{}", found[0]);
+            assert_eq!(
+                found[0]["AdditionalFields"]["KernelTargetSource"],
+                Value::Null,
+                "no kernel verdict: {}",
+                found[0]
+            );
+        });
     }
     r.case(&format!("evasion_{mode}_client_hello_one_byte_writes"), || {
         let (run, res) =
