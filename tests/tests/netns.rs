@@ -61,6 +61,15 @@ fn chromium(bed: &Bed, cg: &Cgroup, profile: &str, extra: &[&str], url: &str) ->
     client(cg, &bed.client_ns, &argv, Duration::from_secs(60))
 }
 
+/// Chromium straight to `https://HOST/` on the origin, over TCP, with segmentation offloads off: its
+/// ~2 KB post-quantum ClientHello leaves as more than one segment.
+fn chromium_direct(bed: &Bed, cg: &Cgroup, profile: &str, host: &str) -> ClientRun {
+    offloads_off(bed);
+    let rules = format!("--host-resolver-rules=MAP {host} {ORIGIN_V4}");
+    let url = format!("https://{host}/");
+    chromium(bed, cg, profile, &["--disable-quic", "--ignore-certificate-errors", &rules], &url)
+}
+
 fn describe(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
 }
@@ -280,15 +289,7 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
     });
     r.case("gateway_chromium_multi_segment_client_hello", || {
         // Offloads off: Chromium's ~2 KB post-quantum ClientHello crosses the interface as two segments.
-        offloads_off(bed);
-        let rules = format!("--host-resolver-rules=MAP origin.test {ORIGIN_V4}");
-        let run = chromium(
-            bed,
-            &clients,
-            "chromium-gateway",
-            &["--disable-quic", "--ignore-certificate-errors", &rules],
-            "https://origin.test/",
-        );
+        let run = chromium_direct(bed, &clients, "chromium-gateway", "origin.test");
         assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
         let found = mon
             .wait_events(10, |e| e["RemoteUrl"] == "origin.test" && e["AdditionalFields"]["SeenOn"] == "tc");
@@ -633,15 +634,7 @@ fn block_cases(r: &mut Runner, bed: &Bed) {
     r.case("block_chromium_direct_sni_multi_segment", || {
         // Straight to the origin, offloads off: Chromium's ~2 KB ClientHello (post-quantum key share,
         // extensions in random order) leaves as more than one segment, and only its SNI names the target.
-        offloads_off(bed);
-        let rules = format!("--host-resolver-rules=MAP a.blocked.test {ORIGIN_V4}");
-        let run = chromium(
-            bed,
-            &cg,
-            "chromium-block-direct",
-            &["--disable-quic", "--ignore-certificate-errors", &rules],
-            "https://a.blocked.test/",
-        );
+        let run = chromium_direct(bed, &cg, "chromium-block-direct", "a.blocked.test");
         assert!(!run.stdout.contains("origin ok"), "chromium must not load the blocked page: {run:?}");
         let found = mon.wait_events(10, |e| {
             e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
