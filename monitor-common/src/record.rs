@@ -20,6 +20,9 @@ pub const KIND_REPLY: u32 = 8;
 /// Block mode: the kernel began holding (corking) a send until the bytes that decide arrive.
 pub const KIND_HOLD: u32 = 10;
 
+/// The kernel left a connection's verdict to user space (see [`PHASE_EGRESS`]).
+pub const KIND_DEFER: u32 = 11;
+
 /// The first datagrams of a UDP socket that look like QUIC long-header packets (Initials).
 pub const KIND_QUIC: u32 = 9;
 /// Bytes of a QUIC datagram handed to user space (an Initial is padded to at least 1200).
@@ -27,8 +30,9 @@ pub const QUIC_CHUNK: usize = 1500;
 /// Datagrams per socket handed to user space: a ClientHello spans at most a few Initials.
 pub const QUIC_DATAGRAMS: u32 = 4;
 
-/// Bytes of a proxy's reply handed to user space: enough for a status line or a SOCKS reply.
-pub const REPLY_CHUNK: usize = 256;
+/// Bytes of a proxy's reply handed to user space: a SOCKS reply, or a reply head (squid's 407 with its
+/// Proxy-Authenticate and error headers runs to about 500 bytes).
+pub const REPLY_CHUNK: usize = 1024;
 
 /// Bytes of payload in one record.
 pub const PAYLOAD_CHUNK: usize = 1024;
@@ -123,6 +127,25 @@ pub struct HoldRecord {
     pub need: u32,
 }
 
+/// Why a connection's verdict was left to user space.
+/// A ClientHello larger than the kernel's window (or spread over more records than it walks) that does
+/// not name its server within the window.
+pub const DEFER_LARGE_HELLO: u32 = 1;
+/// Payload that left without passing sk_msg: TCP Fast Open data (in the SYN, or queued before the
+/// handshake completed), or a send that began before the socket was established.
+pub const DEFER_EARLY_DATA: u32 = 2;
+
+/// The kernel left a connection's verdict to user space: from stream offset `from` on, the client's
+/// bytes are handed over at egress (and, in block mode, none of them leaves until user space answers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DeferRecord {
+    pub header: RecordHeader,
+    pub from: u32,
+    /// One of `DEFER_*`.
+    pub reason: u32,
+}
+
 /// A forwarded flow seen on an interface: its 4-tuple in place of a socket.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -165,6 +188,7 @@ mod pod {
     unsafe impl aya::Pod for QuicRecord {}
     unsafe impl aya::Pod for ReplyRecord {}
     unsafe impl aya::Pod for HoldRecord {}
+    unsafe impl aya::Pod for DeferRecord {}
     unsafe impl aya::Pod for RecordHeader {}
     unsafe impl aya::Pod for ProcessRecord {}
     unsafe impl aya::Pod for SocketRecord {}
@@ -187,9 +211,17 @@ pub struct FlowState {
     pub verdict: u32,
     /// 1 after a CONNECT or SOCKS request passed, until the proxy's first reply segment is captured.
     pub awaiting_reply: u32,
-    pub _pad: u32,
+    /// The initial sequence number, from the SYN at egress (`isn_known` says whether it was seen).
+    pub isn: u32,
     /// bpf_ktime_get_ns when the current hold began; 0 when no send is held.
     pub hold_since: u64,
+    pub isn_known: u32,
+    /// [`PHASE_EGRESS`]: the stream offset the deferred bytes start at, and the end of what egress has
+    /// handed to user space so far.
+    pub defer_from: u32,
+    pub egress_seen: u32,
+    /// 1 when egress hands the bytes over (they never passed sk_msg); else sk_msg does.
+    pub egress_capture: u32,
 }
 
 #[cfg(feature = "user")]
@@ -212,6 +244,16 @@ pub const PHASE_CAPTURE: u32 = 5;
 /// Block mode, a plain HTTP request passed: the program runs again where the next request on the
 /// connection starts (keep-alive, pipelining) and judges it too.
 pub const PHASE_HTTP: u32 = 6;
+
+/// The verdict waits on user space, which reads the client's bytes at egress (`tcp_egress`) and writes
+/// the connection's next phase into `DEFERRED`. In block mode no payload packet leaves meanwhile: TCP
+/// keeps the bytes and sends them again, and they pass once the answer allows them. In audit mode they
+/// pass. Used for what the kernel cannot read itself: a ClientHello beyond its window, and bytes that
+/// never passed sk_msg (TCP Fast Open).
+pub const PHASE_EGRESS: u32 = 7;
+/// Stream bytes from `defer_from` that egress hands to user space: a 64 KiB ClientHello, its record
+/// headers, and room for what precedes it in the same segments.
+pub const DEFER_LIMIT: u32 = 72 * 1024;
 
 /// Key of a forwarded flow in the TC flow table.
 #[repr(C)]

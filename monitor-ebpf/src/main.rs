@@ -6,6 +6,8 @@
 //!   domain indicators before they leave; a denied send fails in the application.
 //! - `quic_egress` (cgroup_skb egress): the first QUIC Initials of each UDP socket, for user space to
 //!   decrypt and name; drops the rest of a QUIC flow user space found denied.
+//! - `tcp_egress` (cgroup_skb egress): what sk_msg could not judge (Fast Open data, a ClientHello past
+//!   its window), handed to user space where it leaves, and in block mode held until user space answers.
 //! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
 //! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
 //!
@@ -14,6 +16,8 @@
 #![no_main]
 
 mod connect;
+mod deferral;
+mod egress;
 mod maps;
 mod parse;
 mod policy;

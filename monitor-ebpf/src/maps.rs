@@ -56,6 +56,21 @@ pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with
 #[map]
 pub static QUIC_DENY: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
+/// User space's answer for a connection in `PHASE_EGRESS`, by cookie: the phase it goes on in
+/// (`PHASE_DONE`, `PHASE_TUNNEL`, `PHASE_HTTP`, or `PHASE_BLOCKED`). Taken out when applied.
+#[map]
+pub static DEFERRED: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Apply user space's answer to a connection in `PHASE_EGRESS`, if it has come.
+#[inline(always)]
+pub fn resolve_deferred(state: &mut FlowState) {
+    let cookie = state.cookie;
+    if let Some(next) = unsafe { DEFERRED.get(&cookie) } {
+        state.phase = *next;
+        let _ = DEFERRED.remove(&cookie);
+    }
+}
+
 /// Unread bytes in `EVENTS` above which a record wakes the reader at once. Below it the reader is not
 /// woken: it drains the ring on its own every 100 ms, and a wakeup per record (an IPI, a VM exit on a
 /// virtual machine) would cost as much as the programs themselves.

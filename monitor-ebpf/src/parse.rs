@@ -76,6 +76,8 @@ pub const SCAN_GREETING: u32 = 3;
 pub const SCAN_UNNAMED: u32 = 4;
 /// Not a protocol we read; the connection is uninspectable.
 pub const SCAN_UNKNOWN: u32 = 5;
+/// A ClientHello the kernel cannot read whole (past its window or its record walk): user space judges it.
+pub const SCAN_DEFER: u32 = 6;
 
 impl Scan {
     #[inline(always)]
@@ -93,6 +95,7 @@ impl Scan {
     pub const GREETING: Scan = Scan { kind: SCAN_GREETING, source: 0, a: 0, b: 0 };
     pub const UNNAMED: Scan = Scan { kind: SCAN_UNNAMED, source: 0, a: 0, b: 0 };
     pub const UNKNOWN: Scan = Scan { kind: SCAN_UNKNOWN, source: 0, a: 0, b: 0 };
+    pub const DEFER: Scan = Scan { kind: SCAN_DEFER, source: 0, a: 0, b: 0 };
 }
 
 /// Run `body` up to `n` times through the bpf_loop helper (5.17+): the verifier checks the body once

@@ -17,9 +17,9 @@ use aya_ebpf::{
 use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, MODE_OFF, UNINSPECTABLE_BLOCK},
     record::{
-        FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
-        PHASE_CAPTURE, PHASE_DONE, PHASE_FIRST, PHASE_HTTP, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL,
-        PayloadRecord, RecordHeader, VerdictRecord,
+        DEFER_LARGE_HELLO, FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX,
+        PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_CAPTURE, PHASE_DONE, PHASE_EGRESS, PHASE_FIRST, PHASE_HTTP,
+        PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader, VerdictRecord,
     },
     verdict::{
         DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED,
@@ -30,10 +30,11 @@ use monitor_common::{
 };
 
 use crate::{
-    maps::{EVENTS, SCRATCH, config, count_drop, flow_state, wakeup},
+    deferral::{capture_send, report_defer},
+    maps::{EVENTS, SCRATCH, config, count_drop, flow_state, resolve_deferred, wakeup},
     parse::{
-        Framing, MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch, WINDOW,
-        head_framing, scan_client_hello, scan_http, scan_socks,
+        Framing, MASK, SCAN_DEFER, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch,
+        WINDOW, head_framing, scan_client_hello, scan_http, scan_socks,
     },
     policy::{domain_bits, ipv4_bits, verdict},
 };
@@ -50,6 +51,17 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     let Some(state) = flow_state(unsafe { (*ctx.msg).__bindgen_anon_3.sk }, None) else {
         return Ok(SK_PASS);
     };
+    if state.phase == PHASE_EGRESS {
+        resolve_deferred(state);
+        if state.phase == PHASE_EGRESS {
+            // User space has not answered yet: it gets these bytes too, and tcp_egress holds them back
+            // (block mode) until it has.
+            if state.egress_capture == 0 {
+                capture_send(ctx, state);
+            }
+            return Ok(SK_PASS);
+        }
+    }
     match state.phase {
         PHASE_DONE => return Ok(SK_PASS),
         PHASE_BLOCKED => return Ok(SK_DROP),
@@ -82,7 +94,12 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     read(&mut first as *mut u8, 1, data);
     let scan = if first == 0x16 && (state.phase == PHASE_FIRST || state.phase == PHASE_TUNNEL) {
         match copy_handshake(scratch, data, window) {
-            Ok(n) => scan_client_hello(scratch, n),
+            Ok(n) => {
+                let scan = scan_client_hello(scratch, n);
+                if scan.kind != SCAN_NAME && hello_truncated(scratch, n) { Scan::DEFER } else { scan }
+            }
+            // Longer than the window can hold: user space reads it.
+            Err(need) if need > WINDOW => Scan::DEFER,
             Err(need) => Scan::need(need),
         }
     } else {
@@ -119,6 +136,21 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     // source, framing); read back from map memory they are plain unknown values, and its paths merge.
     let (scan, need, framed, unframed) = settle(scratch, scan, need, framed, unframed);
 
+    if scan.kind == SCAN_DEFER {
+        // Nothing is judged here: from this send on, tcp_egress hands the bytes to user space (and in
+        // block mode holds them until it answers).
+        state.phase = PHASE_EGRESS;
+        state.defer_from = state.seen;
+        state.egress_capture = 0;
+        if state.hold_since != 0 {
+            unsafe { bpf_msg_cork_bytes(ctx.msg, 0) };
+        }
+        state.hold_since = 0;
+        report_defer(state, state.seen, DEFER_LARGE_HELLO);
+        capture_send(ctx, state);
+        return Ok(SK_PASS);
+    }
+
     let mut expired = false;
     if need != 0 {
         if config.mode != MODE_BLOCK {
@@ -145,6 +177,11 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
             }
             expired = true;
         }
+    }
+    if state.hold_since != 0 {
+        // The kernel keeps a corked message's byte count for the sends after it: without this, they would
+        // be held until that many bytes had come again.
+        unsafe { bpf_msg_cork_bytes(ctx.msg, 0) };
     }
     state.hold_since = 0;
 
@@ -176,19 +213,25 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
             state.awaiting_reply = 1;
             return Ok(SK_PASS);
         }
+        // Before the proxy has answered, bytes after a CONNECT or SOCKS request that are no request of
+        // their own are the rest of it (written in pieces): captured above, and the tunnel's first bytes
+        // are still to come. A ClientHello or a new request sent without waiting is judged as such.
+        _ if tunnel && state.awaiting_reply != 0 && first != 0x16 => return Ok(SK_PASS),
         // Inside a tunnel the outer request already named the target.
         _ if tunnel => (VERDICT_NO_MATCH, SOURCE_NONE, 0, 0),
         _ => (uninspectable(config), if expired { SOURCE_HOLD_EXPIRED } else { SOURCE_NONE }, 0, 0),
     };
-    let opens_tunnel =
-        matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP) && !tunnel;
+    // A CONNECT inside a tunnel phase is the client asking again on the same connection (after a 407,
+    // as proxy authentication works): the next write after it is judged like the first one's.
+    let opens_tunnel = source == SOURCE_CONNECT
+        || (matches!(source, SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP) && !tunnel);
     state.verdict = outcome;
     state.phase = if outcome == VERDICT_BLOCKED || outcome == VERDICT_UNINSPECTABLE_BLOCKED {
         PHASE_BLOCKED
     } else if opens_tunnel {
         state.awaiting_reply = 1;
         PHASE_TUNNEL
-    } else if framed != 0 && outcome != VERDICT_UNINSPECTABLE_ALLOWED {
+    } else if framed != 0 && outcome != VERDICT_UNINSPECTABLE_ALLOWED && source != SOURCE_CONNECT {
         PHASE_HTTP
     } else {
         PHASE_DONE
@@ -289,10 +332,21 @@ fn copy_handshake(scratch: &mut Scratch, data: *const u8, size: u32) -> Result<u
             }
         }
         if src > size {
-            return Err(if src < WINDOW { src } else { WINDOW });
+            return Err(src);
         }
     }
     Ok(dst)
+}
+
+/// Whether the ClientHello in `scratch` (its first `n` handshake bytes) goes on past them: the window,
+/// or the records the kernel walks, ended before it did.
+#[inline(always)]
+fn hello_truncated(scratch: &Scratch, n: u32) -> bool {
+    if n < 4 || scratch.at(0) != 1 {
+        return false;
+    }
+    let length = ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+    length + 4 > n
 }
 
 /// Hand this send's bytes to user space, up to `CAPTURE_LIMIT` per connection.

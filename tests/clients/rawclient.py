@@ -4,6 +4,12 @@
   rawclient.py connect PROXY_HOST PROXY_PORT TARGET [options]   CONNECT (and a ClientHello in the tunnel)
   rawclient.py tls HOST PORT [options]                          a ClientHello straight to HOST:PORT
   rawclient.py sink PORT LOG                                    count the bytes each connection delivers
+  rawclient.py sink PORT LOG --fastopen                         the same, accepting TCP Fast Open (cookies)
+  rawclient.py reconnect PROXY_HOST PROXY_PORT FIRST SECOND [--sni NAME]
+                                     CONNECT FIRST without credentials, and after the proxy's 407 CONNECT
+                                     SECOND with them on the same connection (how proxy authentication goes)
+  rawclient.py fastopen HOST PORT HOST[,HOST...]                one connection per Host header, its request sent with
+                                     sendto(MSG_FASTOPEN): once the server has handed out a cookie, in the SYN
 
 Options:
   --connect-chunk N   write the CONNECT head N bytes at a time (TCP_NODELAY)
@@ -155,10 +161,101 @@ def run(kind, args):
     print(json.dumps(result))
 
 
-def sink(port, log):
+def read_head(sock):
+    """One HTTP reply head and its Content-Length body; returns the status."""
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        more = sock.recv(4096)
+        if not more:
+            raise OSError(0, "the proxy closed the connection")
+        reply += more
+    head, rest = reply.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(rest) < length:
+        more = sock.recv(4096)
+        if not more:
+            break
+        rest += more
+    return int(head.split(b" ")[1])
+
+
+def reconnect(args):
+    host, port, first, second = args[0], int(args[1]), args[2], args[3]
+    o = opts(args[4:])
+    result = {"step": "connect", "errno": None, "statuses": [], "written": 0}
+    sock = None
+    try:
+        sock = socket.create_connection((host, port), timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        result["local_port"] = sock.getsockname()[1]
+        result["step"] = "first-connect"
+        sock.sendall(f"CONNECT {first} HTTP/1.1\r\nHost: {first}\r\n\r\n".encode())
+        result["statuses"].append(read_head(sock))
+        result["step"] = "second-connect"
+        auth = "Proxy-Authorization: Basic dXNlcjpwYXNz\r\n"
+        sock.sendall(f"CONNECT {second} HTTP/1.1\r\nHost: {second}\r\n{auth}\r\n".encode())
+        result["step"] = "second-reply"
+        result["statuses"].append(read_head(sock))
+        if o["sni"]:
+            result["step"] = "send-hello"
+            sock.sendall(hello_bytes(o))
+            result["step"] = "read-hello-reply"
+            sock.settimeout(2)
+            try:
+                sock.recv(1)
+            except socket.timeout:
+                pass
+        result["step"] = "done"
+    except OSError as e:
+        result["errno"] = e.errno
+        result["error"] = str(e)
+    finally:
+        if sock:
+            sock.close()
+    print(json.dumps(result))
+
+
+TCPI_OPT_SYN_DATA = 32
+
+
+def fastopen(args):
+    host, port, host_headers = args[0], int(args[1]), args[2].split(",")
+    runs = []
+    for host_header in host_headers:
+        request = f"GET / HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode()
+        run = {"errno": None, "syn_data": False, "local_port": None}
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # Blocking: without a cookie the kernel completes the handshake before sending the request.
+            sock.sendto(request, socket.MSG_FASTOPEN, (host, port))
+            run["local_port"] = sock.getsockname()[1]
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            run["syn_data"] = bool(info[5] & TCPI_OPT_SYN_DATA)
+            sock.settimeout(2)
+            try:
+                sock.recv(1)
+            except socket.timeout:
+                pass
+        except OSError as e:
+            run["errno"] = e.errno
+            run["error"] = str(e)
+        finally:
+            sock.close()
+        runs.append(run)
+        time.sleep(0.2)
+    print(json.dumps({"runs": runs}))
+
+
+def sink(port, log, fast_open=False):
     srv = socket.socket(socket.AF_INET6)
     srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fast_open:
+        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
     srv.bind(("::", port))
     srv.listen(64)
     lock = threading.Lock()
@@ -185,6 +282,10 @@ def sink(port, log):
 
 if __name__ == "__main__":
     if sys.argv[1] == "sink":
-        sink(int(sys.argv[2]), sys.argv[3])
+        sink(int(sys.argv[2]), sys.argv[3], "--fastopen" in sys.argv[4:])
+    elif sys.argv[1] == "reconnect":
+        reconnect(sys.argv[2:])
+    elif sys.argv[1] == "fastopen":
+        fastopen(sys.argv[2:])
     else:
         run(sys.argv[1], sys.argv[2:])

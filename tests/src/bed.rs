@@ -16,6 +16,8 @@ pub const ORIGIN_V4: &str = "10.200.2.2";
 pub const ORIGIN2_V4: &str = "10.200.2.3";
 pub const ORIGIN_V6: &str = "fd00:200:2::2";
 pub const SQUID_PORT: u16 = 3128;
+/// The same squid, asking for (any) credentials: it answers 407 to a CONNECT without them.
+pub const SQUID_AUTH_PORT: u16 = 3129;
 pub const TINYPROXY_PORT: u16 = 8888;
 pub const SOCKS_PORT: u16 = 1080;
 
@@ -212,7 +214,9 @@ impl Bed {
     fn proxies(&mut self) {
         let d = self.dir.display().to_string();
         let squid = format!(
-            "http_port {SQUID_PORT}\nhttp_access allow all\ncache deny all\naccess_log stdio:{d}/squid-access.log\ncache_log {d}/squid-cache.log\n\
+            "http_port {SQUID_PORT}\nhttp_port {SQUID_AUTH_PORT}\n\
+             auth_param basic program /usr/lib/squid/basic_fake_auth\nacl authport localport {SQUID_AUTH_PORT}\n\
+             acl authed proxy_auth REQUIRED\nhttp_access deny authport !authed\nhttp_access allow all\ncache deny all\naccess_log stdio:{d}/squid-access.log\ncache_log {d}/squid-cache.log\n\
              pid_filename {d}/squid.pid\ncoredump_dir {d}\nvisible_hostname monitor-test\nshutdown_lifetime 0 seconds\n\
              dns_nameservers 127.0.0.1\ndns_timeout 2 seconds\nhosts_file /etc/hosts\nconnect_timeout 5 seconds\nlogfile_rotate 0\n"
         );
@@ -228,6 +232,7 @@ impl Bed {
         self.serve(&ns, "tinyproxy", &["tinyproxy", "-d", "-c", &tiny_conf]);
         self.serve(&ns, "microsocks", &["microsocks", "-i", "0.0.0.0", "-p", &SOCKS_PORT.to_string()]);
         self.wait_port(&ns, ROUTER_V4, SQUID_PORT);
+        self.wait_port(&ns, ROUTER_V4, SQUID_AUTH_PORT);
         self.wait_port(&ns, ROUTER_V4, TINYPROXY_PORT);
         self.wait_port(&ns, ROUTER_V4, SOCKS_PORT);
     }

@@ -2,6 +2,9 @@
 //! chromium) in network namespaces, the monitor's kernel programs attached to the clients' cgroup.
 //! One test bed serves every case; each case asserts on the events of its own client process.
 
+#[path = "netns/early_data.rs"]
+mod early_data;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -1032,8 +1035,9 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
     drop(mon);
 }
 
-/// connect4, connect6, sock_ops, proxy_reply (cgroup_skb ingress), quic_egress (cgroup_skb egress).
-const CGROUP_PROGRAMS: usize = 5;
+/// connect4, connect6, sock_ops, proxy_reply (cgroup_skb ingress), quic_egress and tcp_egress
+/// (cgroup_skb egress).
+const CGROUP_PROGRAMS: usize = 6;
 
 /// Programs attached to a cgroup, by name, as the kernel lists them.
 fn cgroup_programs(cg: &Cgroup) -> Vec<String> {
@@ -1487,6 +1491,7 @@ fn main() {
         evasion_cases(&mut r, &bed, true);
         evasion_cases(&mut r, &bed, false);
         uninspectable_cases(&mut r, &bed);
+        early_data::cases(&mut r, &mut bed);
     }
     fault_cases(&mut r, &bed);
     config_cases(&mut r, &bed);

@@ -16,12 +16,14 @@ use std::{
 use monitor_common::{
     config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
     record::{
-        HoldRecord, PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord, ReplyRecord, SocketRecord,
-        VerdictRecord, WireRecord,
+        DEFER_EARLY_DATA, DEFER_LIMIT, DeferRecord, HoldRecord, PHASE_BLOCKED, PHASE_DONE, PHASE_HTTP,
+        PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord,
+        ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
     },
     verdict::{
-        SOURCE_ABSOLUTE_FORM, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE, VERDICT_AUDITED,
-        VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
+        SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE,
+        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_TLS_SNI, VERDICT_AUDITED, VERDICT_BLOCKED,
+        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
 use monitor_core::{
@@ -79,6 +81,13 @@ struct SocketFlow {
     hold_expired: bool,
     /// The kernel judges every request on this (plain HTTP) connection: it stays in the sockhash.
     kernel_follows: bool,
+    /// The kernel left the verdict to user space (its bytes are read at egress).
+    deferred: Option<Deferral>,
+    /// Deferred bytes that arrived ahead of the ones before them (egress sees TCP's own order,
+    /// retransmissions included), by stream offset.
+    pending: BTreeMap<u32, Vec<u8>>,
+    /// Refused before its handshake completed (Fast Open data in the SYN): aborted once established.
+    abort_when_established: bool,
     deadline: Option<Instant>,
     touched: Instant,
 }
@@ -92,9 +101,24 @@ impl SocketFlow {
     /// Whether a verdict from `source` is on a later request of a kept-alive (or pipelined) plain-HTTP
     /// connection: the connection was already reported for its first request.
     fn later_request(&self, source: u32) -> bool {
-        self.reported && is_plain_http(source)
+        // A CONNECT after an earlier one (a 407, then the request with credentials, on one connection).
+        (self.reported && is_plain_http(source))
+            || (source == SOURCE_CONNECT && self.verdicts.iter().any(|v| v.source == SOURCE_CONNECT))
     }
 }
+
+/// A connection whose verdict the kernel left to user space (`PHASE_EGRESS`).
+struct Deferral {
+    /// Stream offset the deferred bytes start at.
+    from: u32,
+    /// `DEFER_*`.
+    reason: u32,
+    /// User space has answered (the kernel's next phase is written, or the socket aborted).
+    answered: bool,
+}
+
+/// Deferred chunks kept while an earlier one is missing.
+const DEFER_REORDER_MAX: usize = 128;
 
 struct WireFlow {
     opened_ns: u64,
@@ -124,6 +148,10 @@ pub struct FlowCounters {
     pub holds_expired: u64,
     /// Of those, sockets aborted because `--uninspectable block`.
     pub holds_aborted: u64,
+    /// Connections whose verdict the kernel left to user space: a ClientHello past its window.
+    pub deferred_large_hello: u64,
+    /// ... and bytes that left without passing sk_msg (TCP Fast Open, a send begun while connecting).
+    pub deferred_early_data: u64,
 }
 
 pub struct Flows {
@@ -151,6 +179,8 @@ pub struct Flows {
     pub aborts: Vec<Abort>,
     /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
     pub denied_quic: Vec<u64>,
+    /// Answers for deferred connections: the phase the kernel goes on in, by cookie.
+    pub deferred_answers: Vec<(u64, u32)>,
     quic: HashMap<u64, QuicFlow>,
     /// Processes as they were at their exec (see `process::watch_execs`).
     execs: ExecCache,
@@ -208,6 +238,7 @@ impl Flows {
             hold_timeout,
             aborts: Vec::new(),
             denied_quic: Vec::new(),
+            deferred_answers: Vec::new(),
             quic: HashMap::new(),
             execs,
             processes: HashMap::new(),
@@ -246,6 +277,9 @@ impl Flows {
             held: None,
             hold_expired: false,
             kernel_follows: false,
+            deferred: None,
+            pending: BTreeMap::new(),
+            abort_when_established: false,
             deadline: None,
             touched: Instant::now(),
         })
@@ -317,10 +351,17 @@ impl Flows {
         let inspect = self.inspect;
         let tuple = (local(&rec.endpoints), remote(&rec.endpoints));
         self.local_tuples.insert(tuple);
-        let flow = self.socket(rec.header.cookie, rec.header.ktime_ns);
+        let cookie = rec.header.cookie;
+        let flow = self.socket(cookie, rec.header.ktime_ns);
         flow.local = Some(tuple.0);
         flow.remote = Some(tuple.1);
         flow.touched = Instant::now();
+        if flow.abort_when_established {
+            flow.abort_when_established = false;
+            let pid = flow.process.as_ref().map(|p| p.pid);
+            self.aborts.push(Abort { cookie, pid, local: tuple.0, remote: tuple.1 });
+            return;
+        }
         if inspect {
             flow.deadline = Some(Instant::now() + FIRST_BYTES_WAIT);
         } else {
@@ -383,10 +424,31 @@ impl Flows {
         }
     }
 
-    pub fn on_payload(&mut self, rec: &PayloadRecord) {
+    pub fn on_payload(&mut self, rec: &PayloadRecord, sink: &mut Sink) {
         let cookie = rec.header.cookie;
         let flow = self.socket(cookie, rec.header.ktime_ns);
         let len = (rec.len as usize).min(rec.data.len());
+        let data = &rec.data[..len];
+        if flow.deferred.is_some() {
+            // Read at egress: TCP's own order, with retransmissions.
+            if rec.offset > flow.next_offset {
+                if flow.pending.len() < DEFER_REORDER_MAX {
+                    flow.pending.entry(rec.offset).or_insert_with(|| data.to_vec());
+                }
+                return;
+            }
+            Self::feed_from(flow, rec.offset, data);
+            while let Some(entry) = flow.pending.first_entry() {
+                if *entry.key() > flow.next_offset {
+                    break;
+                }
+                let (offset, bytes) = entry.remove_entry();
+                Self::feed_from(flow, offset, &bytes);
+            }
+            flow.touched = Instant::now();
+            self.consider_deferred(cookie, false, sink);
+            return;
+        }
         if rec.offset != flow.next_offset {
             // A chunk was lost (ring buffer full): the bytes after it cannot be parsed in order.
             if !flow.lost_bytes {
@@ -395,7 +457,7 @@ impl Flows {
             }
             return;
         }
-        flow.inspector.client_bytes(&rec.data[..len]);
+        flow.inspector.client_bytes(data);
         flow.next_offset += len as u32;
         flow.held = None;
         flow.touched = Instant::now();
@@ -403,6 +465,134 @@ impl Flows {
         // when it arrives (a blocked connection reports no success), or after a grace period if it was lost.
         flow.deadline =
             Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
+    }
+
+    /// Feed the part of `data` (at stream `offset`, not after `next_offset`) the inspector has not had.
+    fn feed_from(flow: &mut SocketFlow, offset: u32, data: &[u8]) {
+        let skip = (flow.next_offset - offset) as usize;
+        if skip < data.len() {
+            flow.inspector.client_bytes(&data[skip..]);
+            flow.next_offset += (data.len() - skip) as u32;
+        }
+    }
+
+    /// The kernel left this connection's verdict to user space (block mode: its bytes wait at egress).
+    pub fn on_defer(&mut self, rec: &DeferRecord) {
+        let timeout = self.hold_timeout;
+        if rec.reason == DEFER_EARLY_DATA {
+            self.counters.deferred_early_data += 1;
+        } else {
+            self.counters.deferred_large_hello += 1;
+        }
+        let flow = self.socket(rec.header.cookie, rec.header.ktime_ns);
+        flow.deferred = Some(Deferral { from: rec.from, reason: rec.reason, answered: false });
+        // Bytes before `from` were judged by sk_msg and fed from its records; a gap there is a loss.
+        let lost = flow.next_offset < rec.from && !flow.lost_bytes;
+        flow.lost_bytes |= lost;
+        flow.held = None;
+        flow.touched = Instant::now();
+        flow.deadline = Some(Instant::now() + timeout);
+        if lost {
+            self.counters.lost_payload += 1;
+        }
+    }
+
+    /// Answer a deferred connection once its bytes say enough (or, `timed_out`, when no more are coming
+    /// in time): the next phase for the kernel, or in block mode a refusal (the socket is aborted and
+    /// its bytes never leave).
+    fn consider_deferred(&mut self, cookie: u64, timed_out: bool, sink: &mut Sink) {
+        let block = self.block;
+        let refuse_uninspectable = self.refuse_uninspectable;
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return };
+        let Some(deferral) = &flow.deferred else { return };
+        if deferral.answered {
+            return;
+        }
+        let reason = deferral.reason;
+        let read_all = flow.next_offset >= deferral.from.saturating_add(DEFER_LIMIT);
+        if timed_out || read_all {
+            flow.inspector.finish();
+        }
+        let inspection = flow.inspector.inspection();
+        let tunnel_request = matches!(
+            inspection.source,
+            Some(TargetSource::Connect | TargetSource::Socks5 | TargetSource::Socks4a | TargetSource::Socks4)
+        ) && !inspection.tunneled;
+        // A SOCKS5 greeting: the proxy must answer it before the client names a target; the kernel
+        // judges the request that follows.
+        let greeting = inspection.protocol == Some(WireProtocol::Socks5) && inspection.source.is_none();
+        let ready = flow.inspector.is_complete() || (tunnel_request && inspection.host.is_some()) || greeting;
+        if !ready {
+            return;
+        }
+        let denied = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
+            Decision::Blocked(_) => Some(name.to_string()),
+            _ => None,
+        });
+        let named = !inspection.names().is_empty();
+        let source = kernel_source(inspection.source, inspection.tunneled);
+        let next = if greeting && !flow.inspector.is_complete() {
+            PHASE_SOCKS5_REQUEST
+        } else if tunnel_request {
+            PHASE_TUNNEL
+        } else if matches!(inspection.source, Some(TargetSource::AbsoluteForm | TargetSource::HttpHost)) {
+            PHASE_HTTP
+        } else {
+            PHASE_DONE
+        };
+        let uninspectable = !named && !greeting;
+        if let Some(deferral) = flow.deferred.as_mut() {
+            deferral.answered = true;
+        }
+        flow.deadline = None;
+        if reason == DEFER_EARLY_DATA {
+            flow.held = None;
+        }
+        let refuse = block && (denied.is_some() || (uninspectable && refuse_uninspectable));
+        if refuse {
+            flow.blocked = true;
+            self.deferred_answers.push((cookie, PHASE_BLOCKED));
+            let target = match (flow.local, flow.remote) {
+                (Some(local), Some(remote)) => {
+                    Some(Abort { cookie, pid: flow.process.as_ref().map(|p| p.pid), local, remote })
+                }
+                _ => None,
+            };
+            let verdict = match &denied {
+                Some(name) => Verdict { outcome: VERDICT_BLOCKED, source, name: name.clone() },
+                None => Verdict {
+                    outcome: VERDICT_UNINSPECTABLE_BLOCKED,
+                    source: SOURCE_NONE,
+                    name: String::new(),
+                },
+            };
+            self.protection_event(cookie, &verdict, sink);
+            match target {
+                Some(target) => self.aborts.push(target),
+                None => {
+                    if let Some(flow) = self.sockets.get_mut(&cookie) {
+                        flow.abort_when_established = true;
+                    }
+                }
+            }
+            return;
+        }
+        self.deferred_answers.push((cookie, next));
+        if uninspectable {
+            flow.verdicts.push(Verdict {
+                outcome: VERDICT_UNINSPECTABLE_ALLOWED,
+                source: SOURCE_NONE,
+                name: String::new(),
+            });
+        }
+        if next == PHASE_DONE && !flow.reported {
+            flow.inspector.finish();
+            self.report_success(cookie, sink);
+        } else if !flow.reported {
+            // The kernel takes over: it judges what follows (the tunnel's first bytes, the request after
+            // a greeting, the next request) and its verdicts report the connection.
+            flow.deadline = Some(Instant::now() + TUNNEL_WAIT);
+        }
     }
 
     /// A QUIC long-header datagram of a local UDP socket: decrypt the Initials, name the SNI, and in
@@ -848,6 +1038,10 @@ impl Flows {
             .collect();
         for cookie in due {
             if let Some(flow) = self.sockets.get_mut(&cookie) {
+                if flow.deferred.as_ref().is_some_and(|d| !d.answered) {
+                    self.consider_deferred(cookie, true, sink);
+                    continue;
+                }
                 if flow.held.is_some() {
                     self.hold_expired(cookie, sink);
                     continue;
@@ -897,6 +1091,22 @@ impl Flows {
             }
             self.report_success(cookie, sink);
         }
+    }
+}
+
+/// The kernel's `SOURCE_*` for what named a target in user space's reading.
+fn kernel_source(source: Option<TargetSource>, tunneled: bool) -> u32 {
+    match source {
+        // A denied name inside an allowed tunnel: the ClientHello's (or request's) inside.
+        Some(TargetSource::Connect) if tunneled => SOURCE_TLS_SNI,
+        Some(TargetSource::Connect) => SOURCE_CONNECT,
+        Some(TargetSource::AbsoluteForm) => SOURCE_ABSOLUTE_FORM,
+        Some(TargetSource::HttpHost) => SOURCE_HTTP_HOST,
+        Some(TargetSource::TlsSni | TargetSource::QuicSni) => SOURCE_TLS_SNI,
+        Some(TargetSource::Socks5) => SOURCE_SOCKS5,
+        Some(TargetSource::Socks4a) => SOURCE_SOCKS4A,
+        Some(TargetSource::Socks4) => SOURCE_SOCKS_IP,
+        None => SOURCE_NONE,
     }
 }
 

@@ -24,8 +24,8 @@ use monitor_common::{
 };
 
 /// The programs attached to cgroups (with `inspect_send`, which only cgroup-watched sockets reach).
-const CGROUP_PROGRAMS: [&str; 6] =
-    ["connect4", "connect6", "track_connection", "inspect_send", "proxy_reply", "quic_egress"];
+const CGROUP_PROGRAMS: [&str; 7] =
+    ["connect4", "connect6", "track_connection", "inspect_send", "proxy_reply", "quic_egress", "tcp_egress"];
 
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
@@ -69,7 +69,7 @@ pub struct LoadOptions<'a> {
 /// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
 /// the next daemon adopts them (its events resume from the same ring buffer).
 const PERSISTENT_MAPS: &[&str] =
-    &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY"];
+    &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY", "DEFERRED"];
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (it is not always /sys/fs/cgroup).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
@@ -356,7 +356,7 @@ impl Kernel {
             }
         }
         if !self.skb {
-            self.degraded.extend(["proxy_reply", "quic_egress"]);
+            self.degraded.extend(["proxy_reply", "quic_egress", "tcp_egress"]);
         } else {
             if let Err(e) = self.attach_skb(&files, "proxy_reply", CgroupSkbAttachType::Ingress) {
                 tracing::warn!("proxy_reply is unavailable, proxy answers (ProxyStatus) are not read: {e:#}");
@@ -365,6 +365,13 @@ impl Kernel {
             if let Err(e) = self.attach_skb(&files, "quic_egress", CgroupSkbAttachType::Egress) {
                 tracing::warn!("quic_egress is unavailable, QUIC flows are not named: {e:#}");
                 self.degraded.push("quic_egress");
+            }
+            if let Err(e) = self.attach_skb(&files, "tcp_egress", CgroupSkbAttachType::Egress) {
+                tracing::warn!(
+                    "tcp_egress is unavailable: TCP Fast Open data and ClientHellos past the kernel's window are not \
+                     judged (block mode lets them through): {e:#}"
+                );
+                self.degraded.push("tcp_egress");
             }
         }
         let mut taken = Vec::new();
@@ -380,7 +387,9 @@ impl Kernel {
             self.keep("track_connection", link)?;
         }
         for (path, _) in &files {
-            for program in ["connect4", "connect6", "track_connection", "proxy_reply", "quic_egress"] {
+            for program in
+                ["connect4", "connect6", "track_connection", "proxy_reply", "quic_egress", "tcp_egress"]
+            {
                 if self.degraded.contains(&program) {
                     continue;
                 }
@@ -430,6 +439,12 @@ impl Kernel {
     pub fn take_quic_deny(&mut self) -> anyhow::Result<aya::maps::HashMap<MapData, u64, u32>> {
         aya::maps::HashMap::try_from(self.ebpf.take_map("QUIC_DENY").context("map QUIC_DENY")?)
             .context("map QUIC_DENY")
+    }
+
+    /// User space's answers for connections whose verdict the kernel left to it (`PHASE_EGRESS`).
+    pub fn take_deferred(&mut self) -> anyhow::Result<aya::maps::HashMap<MapData, u64, u32>> {
+        let map = self.ebpf.take_map("DEFERRED").context("map DEFERRED")?;
+        aya::maps::HashMap::try_from(map).context("map DEFERRED")
     }
 
     pub fn take_socks(&mut self) -> anyhow::Result<SockHash<MapData, u64>> {

@@ -236,6 +236,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     let events = kernel.take_events()?;
     let socks = kernel.take_socks()?;
     let quic_deny = kernel.take_quic_deny()?;
+    let deferred = kernel.take_deferred()?;
     for a in &kernel.attachments {
         info!("attached {} to {}", a.program, a.target);
     }
@@ -283,6 +284,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         socks,
         quic_deny,
+        deferred,
         started: Instant::now(),
         store_path,
         kernel_features,
@@ -306,6 +308,8 @@ struct Daemon {
     flows: Flows,
     socks: SockHash<MapData, u64>,
     quic_deny: aya::maps::HashMap<MapData, u64, u32>,
+    /// User space's answers for connections the kernel left to it.
+    deferred: aya::maps::HashMap<MapData, u64, u32>,
     started: Instant,
     store_path: Option<PathBuf>,
     /// What the probe found at start, and what the daemon said about what is missing.
@@ -405,12 +409,13 @@ impl Daemon {
                 Record::Established(r) => self.flows.on_established(&r, &mut self.sink),
                 Record::Failed(r) => self.flows.on_failed(&r, &mut self.sink),
                 Record::Closed(r) => self.flows.on_closed(&r, &mut self.sink),
-                Record::Payload(r) => self.flows.on_payload(&r),
+                Record::Payload(r) => self.flows.on_payload(&r, &mut self.sink),
                 Record::Verdict(r) => self.flows.on_verdict(&r, &mut self.sink),
                 Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
                 Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
                 Record::Hold(r) => self.flows.on_hold(&r),
+                Record::Defer(r) => self.flows.on_defer(&r),
             }
         }
         self.release_judged();
@@ -418,6 +423,12 @@ impl Daemon {
 
     /// Sockets the kernel has judged leave SOCKS, so their later sends skip the sk_msg path entirely.
     fn release_judged(&mut self) {
+        // First, so that bytes waiting at egress go as soon as TCP sends them again.
+        for (cookie, next) in self.flows.deferred_answers.drain(..) {
+            if let Err(e) = self.deferred.insert(cookie, next, 0) {
+                warn!("could not answer a deferred connection: {e}");
+            }
+        }
         for cookie in self.flows.judged.drain(..) {
             // Already gone when the socket closed first.
             let _ = self.socks.remove(&cookie);
@@ -425,7 +436,7 @@ impl Daemon {
         for target in self.flows.aborts.drain(..) {
             match abort::abort(target.clone()) {
                 Ok(()) => info!(
-                    "aborted {}:{} -> {}:{}: its held request named no target within the hold timeout",
+                    "aborted {}:{} -> {}:{}: refused in block mode while its bytes were held",
                     target.local.0, target.local.1, target.remote.0, target.remote.1
                 ),
                 // Gone already: the client closed it, or wrote again and the kernel refused it.

@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
-    AF_INET, Endpoints, HoldRecord, KIND_CLOSED, KIND_ESTABLISHED, KIND_FAILED, KIND_HOLD, KIND_PAYLOAD,
-    KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord, ProcessRecord, QuicRecord,
-    RecordHeader, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+    AF_INET, DeferRecord, Endpoints, HoldRecord, KIND_CLOSED, KIND_DEFER, KIND_ESTABLISHED, KIND_FAILED,
+    KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord,
+    ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
 };
 
 pub enum Record {
@@ -19,6 +19,7 @@ pub enum Record {
     Reply(Box<ReplyRecord>),
     Quic(Box<QuicRecord>),
     Hold(HoldRecord),
+    Defer(DeferRecord),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -42,6 +43,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
         KIND_QUIC => Record::Quic(Box::new(read(bytes)?)),
         KIND_HOLD => Record::Hold(read(bytes)?),
+        KIND_DEFER => Record::Defer(read(bytes)?),
         _ => return None,
     })
 }
