@@ -30,9 +30,8 @@ pub const QUIC_CHUNK: usize = 1500;
 /// Datagrams per socket handed to user space: a ClientHello spans at most a few Initials.
 pub const QUIC_DATAGRAMS: u32 = 4;
 
-/// Bytes of a proxy's reply handed to user space: a SOCKS reply, or a reply head (squid's 407 with its
-/// Proxy-Authenticate and error headers runs to about 500 bytes).
-pub const REPLY_CHUNK: usize = 1024;
+/// Bytes of a proxy's reply handed to user space: enough for a status line or a SOCKS reply.
+pub const REPLY_CHUNK: usize = 256;
 
 /// Bytes of payload in one record.
 pub const PAYLOAD_CHUNK: usize = 1024;

@@ -243,10 +243,17 @@ pub fn decide(f: &Features, want: &Wanted<'_>) -> Result<Plan, String> {
     }
     let skb = cgroup_hooks && f.cgroup_skb;
     if cgroup_hooks && !f.cgroup_skb {
+        if block {
+            // tcp_egress holds what sk_msg cannot judge (Fast Open data, ClientHellos past its window).
+            return Err(format!(
+                "block mode needs cgroup_skb programs, and {kernel} lacks them: TCP Fast Open data and \
+                 ClientHellos larger than the kernel's window would leave unjudged, so block mode refuses to \
+                 start. Audit mode still names connections (not QUIC, nor those bytes)"
+            ));
+        }
         notes.push(format!(
-            "{kernel} lacks cgroup_skb programs: proxies' answers (ProxyStatus, refused tunnels) are not read and \
-             QUIC is neither named nor{} blocked; TCP inspection is unaffected",
-            if block { "" } else { " (in block mode)" }
+            "{kernel} lacks cgroup_skb programs: proxies' answers (ProxyStatus, refused tunnels), QUIC, TCP Fast \
+             Open data and ClientHellos past the kernel's window are not read; other TCP inspection is unaffected"
         ));
     }
     let gateway = gateway_wanted && f.sched_cls;
@@ -353,9 +360,17 @@ mod tests {
 
     #[test]
     fn no_cgroup_skb_loses_proxy_answers_and_quic() {
-        let plan = decide(&Features { cgroup_skb: false, ..full() }, &want(MODE_BLOCK, &[])).expect("plan");
+        let plan = decide(&Features { cgroup_skb: false, ..full() }, &want(MODE_AUDIT, &[])).expect("plan");
         assert!(!plan.skb && plan.inspection);
         assert!(plan.notes[0].contains("QUIC"), "{:?}", plan.notes);
+    }
+
+    #[test]
+    fn no_cgroup_skb_refuses_block_mode() {
+        // What sk_msg cannot judge (Fast Open data, large ClientHellos) would pass without tcp_egress.
+        let err =
+            decide(&Features { cgroup_skb: false, ..full() }, &want(MODE_BLOCK, &[])).expect_err("refused");
+        assert!(err.contains("Fast Open"), "{err}");
     }
 
     #[test]

@@ -367,6 +367,11 @@ impl Kernel {
                 self.degraded.push("quic_egress");
             }
             if let Err(e) = self.attach_skb(&files, "tcp_egress", CgroupSkbAttachType::Egress) {
+                if self.mode == MODE_BLOCK {
+                    return Err(
+                        e.context("block mode needs tcp_egress, which holds what sk_msg cannot judge")
+                    );
+                }
                 tracing::warn!(
                     "tcp_egress is unavailable: TCP Fast Open data and ClientHellos past the kernel's window are not \
                      judged (block mode lets them through): {e:#}"
