@@ -1600,6 +1600,30 @@ fn pinned_state(pin_dir: &str) -> Vec<String> {
     out
 }
 
+/// The ids of the programs attached to a cgroup (a program replaced by another has a new id).
+fn cgroup_program_ids(cg: &Cgroup) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut ids: Vec<u64> =
+        v.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+/// A cgroup v1 hierarchy's root, where no cgroup program attaches.
+fn cgroup_v1_dir() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup")
+            .then(|| pre.split_whitespace().nth(4).map(str::to_string))?
+    })
+}
+
 /// `bpftool map show pinned PATH` as JSON.
 fn pinned_map(path: &str) -> Value {
     let out = std::process::Command::new("bpftool")
@@ -1704,16 +1728,28 @@ fn grown_list_cases(r: &mut Runner, bed: &Bed) {
         let pinned = pinned_state(&pin_dir);
         let programs = cgroup_programs(&cg);
         assert_eq!(programs.len(), CGROUP_PROGRAMS, "{programs:?}");
+        let program_ids = cgroup_program_ids(&cg);
         // An unreadable list (not UTF-8), and a list that would outgrow the maps but has a bad line.
         let unreadable = bed.dir.join("grown-unreadable.txt");
         std::fs::write(&unreadable, b"later.test\n\xff\xfe\n").expect("write list");
         let bad = std::path::PathBuf::from(block_list_of(bed, "grown-bad.txt", &["later.test"], 150_000));
         let text = std::fs::read_to_string(&bad).expect("read list") + "10.0.0.0/40\n";
         std::fs::write(&bad, text).expect("write list");
-        for list in [&unreadable, &bad] {
+        // And a start that fails late: the grown list loaded into new maps and the programs attached to
+        // the clients' cgroup, then one more cgroup that is not cgroup v2 refuses them.
+        let grown =
+            std::path::PathBuf::from(block_list_of(bed, "grown-fail-big.txt", &["later.test"], 150_000));
+        let v1 = cgroup_v1_dir();
+        let mut starts: Vec<(&std::path::PathBuf, Vec<String>)> = vec![(&unreadable, vec![]), (&bad, vec![])];
+        match &v1 {
+            Some(dir) => starts.push((&grown, vec!["--cgroup".into(), dir.clone()])),
+            None => eprintln!("no cgroup v1 hierarchy here: the late failure is not tried"),
+        }
+        for (list, extra) in &starts {
             let out = std::process::Command::new(tests::monitor::monitor_bin())
                 .arg("run")
                 .args(block_args(&cg, &list.display().to_string()))
+                .args(extra)
                 .args(["--store", "none"])
                 .arg("--control")
                 .arg(bed.dir.join("grown-fail-control.sock"))
@@ -1724,8 +1760,9 @@ fn grown_list_cases(r: &mut Runner, bed: &Bed) {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "the daemon must not start with {}: {err}", list.display());
             assert!(err.contains("left as it was"), "says the old enforcement stays: {err}");
+            eprintln!("  refused as it should be: {}", err.trim());
             assert_eq!(pinned_state(&pin_dir), pinned, "the pins are untouched after {}", list.display());
-            assert_eq!(cgroup_programs(&cg), programs, "the attachments are untouched");
+            assert_eq!(cgroup_program_ids(&cg), program_ids, "the attachments are untouched");
             let mark = bed.log_mark();
             let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
             assert!(!run.ok() && run.elapsed < Duration::from_secs(1), "still blocked: {run:?}");
