@@ -1565,10 +1565,15 @@ fn idna_cases(r: &mut Runner, bed: &Bed) {
 
 /// Lines of a block list: `names`, then filler up to `total` (none of them a test name or its parent).
 fn block_list_of(bed: &Bed, file: &str, names: &[&str], total: usize) -> String {
+    filled_block_list(bed, file, names, total, "filler")
+}
+
+/// [`block_list_of`] with filler names under `filler.example`.
+fn filled_block_list(bed: &Bed, file: &str, names: &[&str], total: usize, filler: &str) -> String {
     let path = bed.dir.join(file);
     let mut text: String = names.iter().map(|n| format!("{n}\n")).collect();
     for i in names.len()..total {
-        text.push_str(&format!("host{i}.filler.example\n"));
+        text.push_str(&format!("host{i}.{filler}.example\n"));
     }
     std::fs::write(&path, text).expect("write block list");
     path.display().to_string()
@@ -1719,6 +1724,22 @@ fn grown_list_cases(r: &mut Runner, bed: &Bed) {
         second.stop();
         let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
         assert!(!run.ok(), "the big list still applies with no daemon: {run:?}");
+    });
+    r.case("grown_list_restart_with_another_list_of_the_same_size", || {
+        // 150,000 names replaced by 150,000 others: each fits the pinned maps, both side by side do not.
+        let cg = Cgroup::new("grown-swap");
+        let _cleanup = Detach(pin_dir.clone());
+        let old = filled_block_list(bed, "grown-swap-old.txt", &["blocked.test"], 150_000, "old");
+        let new = filled_block_list(bed, "grown-swap-new.txt", &["later.test"], 150_000, "new");
+        Monitor::start(&bed.dir, "grown-swap-1", None, &block_args(&cg, &old)).stop();
+        let second = Monitor::start(&bed.dir, "grown-swap-2", None, &block_args(&cg, &new));
+        let err = second.stderr();
+        assert!(err.contains("outgrew the pinned DOMAINS"), "says it made new maps: {err}");
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        expect_blocked(bed, &second, &run, "later.test", bed.log_mark());
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(run.ok(), "the old list no longer applies: {run:?}");
+        assert_eq!(cgroup_programs(&cg).len(), CGROUP_PROGRAMS, "{:?}", cgroup_programs(&cg));
     });
     r.case("grown_list_failed_restart_leaves_enforcement_as_it_was", || {
         let cg = Cgroup::new("grown-fail");

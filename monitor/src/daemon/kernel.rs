@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapInfo, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier, SkMsg, SockOps,
         TcAttachType,
@@ -62,6 +62,8 @@ pub struct LoadOptions<'a> {
     pub ifaces: &'a [String],
     pub domain_capacity: u32,
     pub net_capacity: u32,
+    /// How many domains and address ranges the lists hold.
+    pub indicator_counts: (usize, usize),
     /// Block mode: pin maps and links here, adopting what a previous daemon left.
     pub pin_dir: Option<&'a Path>,
     pub ring_buffer_bytes: u32,
@@ -79,27 +81,52 @@ const PERSISTENT_MAPS: &[&str] =
 /// The indicator maps, sized for the lists: a daemon whose lists outgrew the pinned ones makes its own.
 const INDICATOR_MAPS: [&str; 3] = ["DOMAINS", "NETS_V4", "NETS_V6"];
 
-/// Whether the lists fit the indicator maps a previous daemon pinned in `maps` (each at least the
-/// capacity this daemon would give it); `true` when none is pinned (there is nothing to outgrow).
-fn lists_fit_pinned(maps: &Path, domain_capacity: u32, net_capacity: u32) -> anyhow::Result<bool> {
+/// Whether the lists fit the indicator maps a previous daemon pinned in `maps`: each is at least the
+/// capacity this daemon would give it, and holds room for its entries next to the new ones (a new set
+/// is staged beside the live one). `true` when none is pinned (there is nothing to outgrow).
+fn lists_fit_pinned(maps: &Path, opts: &LoadOptions<'_>) -> anyhow::Result<bool> {
     for name in INDICATOR_MAPS {
         let path = maps.join(name);
         if !path.exists() {
             continue;
         }
-        let info =
-            MapInfo::from_pin(&path).with_context(|| format!("read the pinned map {}", path.display()))?;
-        let wanted = if name == "DOMAINS" { domain_capacity } else { net_capacity };
-        if info.max_entries() < wanted {
-            tracing::info!(
-                "the lists outgrew the pinned {name} ({} entries, {wanted} wanted): this daemon makes its own maps \
-                 and swaps them in once its programs are attached",
-                info.max_entries()
-            );
-            return Ok(false);
-        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("open the pinned map {}", path.display()))?;
+        let max =
+            data.info().with_context(|| format!("read the pinned map {}", path.display()))?.max_entries();
+        let (wanted, count) = if name == "DOMAINS" {
+            (opts.domain_capacity, opts.indicator_counts.0)
+        } else {
+            (opts.net_capacity, opts.indicator_counts.1)
+        };
+        let why = if max < wanted {
+            format!("{max} entries, {wanted} wanted for {count}")
+        } else {
+            let held = pinned_entries(name, data)?;
+            if held + count <= max as usize {
+                continue;
+            }
+            format!("{max} entries: {held} in use, {count} new staged beside them")
+        };
+        tracing::info!(
+            "the lists outgrew the pinned {name} ({why}): this daemon makes its own maps and swaps them in \
+             once its programs are attached"
+        );
+        return Ok(false);
     }
     Ok(true)
+}
+
+/// How many entries a pinned indicator map holds.
+fn pinned_entries(name: &str, data: MapData) -> anyhow::Result<usize> {
+    use aya::maps::{HashMap as BpfHashMap, LpmTrie};
+    use monitor_common::{name_hash::NameKey, verdict::IndicatorSlots};
+    let count = match name {
+        "DOMAINS" => BpfHashMap::<_, NameKey, IndicatorSlots>::try_from(Map::HashMap(data))?.keys().count(),
+        "NETS_V4" => LpmTrie::<_, [u8; 4], IndicatorSlots>::try_from(Map::LpmTrie(data))?.keys().count(),
+        _ => LpmTrie::<_, [u8; 16], IndicatorSlots>::try_from(Map::LpmTrie(data))?.keys().count(),
+    };
+    Ok(count)
 }
 
 /// For a daemon that stops before it is ready: says that what a previous daemon pinned is untouched.
@@ -229,7 +256,7 @@ impl Kernel {
             Some(dir) => {
                 let maps = dir.join("maps");
                 adopting = maps.join("CONFIG").exists();
-                fresh_indicator_maps = !lists_fit_pinned(&maps, opts.domain_capacity, opts.net_capacity)?;
+                fresh_indicator_maps = !lists_fit_pinned(&maps, opts)?;
                 std::fs::create_dir_all(&maps).with_context(|| format!("create {}", maps.display()))?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .with_context(|| format!("chmod 0700 {}", dir.display()))?;

@@ -222,6 +222,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         ifaces: &ifaces,
         domain_capacity,
         net_capacity,
+        indicator_counts: (set.domains().count(), set.nets().count()),
         inspection: plan.inspection,
         skb: plan.skb,
         pin_dir: if mode == MODE_BLOCK { pin_dir.as_deref() } else { None },
