@@ -93,6 +93,11 @@ impl DeviceEvent {
         report_id: u64,
         additional_fields: Map<String, Value>,
     ) -> Self {
+        let mut additional_fields = additional_fields;
+        // The name as the wire carries it stays in RemoteUrl; people read an internationalised one here.
+        if let Some(unicode) = crate::policy::unicode_form(&remote_url) {
+            additional_fields.insert("RemoteUrlUnicode".into(), Value::from(unicode));
+        }
         DeviceEvent {
             timestamp,
             table: action_type.table(),
@@ -190,7 +195,27 @@ mod tests {
         assert_eq!(v["InitiatingProcessFileName"], "curl");
         assert_eq!(v["LocalIP"], "10.0.0.2");
         assert!(v["AdditionalFields"].is_object());
+        assert!(v["AdditionalFields"].get("RemoteUrlUnicode").is_none(), "an ASCII name has no Unicode form");
         let back: DeviceEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn punycode_remote_url_carries_its_unicode_form() {
+        let event = DeviceEvent::new(
+            rfc3339_utc(0),
+            "host".into(),
+            ActionType::ConnectionSuccess,
+            ("10.0.0.5".into(), 3128),
+            ("10.0.0.2".into(), 40000),
+            "Tcp",
+            "xn--bcher-kva.example".into(),
+            None,
+            7,
+            Map::new(),
+        );
+        let v: Value = serde_json::from_str(&event.to_json_line()).unwrap();
+        assert_eq!(v["RemoteUrl"], "xn--bcher-kva.example", "the name as the wire carries it");
+        assert_eq!(v["AdditionalFields"]["RemoteUrlUnicode"], "bücher.example");
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! A file holds one indicator per line; `#` starts a comment; blank lines are ignored. An indicator is
 //! a domain (it and every subdomain), an IPv4 or IPv6 address, or a CIDR range. Allow wins over block.
+//! A domain written in Unicode (`bücher.example`) is mapped by UTS 46 to the ASCII form the wire carries
+//! (`xn--bcher-kva.example`), and kept and matched in that form only.
 //! The kernel holds the same sets in its maps (see `monitor_common::name_hash`); this module parses and
 //! validates them and answers "which indicator matched" for events.
 
@@ -60,8 +62,28 @@ impl fmt::Display for Indicator {
     }
 }
 
-/// Lower case, without one trailing dot; `None` if it cannot be a host name.
+/// Lower case, without one trailing dot, in ASCII (a Unicode name in its punycode form, by UTS 46);
+/// `None` if it cannot be a host name.
 pub fn normalize_domain(text: &str) -> Option<String> {
+    if text.is_ascii() {
+        return ascii_domain(text);
+    }
+    ascii_domain(&idna::domain_to_ascii(text).ok()?)
+}
+
+/// The Unicode form of a name with a punycode (`xn--`) label, for people to read; `None` for other names
+/// and for labels that are not valid punycode.
+pub fn unicode_form(name: &str) -> Option<String> {
+    let punycode = name.split('.').any(|l| l.len() > 4 && l[..4].eq_ignore_ascii_case("xn--"));
+    if !punycode || !name.is_ascii() {
+        return None;
+    }
+    let (unicode, checked) = idna::domain_to_unicode(name);
+    checked.ok()?;
+    (!unicode.eq_ignore_ascii_case(name)).then_some(unicode)
+}
+
+fn ascii_domain(text: &str) -> Option<String> {
     let text = text.strip_suffix('.').unwrap_or(text);
     if text.is_empty() || text.len() > 253 {
         return None;
@@ -95,6 +117,13 @@ impl Indicator {
         }
         if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
             return Err("neither a valid IPv4 address nor a domain");
+        }
+        if !text.is_ascii() {
+            let ascii = idna::domain_to_ascii(text)
+                .map_err(|_| "not a valid internationalised domain name (UTS 46)")?;
+            return ascii_domain(&ascii)
+                .map(|d| Indicator::Domain(d.into()))
+                .ok_or("an internationalised domain name whose ASCII form is not a host name");
         }
         normalize_domain(text)
             .map(|d| Indicator::Domain(d.into()))
@@ -373,6 +402,46 @@ mod tests {
         let s = set(&[], &["xn--bcher-kva.example"]);
         assert!(matches!(s.judge_host("www.XN--BCHER-KVA.example"), Decision::Blocked(_)));
         assert_eq!(s.judge_host("bcher-kva.example"), Decision::NoMatch);
+    }
+
+    #[test]
+    fn unicode_names_are_kept_and_matched_as_punycode() {
+        let s = set(&[], &["Bücher.Example."]);
+        assert_eq!(s.list(ListKind::Block), vec![Indicator::Domain("xn--bcher-kva.example".into())]);
+        assert_eq!(
+            s.judge_host("www.xn--bcher-kva.example"),
+            Decision::Blocked(Indicator::Domain("xn--bcher-kva.example".into()))
+        );
+        // A name written in Unicode on the wire is judged in the same form.
+        assert!(matches!(s.judge_host("BÜCHER.example"), Decision::Blocked(_)));
+        assert_eq!(s.judge_host("bucher.example"), Decision::NoMatch);
+        // UTS 46 maps full-width dots and compatibility forms too.
+        assert_eq!(
+            Indicator::parse("ｂüｃｈｅｒ。example"),
+            Ok(Indicator::Domain("xn--bcher-kva.example".into()))
+        );
+        assert_eq!(Indicator::parse("例え.テスト"), Ok(Indicator::Domain("xn--r8jz45g.xn--zckzah".into())));
+    }
+
+    #[test]
+    fn invalid_unicode_names_name_file_and_line() {
+        // U+2488 maps to "1." and leaves an empty label; a lone combining mark cannot start a label.
+        for bad in ["a\u{2488}.example", "\u{0301}x.example", "bü cher.example"] {
+            let err = parse_list(Path::new("block.txt"), &format!("ok.example\n{bad}\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("block.txt:2: "), "{text}");
+            assert!(text.contains("internationalised domain name"), "{text}");
+        }
+    }
+
+    #[test]
+    fn unicode_form_only_for_punycode_names() {
+        assert_eq!(unicode_form("www.xn--bcher-kva.example").as_deref(), Some("www.bücher.example"));
+        assert_eq!(unicode_form("WWW.XN--BCHER-KVA.example").as_deref(), Some("www.bücher.example"));
+        assert_eq!(unicode_form("origin.test"), None);
+        assert_eq!(unicode_form(""), None);
+        // Not valid punycode: no Unicode form to show.
+        assert_eq!(unicode_form("xn--a.example"), None);
     }
 
     #[test]

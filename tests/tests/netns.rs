@@ -1494,9 +1494,302 @@ fn main() {
         early_data::cases(&mut r, &mut bed);
     }
     fault_cases(&mut r, &bed);
+    idna_cases(&mut r, &bed);
+    grown_list_cases(&mut r, &bed);
     config_cases(&mut r, &bed);
     quic_cases(&mut r, &bed);
     dedupe_cases(&mut r, &mut bed);
     drop(bed);
     r.finish();
+}
+
+/// Indicators written in Unicode: kept and matched in the punycode form the wire carries.
+fn idna_cases(r: &mut Runner, bed: &Bed) {
+    r.case("idna_unicode_indicator_blocks_its_punycode_name", || {
+        let cg = Cgroup::new("idna");
+        let block = bed.dir.join("idna-block.txt");
+        std::fs::write(&block, "# pasted as people read it\nbücher.example\n").expect("write block list");
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--block".into(),
+            block.display().to_string(),
+        ];
+        let mon = Monitor::start(&bed.dir, "idna", None, &args);
+        let listed = mon.ctl(&["indicators", "list", "block"]);
+        let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+        assert!(listed.contains("xn--bcher-kva.example"), "listed in punycode: {listed}");
+        let mark = bed.log_mark();
+        let run = curl(bed, &cg, &["-x", SQUID, "http://xn--bcher-kva.example/"]);
+        expect_blocked(bed, &mon, &run, "xn--bcher-kva.example", mark);
+        let e =
+            expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", "xn--bcher-kva.example");
+        assert_eq!(e["AdditionalFields"]["MatchedIndicator"], "xn--bcher-kva.example", "{e}");
+        assert_eq!(e["AdditionalFields"]["RemoteUrlUnicode"], "bücher.example", "{e}");
+        // Through a CONNECT tunnel too (the name in the CONNECT line).
+        let mark = bed.log_mark();
+        let run = curl(bed, &cg, &["-x", SQUID, "https://xn--bcher-kva.example/"]);
+        expect_blocked(bed, &mon, &run, "xn--bcher-kva.example", mark);
+        // `monitor indicators add` takes Unicode as well; an ASCII name has no Unicode form in events.
+        let out = mon.ctl(&["indicators", "add", "block", "Straße.example"]);
+        assert!(out.status.success(), "add a Unicode name: {}", String::from_utf8_lossy(&out.stderr));
+        let listed = mon.ctl(&["indicators", "list", "block"]);
+        let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+        assert!(listed.contains("xn--strae-oqa.example"), "UTS 46 keeps ß: {listed}");
+        let out = mon.ctl(&["indicators", "add", "block", "\u{0301}x.example"]);
+        assert!(!out.status.success(), "an invalid IDNA name is refused");
+        let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        assert!(err.contains("internationalised domain name"), "says why: {err}");
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        let ok = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+        assert!(ok["AdditionalFields"].get("RemoteUrlUnicode").is_none(), "{ok}");
+    });
+    r.case("idna_invalid_name_names_file_and_line", || {
+        let bad = bed.dir.join("idna-bad.txt");
+        std::fs::write(&bad, "bücher.example\n\u{0301}x.example\n").expect("write bad list");
+        let out = std::process::Command::new(tests::monitor::monitor_bin())
+            .args(["run", "--check", "--mode", "block", "--store", "none", "--block"])
+            .arg(&bad)
+            .output()
+            .expect("run monitor");
+        assert!(!out.status.success(), "a bad list stops the daemon");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("idna-bad.txt:2") && err.contains("internationalised domain name"),
+            "names file, line and reason: {err}"
+        );
+    });
+}
+
+/// Lines of a block list: `names`, then filler up to `total` (none of them a test name or its parent).
+fn block_list_of(bed: &Bed, file: &str, names: &[&str], total: usize) -> String {
+    filled_block_list(bed, file, names, total, "filler")
+}
+
+/// [`block_list_of`] with filler names under `filler.example`.
+fn filled_block_list(bed: &Bed, file: &str, names: &[&str], total: usize, filler: &str) -> String {
+    let path = bed.dir.join(file);
+    let mut text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    for i in names.len()..total {
+        text.push_str(&format!("host{i}.{filler}.example\n"));
+    }
+    std::fs::write(&path, text).expect("write block list");
+    path.display().to_string()
+}
+
+/// What a pin directory holds: the link pins and each map pin's id (bpftool), to compare before and after.
+fn pinned_state(pin_dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["links", "maps"] {
+        let dir = std::path::Path::new(pin_dir).join(sub);
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let shown = path.display().to_string();
+                if sub == "maps" {
+                    out.push(format!("{shown} id {}", pinned_map(&shown)["id"]));
+                } else {
+                    out.push(shown);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The ids of the programs attached to a cgroup (a program replaced by another has a new id).
+fn cgroup_program_ids(cg: &Cgroup) -> Vec<u64> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut ids: Vec<u64> =
+        v.as_array().map(|a| a.iter().filter_map(|p| p["id"].as_u64()).collect()).unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+/// A cgroup v1 hierarchy's root, where no cgroup program attaches.
+fn cgroup_v1_dir() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    info.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup")
+            .then(|| pre.split_whitespace().nth(4).map(str::to_string))?
+    })
+}
+
+/// `bpftool map show pinned PATH` as JSON.
+fn pinned_map(path: &str) -> Value {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned", path])
+        .output()
+        .expect("run bpftool");
+    assert!(out.status.success(), "bpftool map show pinned {path}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+/// A block-mode restart with a list that outgrew the pinned maps, and a restart that fails.
+fn grown_list_cases(r: &mut Runner, bed: &Bed) {
+    let pin_dir = format!("/sys/fs/bpf/monitor-test-{}-grown", std::process::id());
+    let block_args = |cg: &Cgroup, list: &str| -> Vec<String> {
+        [
+            "--mode",
+            "block",
+            "--cgroup",
+            &cg.path.display().to_string(),
+            "--block",
+            list,
+            "--pin-dir",
+            &pin_dir,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    r.case("grown_list_restart_with_200000_indicators_has_no_gap", || {
+        let cg = Cgroup::new("grown");
+        let _cleanup = Detach(pin_dir.clone());
+        let small = block_list_of(bed, "grown-small.txt", &["blocked.test"], 10);
+        // later.test is only in the big list.
+        let big = block_list_of(bed, "grown-big.txt", &["blocked.test", "later.test"], 200_000);
+        let first = Monitor::start(&bed.dir, "grown-1", None, &block_args(&cg, &small));
+        let before = pinned_map(&format!("{pin_dir}/maps/DOMAINS"));
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        assert!(run.ok(), "later.test is not in the short list: {run:?}");
+
+        // A client tries the denied name all along: after the SIGTERM, while the big list loads, and after.
+        let mark = bed.log_mark();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (attempts, stopped, ready, second) = std::thread::scope(|s| {
+            let prober = s.spawn(|| {
+                let mut attempts = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < deadline
+                {
+                    let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+                    attempts.push((std::time::Instant::now(), run));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                attempts
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let stopped = std::time::Instant::now();
+            first.stop();
+            let second = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Monitor::start(&bed.dir, "grown-2", None, &block_args(&cg, &big))
+            }));
+            let ready = std::time::Instant::now();
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let attempts = prober.join().expect("the probing client");
+            (attempts, stopped, ready, second)
+        });
+        let second = second.unwrap_or_else(|_| panic!("the restart with 200,000 indicators did not start"));
+        let leaked: Vec<&ClientRun> = attempts.iter().map(|(_, r)| r).filter(|r| r.ok()).collect();
+        assert!(leaked.is_empty(), "the denied name got through during the restart: {leaked:?}");
+        let during = attempts.iter().filter(|(t, _)| *t > stopped && *t < ready).count();
+        assert!(during >= 3, "too few tries while the daemon restarted ({during} of {})", attempts.len());
+        assert!(
+            !bed.logs_since(mark).contains("blocked.test"),
+            "squid saw the denied name during the restart"
+        );
+
+        let err = second.stderr();
+        assert!(err.contains("outgrew the pinned DOMAINS"), "says it made new maps: {err}");
+        assert!(err.contains("200000 block"), "loaded the big list: {err}");
+        let st = status(&second);
+        assert_eq!(st["adopted_from"], pin_dir.as_str(), "{st}");
+        let programs = cgroup_programs(&cg);
+        assert_eq!(programs.len(), CGROUP_PROGRAMS, "the old links were released: {programs:?}");
+        let after = pinned_map(&format!("{pin_dir}/maps/DOMAINS"));
+        assert_ne!(before["id"], after["id"], "the DOMAINS pin now holds the new map");
+        assert!(after["max_entries"].as_u64().unwrap_or(0) >= 200_000, "sized for the big list: {after}");
+
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        expect_blocked(bed, &second, &run, "later.test", bed.log_mark());
+        let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
+        expect_success(&second, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
+        // Stopped again, the new maps are what stays pinned.
+        second.stop();
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        assert!(!run.ok(), "the big list still applies with no daemon: {run:?}");
+    });
+    r.case("grown_list_restart_with_another_list_of_the_same_size", || {
+        // 150,000 names replaced by 150,000 others: each fits the pinned maps, both side by side do not.
+        let cg = Cgroup::new("grown-swap");
+        let _cleanup = Detach(pin_dir.clone());
+        let old = filled_block_list(bed, "grown-swap-old.txt", &["blocked.test"], 150_000, "old");
+        let new = filled_block_list(bed, "grown-swap-new.txt", &["later.test"], 150_000, "new");
+        Monitor::start(&bed.dir, "grown-swap-1", None, &block_args(&cg, &old)).stop();
+        let second = Monitor::start(&bed.dir, "grown-swap-2", None, &block_args(&cg, &new));
+        let err = second.stderr();
+        assert!(err.contains("outgrew the pinned DOMAINS"), "says it made new maps: {err}");
+        let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+        expect_blocked(bed, &second, &run, "later.test", bed.log_mark());
+        let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+        assert!(run.ok(), "the old list no longer applies: {run:?}");
+        assert_eq!(cgroup_programs(&cg).len(), CGROUP_PROGRAMS, "{:?}", cgroup_programs(&cg));
+    });
+    r.case("grown_list_failed_restart_leaves_enforcement_as_it_was", || {
+        let cg = Cgroup::new("grown-fail");
+        let _cleanup = Detach(pin_dir.clone());
+        let small = block_list_of(bed, "grown-fail-small.txt", &["blocked.test"], 10);
+        Monitor::start(&bed.dir, "grown-fail-1", None, &block_args(&cg, &small)).stop();
+        let pinned = pinned_state(&pin_dir);
+        let programs = cgroup_programs(&cg);
+        assert_eq!(programs.len(), CGROUP_PROGRAMS, "{programs:?}");
+        let program_ids = cgroup_program_ids(&cg);
+        // An unreadable list (not UTF-8), and a list that would outgrow the maps but has a bad line.
+        let unreadable = bed.dir.join("grown-unreadable.txt");
+        std::fs::write(&unreadable, b"later.test\n\xff\xfe\n").expect("write list");
+        let bad = std::path::PathBuf::from(block_list_of(bed, "grown-bad.txt", &["later.test"], 150_000));
+        let text = std::fs::read_to_string(&bad).expect("read list") + "10.0.0.0/40\n";
+        std::fs::write(&bad, text).expect("write list");
+        // And a start that fails late: the grown list loaded into new maps and the programs attached to
+        // the clients' cgroup, then one more cgroup that is not cgroup v2 refuses them.
+        let grown =
+            std::path::PathBuf::from(block_list_of(bed, "grown-fail-big.txt", &["later.test"], 150_000));
+        let v1 = cgroup_v1_dir();
+        let mut starts: Vec<(&std::path::PathBuf, Vec<String>)> = vec![(&unreadable, vec![]), (&bad, vec![])];
+        match &v1 {
+            Some(dir) => starts.push((&grown, vec!["--cgroup".into(), dir.clone()])),
+            None => eprintln!("no cgroup v1 hierarchy here: the late failure is not tried"),
+        }
+        for (list, extra) in &starts {
+            let out = std::process::Command::new(tests::monitor::monitor_bin())
+                .arg("run")
+                .args(block_args(&cg, &list.display().to_string()))
+                .args(extra)
+                .args(["--store", "none"])
+                .arg("--control")
+                .arg(bed.dir.join("grown-fail-control.sock"))
+                .arg("--events")
+                .arg(bed.dir.join("grown-fail-events.jsonl"))
+                .output()
+                .expect("run monitor");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "the daemon must not start with {}: {err}", list.display());
+            assert!(err.contains("left as it was"), "says the old enforcement stays: {err}");
+            eprintln!("  refused as it should be: {}", err.trim());
+            assert_eq!(pinned_state(&pin_dir), pinned, "the pins are untouched after {}", list.display());
+            assert_eq!(cgroup_program_ids(&cg), program_ids, "the attachments are untouched");
+            let mark = bed.log_mark();
+            let run = curl(bed, &cg, &["-x", SQUID, "https://blocked.test/"]);
+            assert!(!run.ok() && run.elapsed < Duration::from_secs(1), "still blocked: {run:?}");
+            assert!(!bed.logs_since(mark).contains("blocked.test"), "squid saw the denied name");
+            let run = curl(bed, &cg, &["-x", SQUID, "https://later.test/"]);
+            assert!(run.ok(), "the failed list did not take effect: {run:?}");
+        }
+    });
 }

@@ -24,7 +24,7 @@ use crate::{
 
 /// Debian 12's default kernel (6.1) and its newer 6.12 line; meta packages, resolved to a release.
 const DEFAULT_KERNELS: &[&str] = &["linux-image-amd64", "linux-image-6.12-amd64"];
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
+pub(crate) const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
 /// tc clsact and the bpf classifier are modules in Debian's kernels; before 6.6 (tcx) the classifier
 /// attaches through them.
 const MODULES: &[&str] = &["sch_ingress", "cls_bpf"];

@@ -14,22 +14,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod cross;
 mod kernel_check;
-
-/// Debian packages the integration tests and benchmarks use as real peers.
-const TEST_PACKAGES: &[&str] = &[
-    "squid",
-    "tinyproxy",
-    "microsocks",
-    "nginx-light",
-    "curl",
-    "openssl",
-    "gnutls-bin",
-    "chromium",
-    "iproute2",
-    "ethtool",
-    "tshark",
-    "python3",
-];
+mod programs;
 
 #[derive(Parser)]
 #[command(about = "Tasks for the monitor workspace")]
@@ -194,7 +179,13 @@ fn setup_test_peers() -> anyhow::Result<()> {
     step(
         "checking the Debian packages of the integration tests (squid, tinyproxy, microsocks, nginx, curl, chromium, ...)",
     );
-    cross::install_debian_packages(TEST_PACKAGES)
+    let missing = programs::missing_base_programs();
+    if !missing.is_empty() {
+        let named: Vec<String> =
+            missing.iter().map(|(p, pkg)| format!("{p} (Debian package {pkg})")).collect();
+        bail!("the tests expect these in the base image, and they are not on PATH: {}", named.join(", "));
+    }
+    cross::install_debian_packages(&programs::test_packages())
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` (CI): enough to catch regressions on the seeds.

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf, SockHash},
+    maps::{Array, Map, MapData, PerCpuArray, RingBuf, SockHash},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SchedClassifier, SkMsg, SockOps,
         TcAttachType,
@@ -49,6 +49,11 @@ pub struct Kernel {
     pub degraded: Vec<&'static str>,
     inspection: bool,
     skb: bool,
+    /// Block mode found enforcement pinned by a previous daemon: it stays untouched until `commit`.
+    adopting: bool,
+    /// Indicator maps made for this daemon because its lists outgrew the pinned ones; their pins
+    /// replace the old ones at `commit`.
+    fresh_maps: Vec<(&'static str, MapData)>,
 }
 
 pub struct LoadOptions<'a> {
@@ -57,6 +62,8 @@ pub struct LoadOptions<'a> {
     pub ifaces: &'a [String],
     pub domain_capacity: u32,
     pub net_capacity: u32,
+    /// How many domains and address ranges the lists hold.
+    pub indicator_counts: (usize, usize),
     /// Block mode: pin maps and links here, adopting what a previous daemon left.
     pub pin_dir: Option<&'a Path>,
     pub ring_buffer_bytes: u32,
@@ -70,6 +77,70 @@ pub struct LoadOptions<'a> {
 /// the next daemon adopts them (its events resume from the same ring buffer).
 const PERSISTENT_MAPS: &[&str] =
     &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY", "DEFERRED"];
+
+/// The indicator maps, sized for the lists: a daemon whose lists outgrew the pinned ones makes its own.
+const INDICATOR_MAPS: [&str; 3] = ["DOMAINS", "NETS_V4", "NETS_V6"];
+
+/// Whether the lists fit the indicator maps a previous daemon pinned in `maps`: each is at least the
+/// capacity this daemon would give it, and holds room for its entries next to the new ones (a new set
+/// is staged beside the live one). `true` when none is pinned (there is nothing to outgrow).
+fn lists_fit_pinned(maps: &Path, opts: &LoadOptions<'_>) -> anyhow::Result<bool> {
+    for name in INDICATOR_MAPS {
+        let path = maps.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("open the pinned map {}", path.display()))?;
+        let max =
+            data.info().with_context(|| format!("read the pinned map {}", path.display()))?.max_entries();
+        let (wanted, count) = if name == "DOMAINS" {
+            (opts.domain_capacity, opts.indicator_counts.0)
+        } else {
+            (opts.net_capacity, opts.indicator_counts.1)
+        };
+        let why = if max < wanted {
+            format!("{max} entries, {wanted} wanted for {count}")
+        } else {
+            let held = pinned_entries(name, data)?;
+            if held + count <= max as usize {
+                continue;
+            }
+            format!("{max} entries: {held} in use, {count} new staged beside them")
+        };
+        tracing::info!(
+            "the lists outgrew the pinned {name} ({why}): this daemon makes its own maps and swaps them in \
+             once its programs are attached"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// How many entries a pinned indicator map holds.
+fn pinned_entries(name: &str, data: MapData) -> anyhow::Result<usize> {
+    use aya::maps::{HashMap as BpfHashMap, LpmTrie};
+    use monitor_common::{name_hash::NameKey, verdict::IndicatorSlots};
+    let count = match name {
+        "DOMAINS" => BpfHashMap::<_, NameKey, IndicatorSlots>::try_from(Map::HashMap(data))?.keys().count(),
+        "NETS_V4" => LpmTrie::<_, [u8; 4], IndicatorSlots>::try_from(Map::LpmTrie(data))?.keys().count(),
+        _ => LpmTrie::<_, [u8; 16], IndicatorSlots>::try_from(Map::LpmTrie(data))?.keys().count(),
+    };
+    Ok(count)
+}
+
+/// For a daemon that stops before it is ready: says that what a previous daemon pinned is untouched.
+pub fn left_as_it_was(err: anyhow::Error, pin_dir: Option<&Path>) -> anyhow::Error {
+    let dir = pin_dir.map(Path::to_path_buf).or_else(|| mount_point("bpf").map(|fs| fs.join("monitor")));
+    match dir {
+        Some(dir) if has_pins(&dir) => err.context(format!(
+            "the daemon did not start; the enforcement pinned in {} is left as it was (its programs and \
+             indicators still apply)",
+            dir.display()
+        )),
+        _ => err,
+    }
+}
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo (it is not always /sys/fs/cgroup).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
@@ -166,6 +237,9 @@ pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
 }
 
 impl Kernel {
+    /// Load the programs and maps; nothing is attached yet. In block mode the maps a previous daemon
+    /// pinned are reused (its CONFIG is not written until `commit`), except indicator maps the lists
+    /// outgrew: those are made anew, at the size wanted.
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Kernel> {
         let mut loader = EbpfLoader::new();
         // A map type this kernel lacks is left out instead of failing the whole object: the features probe
@@ -176,13 +250,21 @@ impl Kernel {
             .map_max_entries("NETS_V4", opts.net_capacity.max(1024))
             .map_max_entries("NETS_V6", opts.net_capacity.max(1024))
             .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+        let mut fresh_indicator_maps = false;
+        let mut adopting = false;
         let map_paths: Vec<(&str, PathBuf)> = match opts.pin_dir {
             Some(dir) => {
                 let maps = dir.join("maps");
+                adopting = maps.join("CONFIG").exists();
+                fresh_indicator_maps = !lists_fit_pinned(&maps, opts)?;
                 std::fs::create_dir_all(&maps).with_context(|| format!("create {}", maps.display()))?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                     .with_context(|| format!("chmod 0700 {}", dir.display()))?;
-                PERSISTENT_MAPS.iter().map(|m| (*m, maps.join(m))).collect()
+                PERSISTENT_MAPS
+                    .iter()
+                    .filter(|m| !(fresh_indicator_maps && INDICATOR_MAPS.contains(m)))
+                    .map(|m| (*m, maps.join(m)))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -190,12 +272,24 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("load the kernel programs' object (maps and BTF)")?;
-        {
+        // A previous daemon's programs read the pinned CONFIG: it changes only at `commit`.
+        if !adopting {
             let mut config: Array<_, Config> =
                 Array::try_from(ebpf.map_mut("CONFIG").context("map CONFIG")?).context("map CONFIG")?;
             config.set(0, opts.config, 0).context("write CONFIG")?;
         }
-        let mut kernel = Kernel {
+        let mut fresh_maps = Vec::new();
+        if fresh_indicator_maps {
+            for name in INDICATOR_MAPS {
+                let fd = match ebpf.map(name).with_context(|| format!("map {name}"))? {
+                    Map::HashMap(data) | Map::LpmTrie(data) => data.fd().as_fd().try_clone_to_owned(),
+                    _ => bail!("map {name} is neither a hash map nor an LPM trie"),
+                }
+                .with_context(|| format!("dup the {name} fd"))?;
+                fresh_maps.push((name, MapData::from_fd(fd).with_context(|| format!("map {name}"))?));
+            }
+        }
+        Ok(Kernel {
             ebpf,
             attachments: Vec::new(),
             links: Vec::new(),
@@ -205,16 +299,23 @@ impl Kernel {
             degraded: Vec::new(),
             inspection: opts.inspection,
             skb: opts.skb,
-        };
+            adopting,
+            fresh_maps,
+        })
+    }
+
+    /// Attach the programs. Their links are this daemon's until `commit` pins them: if it stops before,
+    /// they detach and a previous daemon's enforcement is as it was.
+    pub fn attach(&mut self, opts: &LoadOptions<'_>) -> anyhow::Result<()> {
         if !opts.cgroups.is_empty() {
-            let (links, attachments) = (kernel.links.len(), kernel.attachments.len());
-            match kernel.attach_cgroups(opts.cgroups) {
+            let (links, attachments) = (self.links.len(), self.attachments.len());
+            match self.attach_cgroups(opts.cgroups) {
                 Ok(()) => {}
                 // Audit with gateway interfaces can do without the cgroup hooks; block mode cannot.
                 Err(e) if opts.config.mode != MODE_BLOCK && !opts.ifaces.is_empty() => {
-                    kernel.links.truncate(links);
-                    kernel.attachments.truncate(attachments);
-                    kernel.degraded.extend(CGROUP_PROGRAMS);
+                    self.links.truncate(links);
+                    self.attachments.truncate(attachments);
+                    self.degraded.extend(CGROUP_PROGRAMS);
                     tracing::warn!(
                         "the cgroup hooks could not be attached ({e:#}): local sockets are not watched (no processes, \
                          nothing blocked); audit continues from TC alone on {}",
@@ -224,15 +325,52 @@ impl Kernel {
                 Err(e) => return Err(e),
             }
         } else {
-            kernel.degraded.extend(CGROUP_PROGRAMS);
+            self.degraded.extend(CGROUP_PROGRAMS);
         }
-        kernel.degraded.sort_unstable();
-        kernel.degraded.dedup();
-        kernel.attach_ifaces(opts.ifaces)?;
-        if let Some(dir) = opts.pin_dir {
-            kernel.pin_links(dir)?;
+        self.degraded.sort_unstable();
+        self.degraded.dedup();
+        self.attach_ifaces(opts.ifaces)
+    }
+
+    /// Make this daemon's enforcement the one in force: pin its links as a new generation, let `flip`
+    /// switch the programs to its indicators (CONFIG), replace the pins of indicator maps made anew, and
+    /// only then release the older generations, so enforcement has no gap.
+    pub fn commit(&mut self, flip: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return flip();
+        };
+        let older = pinned_generations(&dir);
+        let generation = self.pin_links(&dir)?;
+        if let Err(e) = flip().and_then(|()| self.replace_map_pins(&dir)) {
+            // Back out: the previous daemon's links were never touched.
+            self.pinned.clear();
+            if let Err(undo) = release_generation(&generation) {
+                tracing::warn!("could not release this daemon's links in {}: {undo:#}", generation.display());
+            }
+            return Err(e);
         }
-        Ok(kernel)
+        for old in older {
+            let released = release_generation(&old)?;
+            tracing::info!("adopted enforcement pinned by a previous daemon: released its {released} links");
+        }
+        Ok(())
+    }
+
+    /// Pin the fresh indicator maps where the old ones were pinned: each goes in by a rename over the old
+    /// pin, so the path never points at nothing.
+    fn replace_map_pins(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let maps = dir.join("maps");
+        for (name, map) in &self.fresh_maps {
+            let path = maps.join(name);
+            // bpffs refuses names with a dot.
+            let staged = maps.join(format!("{name}-new"));
+            let _ = std::fs::remove_file(&staged);
+            map.pin(&staged).with_context(|| format!("pin the new {name} at {}", staged.display()))?;
+            std::fs::rename(&staged, &path)
+                .with_context(|| format!("replace the pinned {} with the new one", path.display()))?;
+        }
+        self.fresh_maps.clear();
+        Ok(())
     }
 
     /// The configuration a previous daemon left in a pinned CONFIG map (its hash seeds key the
@@ -243,10 +381,8 @@ impl Kernel {
         config.get(&0, 0).ok().filter(|c| c.seed != [0, 0])
     }
 
-    /// Pin this daemon's links as a new generation, then release the older generations: the new
-    /// programs are attached before the old ones go, so enforcement has no gap.
-    fn pin_links(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let older = pinned_generations(dir);
+    /// Pin this daemon's links as a new generation; returns its directory.
+    fn pin_links(&mut self, dir: &Path) -> anyhow::Result<PathBuf> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -255,14 +391,16 @@ impl Kernel {
         std::fs::create_dir_all(&generation).with_context(|| format!("create {}", generation.display()))?;
         for (i, (name, link)) in std::mem::take(&mut self.links).into_iter().enumerate() {
             let path = generation.join(format!("{i:02}-{name}"));
-            let pinned = link.pin(&path).with_context(|| format!("pin link {}", path.display()))?;
-            self.pinned.push(pinned);
+            match link.pin(&path) {
+                Ok(pinned) => self.pinned.push(pinned),
+                Err(e) => {
+                    self.pinned.clear();
+                    let _ = release_generation(&generation);
+                    return Err(e).with_context(|| format!("pin link {}", path.display()));
+                }
+            }
         }
-        for old in older {
-            let released = release_generation(&old)?;
-            tracing::info!("adopted enforcement pinned by a previous daemon: released its {released} links");
-        }
-        Ok(())
+        Ok(generation)
     }
 
     fn keep(
@@ -307,21 +445,11 @@ impl Kernel {
         Ok(())
     }
 
-    fn attach_cgroups(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
-        let files = cgroups
-            .iter()
-            .map(|p| File::open(p).with_context(|| format!("open cgroup {}", p.display())).map(|f| (p, f)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-
-        // sock_ops first: a socket must be enrolled for inspection before anything can judge it.
-        let sock_fd = {
-            let socks: SockHash<&MapData, u64> =
-                SockHash::try_from(self.ebpf.map("SOCKS").context("map SOCKS")?).context("map SOCKS")?;
-            socks.fd().try_clone().context("dup SOCKS fd")?
-        };
+    /// Attach sk_msg to SOCKS, or say what is lost without it.
+    fn inspect_sockets(&mut self, sock_fd: &aya::maps::sock::SockMapFd) -> anyhow::Result<()> {
         let block = self.mode == MODE_BLOCK;
         let inspection = if self.inspection {
-            self.attach_inspection(&sock_fd)
+            self.attach_inspection(sock_fd)
         } else {
             Err(anyhow::anyhow!("not attempted"))
         };
@@ -339,6 +467,26 @@ impl Kernel {
                 tracing::warn!("payload inspection is unavailable, events will name no targets: {e:#}");
                 self.degraded.push("inspect_send");
             }
+        }
+        Ok(())
+    }
+
+    fn attach_cgroups(&mut self, cgroups: &[PathBuf]) -> anyhow::Result<()> {
+        let files = cgroups
+            .iter()
+            .map(|p| File::open(p).with_context(|| format!("open cgroup {}", p.display())).map(|f| (p, f)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+
+        // sock_ops first: a socket must be enrolled for inspection before anything can judge it.
+        let sock_fd = {
+            let socks: SockHash<&MapData, u64> =
+                SockHash::try_from(self.ebpf.map("SOCKS").context("map SOCKS")?).context("map SOCKS")?;
+            socks.fd().try_clone().context("dup SOCKS fd")?
+        };
+        // A previous daemon's sk_msg stays on the pinned SOCKS until this one's replaces it, and the
+        // replacement cannot be undone: it comes last, once everything else is attached.
+        if !self.adopting {
+            self.inspect_sockets(&sock_fd)?;
         }
 
         for name in ["connect4", "connect6"] {
@@ -390,6 +538,9 @@ impl Kernel {
         }
         for link in taken {
             self.keep("track_connection", link)?;
+        }
+        if self.adopting {
+            self.inspect_sockets(&sock_fd)?;
         }
         for (path, _) in &files {
             for program in

@@ -115,7 +115,8 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             settings::check_owner(what, path)?;
         }
     }
-    let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())?;
+    let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())
+        .map_err(|e| kernel::left_as_it_was(e.into(), args.pin_dir.as_deref()))?;
     let set = indicators.effective();
     for cgroup in &args.cgroups {
         if !cgroup.join("cgroup.procs").exists() {
@@ -215,19 +216,31 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = control::bind(&args.control)?;
 
     let ifaces = if plan.gateway { args.ifaces.clone() } else { Vec::new() };
-    let mut kernel = Kernel::load(&LoadOptions {
+    let load = LoadOptions {
         config,
         cgroups: &cgroups,
         ifaces: &ifaces,
         domain_capacity,
         net_capacity,
+        indicator_counts: (set.domains().count(), set.nets().count()),
         inspection: plan.inspection,
         skb: plan.skb,
         pin_dir: if mode == MODE_BLOCK { pin_dir.as_deref() } else { None },
         ring_buffer_bytes: args.ring_buffer_bytes,
-    })?;
-    let mut policy = KernelPolicy::take(&mut kernel, config)?;
-    let applied = policy.apply(&set).context("load the indicators into the kernel")?;
+    };
+    // The indicators are in the maps and the programs attached before anything a previous daemon
+    // pinned changes (`commit`); a failure before that leaves its enforcement as it was.
+    let had_pins = load.pin_dir.is_some_and(kernel::has_pins);
+    let (mut kernel, mut policy, applied) = (|| {
+        let mut kernel = Kernel::load(&load)?;
+        let mut policy = KernelPolicy::take(&mut kernel, config)?;
+        let applied = policy.stage(&set).context("load the indicators into the kernel")?;
+        kernel.attach(&load)?;
+        kernel.commit(|| policy.flip())?;
+        anyhow::Ok((kernel, policy, applied))
+    })()
+    .map_err(|e| if had_pins { kernel::left_as_it_was(e, load.pin_dir) } else { e })?;
+    policy.settle().context("settle the indicators in the kernel")?;
     let (allow_n, block_n) = set.counts();
     info!(
         "indicators: {allow_n} allow, {block_n} block ({} map writes in {} ms)",

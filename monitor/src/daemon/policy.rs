@@ -251,6 +251,16 @@ impl KernelPolicy {
     /// Replace the kernel's indicators with `set`, atomically for the programs.
     pub fn apply(&mut self, set: &IndicatorSet) -> anyhow::Result<Applied> {
         let started = Instant::now();
+        let staged = self.stage(set)?;
+        self.flip()?;
+        self.settle()?;
+        Ok(Applied { writes: staged.writes, millis: started.elapsed().as_millis() })
+    }
+
+    /// Write `set` into the idle generation (or, into empty maps, both): what the programs enforce does
+    /// not change until [`KernelPolicy::flip`].
+    pub fn stage(&mut self, set: &IndicatorSet) -> anyhow::Result<Applied> {
+        let started = Instant::now();
         let seed = self.config.seed;
         let domains: HashMap<NameKey, u8> =
             set.domains().map(|(d, b)| (name_key(d.as_bytes(), seed), bits(b))).collect();
@@ -266,15 +276,34 @@ impl KernelPolicy {
                 }
             }
         }
-        let next = (1 - (self.config.generation & 1)) as usize;
+        let next = self.next_generation();
         let mut writes = self.domains.stage(&domains, next)?;
         writes += self.nets_v4.stage(&v4, next)?;
         writes += self.nets_v6.stage(&v6, next)?;
-        self.config.generation = next as u32;
-        self.config_map.set(0, self.config, 0).context("flip the indicator generation in CONFIG")?;
-        self.domains.settle(next)?;
-        self.nets_v4.settle(next)?;
-        self.nets_v6.settle(next)?;
         Ok(Applied { writes, millis: started.elapsed().as_millis() })
+    }
+
+    fn next_generation(&self) -> usize {
+        (1 - (self.config.generation & 1)) as usize
+    }
+
+    /// Switch the programs to the staged generation, in one write of CONFIG (which also carries this
+    /// daemon's mode and settings).
+    pub fn flip(&mut self) -> anyhow::Result<()> {
+        let next = self.next_generation();
+        let mut config = self.config;
+        config.generation = next as u32;
+        self.config_map.set(0, config, 0).context("flip the indicator generation in CONFIG")?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// After the flip: the idle generation made equal to the live one, dead entries deleted.
+    pub fn settle(&mut self) -> anyhow::Result<()> {
+        let live = (self.config.generation & 1) as usize;
+        self.domains.settle(live)?;
+        self.nets_v4.settle(live)?;
+        self.nets_v6.settle(live)?;
+        Ok(())
     }
 }
