@@ -20,8 +20,9 @@ use monitor_common::{
         VerdictRecord, WireRecord,
     },
     verdict::{
-        SOURCE_ABSOLUTE_FORM, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE, VERDICT_AUDITED,
-        VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
+        SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE,
+        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_TLS_SNI, VERDICT_AUDITED, VERDICT_BLOCKED,
+        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
 use monitor_core::{
@@ -32,7 +33,7 @@ use monitor_core::{
 use serde_json::{Map, Value};
 
 use super::{
-    abort::Abort,
+    abort::{Abort, AbortReason},
     process::{Accounts, EXEC_REMEMBERED, ExecCache, describe},
     records::{addr, comm, local, remote},
     sink::Sink,
@@ -77,6 +78,8 @@ struct SocketFlow {
     held: Option<u32>,
     /// The hold ran out before the bytes that decide arrived.
     hold_expired: bool,
+    /// Block mode: user space named a denied target the kernel had let through; the socket is aborted.
+    late_verdict: bool,
     /// The kernel judges every request on this (plain HTTP) connection: it stays in the sockhash.
     kernel_follows: bool,
     deadline: Option<Instant>,
@@ -124,6 +127,9 @@ pub struct FlowCounters {
     pub holds_expired: u64,
     /// Of those, sockets aborted because `--uninspectable block`.
     pub holds_aborted: u64,
+    /// Block mode: connections the kernel let through whose target user space found denied (a form the
+    /// kernel does not read, or past its bounds): reported Blocked with `LateVerdict` and aborted.
+    pub late_verdicts: u64,
 }
 
 pub struct Flows {
@@ -245,6 +251,7 @@ impl Flows {
             blocked: false,
             held: None,
             hold_expired: false,
+            late_verdict: false,
             kernel_follows: false,
             deadline: None,
             touched: Instant::now(),
@@ -543,7 +550,12 @@ impl Flows {
         flow.verdicts.push(verdict);
         if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
             flow.blocked = true;
-        } else if (rec.last != 0 || flow.inspector.is_complete()) && !flow.reported {
+        } else if self.block && !later && self.audit_names(cookie, sink) {
+            // The kernel let through what user space names denied: blocked now, not when reported.
+        } else if let Some(flow) = self.sockets.get_mut(&cookie)
+            && (rec.last != 0 || flow.inspector.is_complete())
+            && !flow.reported
+        {
             // The kernel has judged what named the target: what we have is the answer.
             if rec.last != 0 {
                 flow.inspector.finish();
@@ -567,6 +579,9 @@ impl Flows {
         if flow.hold_expired {
             fields.insert("Uninspectable".into(), Value::from(true));
             fields.insert("HoldExpired".into(), Value::from(true));
+        }
+        if flow.late_verdict {
+            fields.insert("LateVerdict".into(), Value::from(true));
         }
         fields
     }
@@ -599,9 +614,13 @@ impl Flows {
         flow.blocked = true;
         flow.deadline = None;
         let target = match (flow.local, flow.remote) {
-            (Some(local), Some(remote)) => {
-                Some(Abort { cookie, pid: flow.process.as_ref().map(|p| p.pid), local, remote })
-            }
+            (Some(local), Some(remote)) => Some(Abort {
+                cookie,
+                why: AbortReason::HoldExpired,
+                pid: flow.process.as_ref().map(|p| p.pid),
+                local,
+                remote,
+            }),
             _ => None,
         };
         let verdict = Verdict {
@@ -633,8 +652,13 @@ impl Flows {
     }
 
     fn report(&mut self, cookie: u64, action: ActionType, fields: Map<String, Value>, sink: &mut Sink) {
-        if self.inspect {
-            self.audit_names(cookie, sink);
+        if self.inspect && self.audit_names(cookie, sink) && action == ActionType::ConnectionSuccess {
+            // Blocked late: the Blocked event stands for the connection, as for one the kernel refused.
+            if let Some(flow) = self.sockets.get_mut(&cookie) {
+                flow.reported = true;
+                flow.deadline = None;
+            }
+            return;
         }
         let Some(flow) = self.sockets.get(&cookie) else { return };
         let timestamp = self.timestamp(flow.opened_ns);
@@ -659,24 +683,51 @@ impl Flows {
         }
     }
 
-    /// A name the request carried that a block indicator matches, where the kernel did not block:
-    /// reported as Audited (audit mode, or a request form the kernel does not read in block mode).
-    fn audit_names(&mut self, cookie: u64, sink: &mut Sink) {
-        let Some(flow) = self.sockets.get(&cookie) else { return };
+    /// A name the request carried that a block indicator matches, where the kernel did not block.
+    /// Audit mode reports it as Audited. Block mode fails closed: the kernel let the connection through
+    /// (a form it does not read, past one of its bounds, an IPv6 literal), so the socket is aborted at
+    /// once, through the SOCK_DESTROY path the hold timeout uses, and the connection is reported Blocked
+    /// with `LateVerdict`; block mode never reports a denied target as Audited. Returns whether it
+    /// blocked the connection so.
+    fn audit_names(&mut self, cookie: u64, sink: &mut Sink) -> bool {
+        let Some(flow) = self.sockets.get(&cookie) else { return false };
         if flow.blocked {
-            return;
+            return false;
         }
         let inspection = flow.inspector.inspection();
         let hit = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
             Decision::Blocked(_) => Some(name.to_string()),
             _ => None,
         });
-        if let Some(name) = hit {
-            let source =
-                flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source).unwrap_or(SOURCE_NONE);
+        let Some(name) = hit else { return false };
+        let kernel_source = flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source);
+        let source = kernel_source.unwrap_or_else(|| user_source(inspection, &name));
+        if !self.block {
             let verdict = Verdict { outcome: VERDICT_AUDITED, source, name };
             self.protection_event(cookie, &verdict, sink);
+            return false;
         }
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return false };
+        flow.blocked = true;
+        flow.late_verdict = true;
+        flow.deadline = None;
+        let target = match (flow.local, flow.remote) {
+            (Some(local), Some(remote)) => Some(Abort {
+                cookie,
+                why: AbortReason::LateVerdict,
+                pid: flow.process.as_ref().map(|p| p.pid),
+                local,
+                remote,
+            }),
+            _ => None,
+        };
+        self.counters.late_verdicts += 1;
+        let verdict = Verdict { outcome: VERDICT_BLOCKED, source, name };
+        self.protection_event(cookie, &verdict, sink);
+        if let Some(target) = target {
+            self.aborts.push(target);
+        }
+        true
     }
 
     /// ExploitGuardNetworkProtectionBlocked / Audited.
@@ -900,6 +951,27 @@ impl Flows {
     }
 }
 
+/// The kernel's name for what named `name` in user space's reading, for a verdict the kernel did not make.
+fn user_source(inspection: &monitor_core::extract::Inspection, name: &str) -> u32 {
+    if inspection.sni.as_deref() == Some(name) {
+        return SOURCE_TLS_SNI;
+    }
+    if inspection.http_host.as_deref() == Some(name) && inspection.source != Some(TargetSource::AbsoluteForm)
+    {
+        return SOURCE_HTTP_HOST;
+    }
+    match inspection.source {
+        Some(TargetSource::Connect) => SOURCE_CONNECT,
+        Some(TargetSource::AbsoluteForm) => SOURCE_ABSOLUTE_FORM,
+        Some(TargetSource::HttpHost) => SOURCE_HTTP_HOST,
+        Some(TargetSource::TlsSni) => SOURCE_TLS_SNI,
+        Some(TargetSource::Socks5) => SOURCE_SOCKS5,
+        Some(TargetSource::Socks4a) => SOURCE_SOCKS4A,
+        Some(TargetSource::Socks4) => SOURCE_SOCKS_IP,
+        Some(TargetSource::QuicSni) | None => SOURCE_NONE,
+    }
+}
+
 fn flow_crypto_packets(quic: &HashMap<u64, QuicFlow>, cookie: u64) -> usize {
     quic.get(&cookie).map(|f| f.inspector.crypto_packets()).unwrap_or(0)
 }
@@ -907,3 +979,7 @@ fn flow_crypto_packets(quic: &HashMap<u64, QuicFlow>, cookie: u64) -> usize {
 fn to_text((ip, port): (IpAddr, u16)) -> (String, u16) {
     (ip.to_string(), port)
 }
+
+#[cfg(test)]
+#[path = "flows/late_verdict_tests.rs"]
+mod late_verdict_tests;
