@@ -760,7 +760,12 @@ impl Flows {
         }
         fields.insert("TargetSource".into(), Value::from(source_name(verdict.source)));
         if !uninspectable {
-            let matched = match set.judge_host(&verdict.name) {
+            // A verdict on an address carries no name: the address is the host user space read.
+            let judged = match verdict.name.as_str() {
+                "" => flow.inspector.inspection().host.clone().unwrap_or_default(),
+                name => name.to_string(),
+            };
+            let matched = match set.judge_host(&judged) {
                 Decision::Blocked(indicator) => Some(indicator.to_string()),
                 _ => None,
             };
