@@ -78,6 +78,13 @@ seed() {
             local half=$(( ${#hello} / 4 * 2 ))
             { record 1 "$(crypto_frame $(( half / 2 )) "${hello:half}")01"
               record 0x19 "$(crypto_frame 0 "${hello:0:half}")0000"; } | unhex "$dir/sealed-split" ;;
+        kernel_scan)
+            for f in absolute_curl connect_curl socks5h_curl socks4a_curl chromium_connect_pq ndpi_http; do
+                hex "$f.client.hex" | unhex "$dir/$f"
+            done
+            hex openssl_client_hello.hex | unhex "$dir/openssl"
+            printf 'GET http://u@denied.example.test/ HTTP/1.1\r\nHost: alpha.example.test\r\n\r\n' > "$dir/userinfo"
+            printf 'GET / HTTP/1.1\r\nHost:   denied.example.test\r\n\r\n' > "$dir/host-blanks" ;;
         pcap_replay) ;;
     esac
 }
@@ -89,7 +96,7 @@ for target in "${targets[@]}"; do
     extra=()
     max_len=4096
     case "$target" in
-        flow_inspector | quic_initial) max_len=16384 ;;
+        flow_inspector | quic_initial | kernel_scan) max_len=16384 ;;
         pcap_replay)
             max_len=65536
             corpus_pcaps="$here/../../shared/corpus/pcaps"

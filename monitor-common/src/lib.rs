@@ -8,4 +8,5 @@
 pub mod config;
 pub mod name_hash;
 pub mod record;
+pub mod scan;
 pub mod verdict;

@@ -1499,6 +1499,9 @@ fn main() {
     config_cases(&mut r, &bed);
     quic_cases(&mut r, &bed);
     dedupe_cases(&mut r, &mut bed);
+    proxy_form_cases(&mut r, &bed, true);
+    proxy_form_cases(&mut r, &bed, false);
+    late_verdict_cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }
@@ -1792,4 +1795,249 @@ fn grown_list_cases(r: &mut Runner, bed: &Bed) {
             assert!(run.ok(), "the failed list did not take effect: {run:?}");
         }
     });
+}
+
+/// A request form for a denied target that a proxy accepts (issue 17; each was checked by hand against
+/// the proxy first): the writes that make it, the indicator it must match, and text of it (a unique
+/// path, or the host as written) that must not show up in the proxy's or the origin's log when blocked.
+struct ProxyForm {
+    case: &'static str,
+    port: u16,
+    pieces: Vec<String>,
+    /// What the protection event's RemoteUrl says; `None` for an address, whose event names the URL.
+    names: Option<&'static str>,
+    indicator: &'static str,
+    marker: String,
+}
+
+fn proxy_forms() -> Vec<ProxyForm> {
+    let http = |case: &'static str,
+                port: u16,
+                head: String,
+                names: Option<&'static str>,
+                indicator: &'static str| {
+        ProxyForm { case, port, pieces: vec![head], names, indicator, marker: format!("/issue17-{case}") }
+    };
+    let abs = |case: &'static str, port: u16, line: &str| {
+        let head = line.replace("PATH", &format!("/issue17-{case}"));
+        http(case, port, format!("{head}\r\nHost: origin.test\r\n\r\n"), Some("blocked.test"), "blocked.test")
+    };
+    let ip = |case: &'static str, host: &str| {
+        let head = format!("GET http://{host}/issue17-{case} HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+        http(case, SQUID_PORT, head, None, ORIGIN2_V4)
+    };
+    let origin_form = |case: &'static str, host_line: &str| {
+        let head = format!("GET /issue17-{case} HTTP/1.1\r\n{host_line}\r\n\r\n");
+        http(case, TINYPROXY_PORT, head, Some("blocked.test"), "blocked.test")
+    };
+    let connect =
+        |case: &'static str, port: u16, line: &str, names: Option<&'static str>, indicator: &'static str| {
+            let marker = line.split_ascii_whitespace().nth(1).unwrap_or(line).to_string();
+            ProxyForm { case, port, pieces: vec![format!("{line}\r\n\r\n")], names, indicator, marker }
+        };
+    let socks5 = |case: &'static str, name: &str, names: Option<&'static str>, indicator: &'static str| {
+        let request = format!("\u{5}\u{1}\u{0}\u{3}{}{name}\u{0}P", char::from(name.len() as u8));
+        let marker = name.split('\0').next().unwrap_or(name).to_string();
+        ProxyForm {
+            case,
+            port: SOCKS_PORT,
+            pieces: vec!["\u{5}\u{1}\u{0}".into(), request],
+            names,
+            indicator,
+            marker,
+        }
+    };
+    vec![
+        // squid (and tinyproxy) drop the userinfo and fetch the host after it.
+        abs("squid_userinfo", SQUID_PORT, "GET http://u@blocked.test/PATH HTTP/1.1"),
+        abs("squid_userinfo_password", SQUID_PORT, "GET http://u:p@blocked.test/PATH HTTP/1.1"),
+        abs("squid_userinfo_two_at", SQUID_PORT, "GET http://u@v@blocked.test/PATH HTTP/1.1"),
+        abs("tinyproxy_userinfo", TINYPROXY_PORT, "GET http://u@blocked.test/PATH HTTP/1.1"),
+        abs("squid_capitals_trailing_dot_port", SQUID_PORT, "GET HTTP://Blocked.TEST.:80/PATH HTTP/1.1"),
+        abs("tinyproxy_empty_port", TINYPROXY_PORT, "GET http://blocked.test:/PATH HTTP/1.1"),
+        abs("squid_tabs", SQUID_PORT, "GET\thttp://blocked.test/PATH\tHTTP/1.1"),
+        abs("squid_two_spaces", SQUID_PORT, "GET  http://blocked.test/PATH  HTTP/1.1"),
+        abs("tinyproxy_two_spaces", TINYPROXY_PORT, "GET  http://blocked.test/PATH  HTTP/1.1"),
+        abs("squid_empty_line_first", SQUID_PORT, "\r\nGET http://blocked.test/PATH HTTP/1.1"),
+        abs("squid_lower_case_method", SQUID_PORT, "get http://blocked.test/PATH HTTP/1.1"),
+        abs("tinyproxy_lower_case_method", TINYPROXY_PORT, "get http://blocked.test/PATH HTTP/1.1"),
+        http(
+            "squid_http10_without_host",
+            SQUID_PORT,
+            "GET http://blocked.test/issue17-squid_http10_without_host HTTP/1.0\r\n\r\n".into(),
+            Some("blocked.test"),
+            "blocked.test",
+        ),
+        // Numeric hosts in the forms inet_aton reads: squid connects to 10.200.2.3 for each.
+        ip("squid_decimal_address", "180879875"),
+        ip("squid_hex_address", "0x0ac80203"),
+        ip("squid_octal_address", "012.0310.02.03"),
+        ip("squid_short_address", "10.200.515"),
+        // tinyproxy serves origin-form requests by their Host header.
+        origin_form("tinyproxy_host_after_three_spaces", "Host:   blocked.test"),
+        origin_form("tinyproxy_host_after_tabs", "Host:\t\tblocked.test"),
+        origin_form("tinyproxy_host_without_blank", "Host:blocked.test"),
+        origin_form("tinyproxy_host_lower_case", "host: blocked.test"),
+        connect(
+            "squid_connect_two_spaces",
+            SQUID_PORT,
+            "CONNECT  blocked.test:443 HTTP/1.1",
+            Some("blocked.test"),
+            "blocked.test",
+        ),
+        connect(
+            "squid_connect_lower_case",
+            SQUID_PORT,
+            "connect blocked.test:443 HTTP/1.1",
+            Some("blocked.test"),
+            "blocked.test",
+        ),
+        connect(
+            "squid_connect_decimal_address",
+            SQUID_PORT,
+            "CONNECT 180879875:80 HTTP/1.1",
+            None,
+            ORIGIN2_V4,
+        ),
+        connect(
+            "tinyproxy_connect_userinfo",
+            TINYPROXY_PORT,
+            "CONNECT u@blocked.test:443 HTTP/1.1",
+            Some("blocked.test"),
+            "blocked.test",
+        ),
+        // microsocks resolves the name as a C string, numeric ones as addresses.
+        socks5(
+            "microsocks_name_with_nul",
+            "blocked.test\0.origin.test",
+            Some("blocked.test"),
+            "blocked.test",
+        ),
+        socks5("microsocks_capitals", "BLOCKED.Test", Some("blocked.test"), "blocked.test"),
+        socks5("microsocks_decimal_address", "180879875", None, ORIGIN2_V4),
+    ]
+}
+
+/// Issue 17: each request form a proxy accepts for a denied target is refused in block mode (the write
+/// fails, nothing reaches the proxy or the origin, a Blocked event names it) and named in audit mode.
+fn proxy_form_cases(r: &mut Runner, bed: &Bed, block: bool) {
+    let mode = if block { "block" } else { "audit" };
+    let cg = Cgroup::new(&format!("forms-{mode}"));
+    let Some(mon) = r.setup(&format!("proxy_forms_{mode}_monitor_starts"), || {
+        policy_monitor(bed, &cg, &format!("forms-{mode}"), mode, true, &[])
+    }) else {
+        return;
+    };
+    for form in proxy_forms() {
+        r.case(&format!("proxy_forms_{mode}_{}", form.case), || {
+            let mark = bed.log_mark();
+            let pieces: Vec<&str> = form.pieces.iter().map(String::as_str).collect();
+            let (run, res) = writes(bed, &cg, ROUTER_V4, form.port, &pieces);
+            let action = if block {
+                "ExploitGuardNetworkProtectionBlocked"
+            } else {
+                "ExploitGuardNetworkProtectionAudited"
+            };
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == action
+                    && e["AdditionalFields"]["MatchedIndicator"] == form.indicator
+                    && form.names.is_none_or(|name| e["RemoteUrl"] == name)
+            });
+            assert!(
+                !found.is_empty(),
+                "no {action} matching {} ({:?}) for {res}:\n{}",
+                form.indicator,
+                form.names,
+                describe(&of_pid(&mon.events(), run.pid))
+            );
+            let last = form.pieces.len() - 1;
+            if block {
+                assert_eq!(res["errors"][last], 13, "the write carrying the request is refused: {res}");
+                assert_eq!(
+                    found[0]["AdditionalFields"].get("LateVerdict"),
+                    None,
+                    "the kernel refused it: {}",
+                    found[0]
+                );
+                std::thread::sleep(Duration::from_millis(300));
+                let log = bed.logs_since(mark);
+                assert!(!log.contains(&form.marker), "the proxy or origin saw {}:\n{log}", form.marker);
+            } else {
+                assert_eq!(res["errors"][last], Value::Null, "audit mode refuses nothing: {res}");
+            }
+        });
+    }
+    drop(mon);
+}
+
+/// A client that writes `request`, then reads until the connection ends (3 s at most), and tries one
+/// more write: it prints how the connection ended and the errno of that write.
+fn late_client(bed: &Bed, cg: &Cgroup, port: u16, request: &str) -> (ClientRun, Value) {
+    let request = serde_json::to_string(request).expect("request as JSON");
+    let script = format!(
+        "import json, socket, time\ns = socket.create_connection(('{ROUTER_V4}', {port}))\nr = {{'local_port': s.getsockname()[1], 'ended': 'timeout', 'received': 0}}\nstart = time.time()\ns.sendall(json.loads({request:?}).encode())\ns.settimeout(0.2)\nwhile time.time() - start < 3:\n    try:\n        d = s.recv(65536)\n    except socket.timeout:\n        continue\n    except OSError as e:\n        r['ended'] = e.errno\n        break\n    if not d:\n        r['ended'] = 'closed'\n        break\n    r['received'] += len(d)\nr['after_ms'] = int((time.time() - start) * 1000)\ntry:\n    s.sendall(b'GET http://origin.test/ HTTP/1.1\\r\\nHost: origin.test\\r\\n\\r\\n')\n    r['again'] = None\nexcept OSError as e:\n    r['again'] = e.errno\nprint(json.dumps(r))\n"
+    );
+    let run = client(cg, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT);
+    let result: Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("no JSON ({e}): {run:?}"));
+    (run, result)
+}
+
+/// Issue 17: forms the kernel deliberately does not read (an IPv6 literal, judged by the connect-time
+/// address only; a WebDAV method) pass the kernel as uninspectable; user space names the denied target,
+/// and block mode fails closed: the socket is aborted at once and a Blocked event says `LateVerdict`.
+fn late_verdict_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("late-verdict");
+    let Some(mon) = r.setup("late_verdict_monitor_starts", || {
+        policy_monitor(bed, &cg, "late-verdict", "block", true, &[])
+    }) else {
+        return;
+    };
+    let cases = [
+        (
+            "late_verdict_ipv6_literal_through_squid",
+            "GET http://[fd00:200:2::2]/issue17-late-v6 HTTP/1.1\r\nHost: [fd00:200:2::2]\r\n\r\n",
+            "fd00:200:2::2",
+            "fd00:200:2::/64",
+        ),
+        (
+            "late_verdict_webdav_method_through_squid",
+            "PROPFIND http://blocked.test/issue17-late-propfind HTTP/1.1\r\nHost: blocked.test\r\nDepth: 0\r\n\r\n",
+            "blocked.test",
+            "blocked.test",
+        ),
+    ];
+    for (case, request, target, indicator) in cases {
+        r.case(case, || {
+            let before = status(&mon)["flows"]["late_verdicts"].as_u64().unwrap_or(0);
+            let (run, res) = late_client(bed, &cg, SQUID_PORT, request);
+            // ECONNABORTED: the socket was destroyed under the client (squid keeps the connection open).
+            assert_eq!(res["ended"], 103, "the connection is aborted: {res} {run:?}");
+            assert!(res["after_ms"].as_u64().is_some_and(|ms| ms < 2000), "aborted at once: {res}");
+            assert!(res["again"].is_number(), "nothing more goes out on it: {res}");
+            let found = mon.wait_events(10, |e| {
+                e["InitiatingProcessId"] == run.pid
+                    && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
+                    && e["RemoteUrl"] == target
+            });
+            assert!(
+                !found.is_empty(),
+                "no Blocked event naming {target}:\n{}",
+                describe(&of_pid(&mon.events(), run.pid))
+            );
+            let e = &found[0];
+            assert_eq!(e["AdditionalFields"]["LateVerdict"], true, "{e}");
+            assert_eq!(e["AdditionalFields"]["IsAudit"], false, "{e}");
+            assert_eq!(e["AdditionalFields"]["MatchedIndicator"], indicator, "{e}");
+            let audited = of_pid(&mon.events(), run.pid)
+                .into_iter()
+                .filter(|e| e["ActionType"] == "ExploitGuardNetworkProtectionAudited")
+                .count();
+            assert_eq!(audited, 0, "block mode never reports a denied target as Audited");
+            let after = status(&mon)["flows"]["late_verdicts"].as_u64().unwrap_or(0);
+            assert_eq!(after, before + 1, "status counts the late verdict");
+        });
+    }
+    drop(mon);
 }

@@ -1,6 +1,6 @@
 //! Host names and authorities as they appear in requests: `host`, `host:port`, `[v6]:port`.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The longest name DNS can carry (RFC 1035), without the trailing dot.
 const MAX_NAME_LEN: usize = 253;
@@ -33,6 +33,64 @@ pub fn normalize_host(raw: &str) -> Option<String> {
             && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     });
     labels_ok.then(|| name.to_ascii_lowercase())
+}
+
+/// A host a request asks a proxy (or origin) to reach, as it will reach it: [`normalize_host`], and a
+/// numeric name in any form `inet_aton` reads (`2130706433`, `0x7f.1`, `0177.0.0.1`) as the IPv4
+/// address it stands for, since that is what squid, tinyproxy and microsocks connect to. Not for a
+/// TLS server_name, which nothing resolves.
+pub fn request_host(raw: &str) -> Option<String> {
+    let name = normalize_host(raw)?;
+    Some(match inet_aton(&name) {
+        Some(addr) => addr.to_string(),
+        None => name,
+    })
+}
+
+/// glibc's `inet_aton`: one to four parts, each decimal, octal (leading `0`) or hex (`0x`), the last
+/// filling the bytes the others left (`a`, `a.b` with b < 2^24, `a.b.c` with c < 2^16, `a.b.c.d`).
+pub fn inet_aton(text: &str) -> Option<Ipv4Addr> {
+    let mut parts = [0u32; 4];
+    let mut count = 0;
+    for part in text.split('.') {
+        if count == 4 {
+            return None;
+        }
+        parts[count] = numeric_part(part)?;
+        count += 1;
+    }
+    let last = parts[count - 1];
+    let head = |n: usize| parts[..n].iter().all(|&p| p <= 0xff);
+    let value = match count {
+        1 => last,
+        2 if head(1) && last <= 0xff_ffff => parts[0] << 24 | last,
+        3 if head(2) && last <= 0xffff => parts[0] << 24 | parts[1] << 16 | last,
+        4 if head(3) && last <= 0xff => parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | last,
+        _ => return None,
+    };
+    Some(Ipv4Addr::from(value))
+}
+
+/// One part of an `inet_aton` address, as `strtoul(part, _, 0)` reads it, all of it digits.
+fn numeric_part(part: &str) -> Option<u32> {
+    let (digits, radix) = if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+        (hex, 16)
+    } else if part.len() > 1 && part.starts_with('0') {
+        (&part[1..], 8)
+    } else {
+        (part, 10)
+    };
+    let all_digits = digits.bytes().all(|b| b.is_ascii_hexdigit());
+    if digits.is_empty() || !all_digits || !part.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    // Leading zeros never overflow; the value must fit 32 bits.
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 11 {
+        return None;
+    }
+    let value = u64::from_str_radix(if significant.is_empty() { "0" } else { significant }, radix).ok()?;
+    u32::try_from(value).ok()
 }
 
 /// True when a normalised host is an IP address rather than a name.
@@ -107,6 +165,33 @@ mod tests {
         }
         assert_eq!(normalize_host(&"a".repeat(64)), None);
         assert_eq!(normalize_host(&["a"; 128].join(".")), None);
+    }
+
+    #[test]
+    fn numeric_hosts_are_the_addresses_inet_aton_reads() {
+        for (raw, addr) in [
+            ("127.0.0.12", "127.0.0.12"),
+            ("2130706444", "127.0.0.12"),
+            ("0x7f00000c", "127.0.0.12"),
+            ("0X7F.12", "127.0.0.12"),
+            ("127.12", "127.0.0.12"),
+            ("127.0.12", "127.0.0.12"),
+            ("0177.0.0.014", "127.0.0.12"),
+            ("010.000.00.003", "8.0.0.3"),
+            ("0", "0.0.0.0"),
+            ("0000000000000000177.1", "127.0.0.1"),
+            ("127.0.0.12.", "127.0.0.12"),
+        ] {
+            assert_eq!(request_host(raw).as_deref(), Some(addr), "{raw}");
+        }
+        // Not numbers to inet_aton: names, which a proxy looks up (and here would not find).
+        for name in
+            ["08.1.2.3", "0x", "1.2.3.4.5", "256.1.1.1", "1.16777216", "1e100.net", "4294967296", "0x.1"]
+        {
+            assert_eq!(inet_aton(name), None, "{name}");
+        }
+        assert_eq!(inet_aton("4294967295"), Some(Ipv4Addr::BROADCAST));
+        assert_eq!(request_host("Example.COM.").as_deref(), Some("example.com"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! absolute-form URI of a proxy request, the Host header, and the status of a proxy's reply.
 
 use super::Step;
-use super::host::{normalize_host, split_authority};
+use super::host::{request_host, split_authority};
 
 /// Header lines accepted in one head. Browsers send about 20; more than this is not a client we
 /// can reason about, and the bound keeps the parse cheap.
@@ -98,21 +98,47 @@ pub struct ResponseHead {
 }
 
 /// Whether `buf` starts like an HTTP request: `Some(true)`/`Some(false)` once decided, `None` while the
-/// method token is still incomplete.
+/// method token is still incomplete. The method is matched in any case and may be followed by a space
+/// or a tab: squid takes `get\thttp://...`.
 pub fn looks_like_request(buf: &[u8]) -> Option<bool> {
     let start = buf.iter().position(|&b| b != b'\r' && b != b'\n')?;
     let buf = &buf[start..];
-    match buf.iter().position(|&b| b == b' ') {
-        Some(space) => Some(std::str::from_utf8(&buf[..space]).is_ok_and(|m| METHODS.contains(&m))),
+    match buf.iter().position(|&b| b == b' ' || b == b'\t') {
+        Some(end) => Some(std::str::from_utf8(&buf[..end]).is_ok_and(is_method)),
         None => {
-            let token_so_far = buf.iter().all(|&b| b.is_ascii_uppercase() || b == b'-');
+            let token_so_far = buf.iter().all(|&b| b.is_ascii_alphabetic() || b == b'-');
             if token_so_far && buf.len() < MAX_METHOD_PREFIX { None } else { Some(false) }
         }
     }
 }
 
+fn is_method(token: &str) -> bool {
+    METHODS.iter().any(|m| m.eq_ignore_ascii_case(token))
+}
+
+/// `buf` with the tabs up to the end of its request line (`line_end`) turned into spaces, for httparse, which
+/// takes only spaces between the method, the target and the version.
+fn request_line_spaced(buf: &[u8], line_end: usize) -> Vec<u8> {
+    let mut spaced = buf.to_vec();
+    for b in &mut spaced[..line_end] {
+        if *b == b'\t' {
+            *b = b' ';
+        }
+    }
+    spaced
+}
+
 /// Parses one request head from the start of `buf`. `Done` carries the head's length in bytes.
 pub fn parse_request_head(buf: &[u8]) -> Step<RequestHead> {
+    let line_start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
+    let line_end = buf[line_start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |n| line_start + n);
+    let spaced;
+    let buf = if buf[..line_end].contains(&b'\t') {
+        spaced = request_line_spaced(buf, line_end);
+        &spaced[..]
+    } else {
+        buf
+    };
     let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let parsed = httparse::ParserConfig::default()
@@ -216,9 +242,13 @@ fn parse_host_header(value: &[u8]) -> Result<HostHeader, ()> {
     Ok(HostHeader { host, port })
 }
 
+/// The host and port of an authority (CONNECT target, absolute URI, Host value). Userinfo
+/// (`user:pass@`) is not part of the target: squid and tinyproxy drop it (up to the last `@`, as squid
+/// reads it), and it must not end up in events.
 fn authority_host(authority: &str) -> Option<(String, Option<u16>)> {
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     let (host, port) = split_authority(authority)?;
-    Some((normalize_host(host)?, port))
+    Some((request_host(host)?, port))
 }
 
 /// `None` when `target` is not an absolute URI; `Some(None)` when it is one with no usable host.
@@ -232,8 +262,6 @@ fn parse_absolute_uri(target: &str) -> Option<Option<RequestTarget>> {
     let scheme = scheme.to_ascii_lowercase();
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
-    // Credentials in the URI (`user:pass@host`) are not part of the target, and must not end up in events.
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
     let Some((host, explicit_port)) = authority_host(authority) else {
         return Some(None);
     };

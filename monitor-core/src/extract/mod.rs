@@ -20,7 +20,7 @@ pub mod tls;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use host::{is_ip_literal, normalize_host, split_authority};
+pub use host::{inet_aton, is_ip_literal, normalize_host, request_host, split_authority};
 pub use inspector::{FlowInspector, INSPECTION_BUDGET};
 pub use quic::QuicInspector;
 

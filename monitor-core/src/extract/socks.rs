@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Step;
-use super::host::normalize_host;
+use super::host::request_host;
 
 pub const SOCKS4_VERSION: u8 = 4;
 pub const SOCKS5_VERSION: u8 = 5;
@@ -157,7 +157,11 @@ fn socks5_address(atyp: u8, buf: &[u8]) -> Step<SocksTarget> {
                 return Step::Malformed("SOCKS5 domain of length 0");
             }
             match buf.get(1..1 + len) {
-                Some(name) => Step::Done(SocksTarget::Name(name_from_bytes(name)), 1 + len),
+                // The server resolves the name as a C string (microsocks does): it ends at its first NUL.
+                Some(name) => {
+                    let name = name.split(|&b| b == 0).next().unwrap_or_default();
+                    Step::Done(SocksTarget::Name(name_from_bytes(name)), 1 + len)
+                }
                 None => Step::NeedMore(1 + len),
             }
         }
@@ -214,7 +218,7 @@ fn nul_terminated(buf: &[u8]) -> Step<&[u8]> {
 }
 
 fn name_from_bytes(raw: &[u8]) -> Result<String, ()> {
-    std::str::from_utf8(raw).ok().and_then(normalize_host).ok_or(())
+    std::str::from_utf8(raw).ok().and_then(request_host).ok_or(())
 }
 
 /// What a SOCKS server's bytes say, read in step with the client's protocol.

@@ -13,7 +13,7 @@ pub(crate) const STREAM_BUDGET: usize = crate::extract::INSPECTION_BUDGET;
 
 /// One direction of a TCP connection, put back in sequence order.
 #[derive(Debug, Default)]
-struct Stream {
+pub(crate) struct Stream {
     /// The sequence number of the next byte to deliver; unknown until a SYN or the first data.
     next_seq: Option<u32>,
     /// Segments that arrived ahead of `next_seq`, by their first sequence number.
@@ -24,13 +24,13 @@ struct Stream {
 }
 
 impl Stream {
-    fn on_syn(&mut self, seq: u32) {
+    pub(crate) fn on_syn(&mut self, seq: u32) {
         // A repeated SYN (retransmission) restates the same number.
         self.next_seq.get_or_insert(seq.wrapping_add(1));
     }
 
     /// Accepts a segment's payload and returns the bytes that are now in order, if any.
-    fn on_data(&mut self, seq: u32, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn on_data(&mut self, seq: u32, payload: &[u8]) -> Vec<u8> {
         let next = *self.next_seq.get_or_insert(seq);
         let mut ready = Vec::new();
         if self.delivered >= STREAM_BUDGET {

@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::event::{ActionType, DeviceEvent, rfc3339_utc};
 use crate::extract::quic::looks_like_quic;
 use decode::{Decoded, Decoder, TcpSegment, UdpDatagram};
-use flow::{FlowReport, QuicFlow, TcpFlow, Transport};
+use flow::{FlowReport, QuicFlow, Stream, TcpFlow, Transport};
 
 /// Why a capture could not be replayed at all. Damage after the file header only ends the replay
 /// early (see [`ReplayStats::truncated_capture`]).
@@ -101,6 +101,36 @@ pub fn replay_with_progress(
         replay.emit(report);
     }
     Ok(replay.stats)
+}
+
+/// The client bytes of each TCP connection in the capture that starts with a SYN: the SYN sender's
+/// stream in sequence order, up to the inspection budget, in the order the connections were first
+/// seen. For tests that read the same bytes with other parsers (the kernel's scanners).
+pub fn client_streams(path: &Path) -> Result<Vec<Vec<u8>>, ReplayError> {
+    let mut open: HashMap<FlowKey, (usize, SocketAddr, Stream)> = HashMap::new();
+    let mut streams: Vec<Vec<u8>> = Vec::new();
+    let mut decoder = Decoder::new();
+    capture::read_frames(path, None, &mut |frame| {
+        let Decoded::Tcp(segment) = decoder.decode(frame.link, frame.data, frame.unix_nanos) else {
+            return;
+        };
+        let key = flow_key(segment.src, segment.dst);
+        if segment.syn && !segment.ack {
+            let mut stream = Stream::default();
+            stream.on_syn(segment.seq);
+            streams.push(Vec::new());
+            open.insert(key, (streams.len() - 1, segment.src, stream));
+            return;
+        }
+        if let Some((index, client, stream)) = open.get_mut(&key)
+            && *client == segment.src
+            && !segment.payload.is_empty()
+        {
+            let ready = stream.on_data(segment.seq, &segment.payload);
+            streams[*index].extend_from_slice(&ready);
+        }
+    })?;
+    Ok(streams)
 }
 
 /// The two ends of a connection, in a fixed order, as a map key.

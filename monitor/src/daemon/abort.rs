@@ -1,8 +1,9 @@
 //! Aborting a TCP socket from outside its process: SOCK_DESTROY over NETLINK_SOCK_DIAG, the call
 //! behind `ss -K` (needs CONFIG_INET_DIAG_DESTROY and CAP_NET_ADMIN).
 //!
-//! Used in block mode for a held send whose hold ran out with `--uninspectable block`: its bytes are
-//! held in the kernel and a client that writes nothing more would never reach the program again. The
+//! Used in block mode for a held send whose hold ran out with `--uninspectable block` (its bytes are
+//! held in the kernel and a client that writes nothing more would never reach the program again), and
+//! for a late verdict: user space named a denied target on a connection the kernel let through. The
 //! socket is looked up by its 4-tuple in its process's network namespace and must carry the same
 //! cookie, so a reused 4-tuple is never hit. The application sees ECONNABORTED and the peer a reset.
 
@@ -17,10 +18,33 @@ const NLM_F_ACK: u16 = 4;
 /// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then `struct inet_diag_sockid`.
 const REQUEST: usize = 8 + 48;
 
+/// Why a socket is aborted, for the daemon's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// Its held request named no target within the hold timeout, and `--uninspectable block`.
+    HoldExpired,
+    /// Block mode fails closed: user space named a denied target the kernel had let through.
+    LateVerdict,
+    /// User space refused bytes the kernel had left to it (Fast Open data, a ClientHello past its window),
+    /// held at egress meanwhile.
+    Deferred,
+}
+
+impl AbortReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            AbortReason::HoldExpired => "its held request named no target within the hold timeout",
+            AbortReason::LateVerdict => "user space named a denied target the kernel had let through",
+            AbortReason::Deferred => "user space refused the bytes the kernel held for its verdict",
+        }
+    }
+}
+
 /// The socket to abort: the client side of an outgoing TCP connection.
 #[derive(Debug, Clone)]
 pub struct Abort {
     pub cookie: u64,
+    pub why: AbortReason,
     /// The owning process, whose network namespace holds the socket (the daemon's own when unknown).
     pub pid: Option<u32>,
     pub local: (IpAddr, u16),
@@ -127,6 +151,7 @@ mod tests {
     fn request_layout_matches_inet_diag_req_v2() {
         let abort = Abort {
             cookie: 0x1122_3344_5566_7788,
+            why: AbortReason::LateVerdict,
             pid: None,
             local: ("10.0.0.1".parse().expect("ip"), 40000),
             remote: ("10.0.0.2".parse().expect("ip"), 3128),

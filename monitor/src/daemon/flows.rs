@@ -34,7 +34,7 @@ use monitor_core::{
 use serde_json::{Map, Value};
 
 use super::{
-    abort::Abort,
+    abort::{Abort, AbortReason},
     process::{Accounts, EXEC_REMEMBERED, ExecCache, describe},
     records::{addr, comm, local, remote},
     sink::Sink,
@@ -79,6 +79,8 @@ struct SocketFlow {
     held: Option<u32>,
     /// The hold ran out before the bytes that decide arrived.
     hold_expired: bool,
+    /// Block mode: user space named a denied target the kernel had let through; the socket is aborted.
+    late_verdict: bool,
     /// The kernel judges every request on this (plain HTTP) connection: it stays in the sockhash.
     kernel_follows: bool,
     /// The kernel left the verdict to user space (its bytes are read at egress).
@@ -152,6 +154,9 @@ pub struct FlowCounters {
     pub deferred_large_hello: u64,
     /// ... and bytes that left without passing sk_msg (TCP Fast Open, a send begun while connecting).
     pub deferred_early_data: u64,
+    /// Block mode: connections the kernel let through whose target user space found denied (a form the
+    /// kernel does not read, or past its bounds): reported Blocked with `LateVerdict` and aborted.
+    pub late_verdicts: u64,
 }
 
 pub struct Flows {
@@ -276,6 +281,7 @@ impl Flows {
             blocked: false,
             held: None,
             hold_expired: false,
+            late_verdict: false,
             kernel_follows: false,
             deferred: None,
             pending: BTreeMap::new(),
@@ -359,7 +365,13 @@ impl Flows {
         if flow.abort_when_established {
             flow.abort_when_established = false;
             let pid = flow.process.as_ref().map(|p| p.pid);
-            self.aborts.push(Abort { cookie, pid, local: tuple.0, remote: tuple.1 });
+            self.aborts.push(Abort {
+                cookie,
+                why: AbortReason::Deferred,
+                pid,
+                local: tuple.0,
+                remote: tuple.1,
+            });
             return;
         }
         if inspect {
@@ -530,7 +542,7 @@ impl Flows {
             _ => None,
         });
         let named = !inspection.names().is_empty();
-        let source = kernel_source(inspection.source, inspection.tunneled);
+        let source = denied.as_deref().map(|name| user_source(inspection, name)).unwrap_or(SOURCE_NONE);
         let next = if greeting && !flow.inspector.is_complete() {
             PHASE_SOCKS5_REQUEST
         } else if tunnel_request {
@@ -553,9 +565,13 @@ impl Flows {
             flow.blocked = true;
             self.deferred_answers.push((cookie, PHASE_BLOCKED));
             let target = match (flow.local, flow.remote) {
-                (Some(local), Some(remote)) => {
-                    Some(Abort { cookie, pid: flow.process.as_ref().map(|p| p.pid), local, remote })
-                }
+                (Some(local), Some(remote)) => Some(Abort {
+                    cookie,
+                    why: AbortReason::Deferred,
+                    pid: flow.process.as_ref().map(|p| p.pid),
+                    local,
+                    remote,
+                }),
                 _ => None,
             };
             let verdict = match &denied {
@@ -733,7 +749,12 @@ impl Flows {
         flow.verdicts.push(verdict);
         if matches!(outcome, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
             flow.blocked = true;
-        } else if (rec.last != 0 || flow.inspector.is_complete()) && !flow.reported {
+        } else if self.block && !later && self.audit_names(cookie, sink) {
+            // The kernel let through what user space names denied: blocked now, not when reported.
+        } else if let Some(flow) = self.sockets.get_mut(&cookie)
+            && (rec.last != 0 || flow.inspector.is_complete())
+            && !flow.reported
+        {
             // The kernel has judged what named the target: what we have is the answer.
             if rec.last != 0 {
                 flow.inspector.finish();
@@ -757,6 +778,9 @@ impl Flows {
         if flow.hold_expired {
             fields.insert("Uninspectable".into(), Value::from(true));
             fields.insert("HoldExpired".into(), Value::from(true));
+        }
+        if flow.late_verdict {
+            fields.insert("LateVerdict".into(), Value::from(true));
         }
         fields
     }
@@ -789,9 +813,13 @@ impl Flows {
         flow.blocked = true;
         flow.deadline = None;
         let target = match (flow.local, flow.remote) {
-            (Some(local), Some(remote)) => {
-                Some(Abort { cookie, pid: flow.process.as_ref().map(|p| p.pid), local, remote })
-            }
+            (Some(local), Some(remote)) => Some(Abort {
+                cookie,
+                why: AbortReason::HoldExpired,
+                pid: flow.process.as_ref().map(|p| p.pid),
+                local,
+                remote,
+            }),
             _ => None,
         };
         let verdict = Verdict {
@@ -823,8 +851,13 @@ impl Flows {
     }
 
     fn report(&mut self, cookie: u64, action: ActionType, fields: Map<String, Value>, sink: &mut Sink) {
-        if self.inspect {
-            self.audit_names(cookie, sink);
+        if self.inspect && self.audit_names(cookie, sink) && action == ActionType::ConnectionSuccess {
+            // Blocked late: the Blocked event stands for the connection, as for one the kernel refused.
+            if let Some(flow) = self.sockets.get_mut(&cookie) {
+                flow.reported = true;
+                flow.deadline = None;
+            }
+            return;
         }
         let Some(flow) = self.sockets.get(&cookie) else { return };
         let timestamp = self.timestamp(flow.opened_ns);
@@ -849,24 +882,51 @@ impl Flows {
         }
     }
 
-    /// A name the request carried that a block indicator matches, where the kernel did not block:
-    /// reported as Audited (audit mode, or a request form the kernel does not read in block mode).
-    fn audit_names(&mut self, cookie: u64, sink: &mut Sink) {
-        let Some(flow) = self.sockets.get(&cookie) else { return };
+    /// A name the request carried that a block indicator matches, where the kernel did not block.
+    /// Audit mode reports it as Audited. Block mode fails closed: the kernel let the connection through
+    /// (a form it does not read, past one of its bounds, an IPv6 literal), so the socket is aborted at
+    /// once, through the SOCK_DESTROY path the hold timeout uses, and the connection is reported Blocked
+    /// with `LateVerdict`; block mode never reports a denied target as Audited. Returns whether it
+    /// blocked the connection so.
+    fn audit_names(&mut self, cookie: u64, sink: &mut Sink) -> bool {
+        let Some(flow) = self.sockets.get(&cookie) else { return false };
         if flow.blocked {
-            return;
+            return false;
         }
         let inspection = flow.inspector.inspection();
         let hit = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
             Decision::Blocked(_) => Some(name.to_string()),
             _ => None,
         });
-        if let Some(name) = hit {
-            let source =
-                flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source).unwrap_or(SOURCE_NONE);
+        let Some(name) = hit else { return false };
+        let kernel_source = flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source);
+        let source = kernel_source.unwrap_or_else(|| user_source(inspection, &name));
+        if !self.block {
             let verdict = Verdict { outcome: VERDICT_AUDITED, source, name };
             self.protection_event(cookie, &verdict, sink);
+            return false;
         }
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return false };
+        flow.blocked = true;
+        flow.late_verdict = true;
+        flow.deadline = None;
+        let target = match (flow.local, flow.remote) {
+            (Some(local), Some(remote)) => Some(Abort {
+                cookie,
+                why: AbortReason::LateVerdict,
+                pid: flow.process.as_ref().map(|p| p.pid),
+                local,
+                remote,
+            }),
+            _ => None,
+        };
+        self.counters.late_verdicts += 1;
+        let verdict = Verdict { outcome: VERDICT_BLOCKED, source, name };
+        self.protection_event(cookie, &verdict, sink);
+        if let Some(target) = target {
+            self.aborts.push(target);
+        }
+        true
     }
 
     /// ExploitGuardNetworkProtectionBlocked / Audited.
@@ -899,7 +959,12 @@ impl Flows {
         }
         fields.insert("TargetSource".into(), Value::from(source_name(verdict.source)));
         if !uninspectable {
-            let matched = match set.judge_host(&verdict.name) {
+            // A verdict on an address carries no name: the address is the host user space read.
+            let judged = match verdict.name.as_str() {
+                "" => flow.inspector.inspection().host.clone().unwrap_or_default(),
+                name => name.to_string(),
+            };
+            let matched = match set.judge_host(&judged) {
                 Decision::Blocked(indicator) => Some(indicator.to_string()),
                 _ => None,
             };
@@ -1094,19 +1159,24 @@ impl Flows {
     }
 }
 
-/// The kernel's `SOURCE_*` for what named a target in user space's reading.
-fn kernel_source(source: Option<TargetSource>, tunneled: bool) -> u32 {
-    match source {
-        // A denied name inside an allowed tunnel: the ClientHello's (or request's) inside.
-        Some(TargetSource::Connect) if tunneled => SOURCE_TLS_SNI,
+/// The kernel's name for what named `name` in user space's reading, for a verdict the kernel did not make.
+fn user_source(inspection: &monitor_core::extract::Inspection, name: &str) -> u32 {
+    if inspection.sni.as_deref() == Some(name) {
+        return SOURCE_TLS_SNI;
+    }
+    if inspection.http_host.as_deref() == Some(name) && inspection.source != Some(TargetSource::AbsoluteForm)
+    {
+        return SOURCE_HTTP_HOST;
+    }
+    match inspection.source {
         Some(TargetSource::Connect) => SOURCE_CONNECT,
         Some(TargetSource::AbsoluteForm) => SOURCE_ABSOLUTE_FORM,
         Some(TargetSource::HttpHost) => SOURCE_HTTP_HOST,
-        Some(TargetSource::TlsSni | TargetSource::QuicSni) => SOURCE_TLS_SNI,
+        Some(TargetSource::TlsSni) => SOURCE_TLS_SNI,
         Some(TargetSource::Socks5) => SOURCE_SOCKS5,
         Some(TargetSource::Socks4a) => SOURCE_SOCKS4A,
         Some(TargetSource::Socks4) => SOURCE_SOCKS_IP,
-        None => SOURCE_NONE,
+        Some(TargetSource::QuicSni) | None => SOURCE_NONE,
     }
 }
 
@@ -1117,3 +1187,7 @@ fn flow_crypto_packets(quic: &HashMap<u64, QuicFlow>, cookie: u64) -> usize {
 fn to_text((ip, port): (IpAddr, u16)) -> (String, u16) {
     (ip.to_string(), port)
 }
+
+#[cfg(test)]
+#[path = "flows/late_verdict_tests.rs"]
+mod late_verdict_tests;

@@ -449,14 +449,22 @@ impl Daemon {
         for target in self.flows.aborts.drain(..) {
             match abort::abort(target.clone()) {
                 Ok(()) => info!(
-                    "aborted {}:{} -> {}:{}: refused in block mode while its bytes were held",
-                    target.local.0, target.local.1, target.remote.0, target.remote.1
+                    "aborted {}:{} -> {}:{}: {}",
+                    target.local.0,
+                    target.local.1,
+                    target.remote.0,
+                    target.remote.1,
+                    target.why.describe()
                 ),
                 // Gone already: the client closed it, or wrote again and the kernel refused it.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => warn!(
-                    "could not abort {}:{} -> {}:{} (held, uninspectable): {e}; its held bytes stay held",
-                    target.local.0, target.local.1, target.remote.0, target.remote.1
+                    "could not abort {}:{} -> {}:{} ({}): {e}",
+                    target.local.0,
+                    target.local.1,
+                    target.remote.0,
+                    target.remote.1,
+                    target.why.describe()
                 ),
             }
         }

@@ -1,0 +1,453 @@
+//! The comparison of the kernel's scanners with the user-space parsers, shared by the differential test
+//! (`tests/kernel_scan.rs`) and the `kernel_scan` fuzz target: the kernel's reading of a client stream,
+//! one message per send as `inspect_send` sees it; user space's reading of the whole stream; and
+//! [`explain`], which says whether the two agree and, where a difference is expected, why.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use monitor_common::scan::{
+    BLANKS_MAX, Framing, HEAD_MAX, MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, SCAN_UNKNOWN,
+    Scan, Scratch, TLS_EXTENSIONS_MAX, WINDOW, head_framing, scan_client_hello, scan_http, scan_socks,
+};
+use monitor_common::verdict::{SOURCE_CONNECT, SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5};
+use monitor_core::extract::{FlowInspector, Inspection, normalize_host, request_host};
+
+/// What the kernel concluded about one message, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kernel {
+    /// Judged by this name (folded as the kernel's hash folds it: lower case, one trailing dot off) or
+    /// IPv4 address.
+    Named(String),
+    /// Waits for bytes the stream does not hold (a hold, until its timeout).
+    Short,
+    /// A protocol it reads, naming nothing it judges.
+    Unnamed,
+    /// Not a protocol it reads.
+    Unknown,
+}
+
+/// The kernel's reading of a connection: its first message, and the first one inside a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelReading {
+    pub outer: Kernel,
+    pub outer_source: u32,
+    pub tunnel: Option<Kernel>,
+}
+
+/// One scan over `bytes` copied into a scratch buffer whose other bytes are `fill`.
+pub fn scratch_with(fill: u8, bytes: &[u8]) -> Box<Scratch> {
+    let mut scratch = Box::new(Scratch::zeroed());
+    scratch.bytes.fill(fill);
+    let n = bytes.len().min(WINDOW as usize);
+    scratch.bytes[..n].copy_from_slice(&bytes[..n]);
+    scratch
+}
+
+pub fn kernel_view(scratch: &Scratch, scan: Scan) -> Kernel {
+    match scan.kind {
+        SCAN_NAME => {
+            let name: Vec<u8> = (0..scan.b).map(|i| scratch.at(scan.a + i)).collect();
+            let mut name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+            if name.len() > 1 && name.ends_with('.') {
+                name.pop();
+            }
+            Kernel::Named(name)
+        }
+        SCAN_IPV4 => Kernel::Named(Ipv4Addr::from(scan.a.to_ne_bytes()).to_string()),
+        SCAN_NEED_BYTES => Kernel::Short,
+        SCAN_UNKNOWN => Kernel::Unknown,
+        _ => Kernel::Unnamed,
+    }
+}
+
+/// Runs `scan` on `bytes` over two different stale fills; they must agree.
+pub fn scan_twice(bytes: &[u8], scan: impl Fn(&Scratch, u32) -> Scan) -> Result<(Scan, Kernel), String> {
+    let len = bytes.len().min(WINDOW as usize) as u32;
+    let views: Vec<(Scan, Kernel)> = [0x00u8, 0xa5]
+        .iter()
+        .map(|&fill| {
+            let scratch = scratch_with(fill, bytes);
+            let s = scan(&scratch, len);
+            (s, kernel_view(&scratch, s))
+        })
+        .collect();
+    if views[0].1 != views[1].1 {
+        return Err(format!(
+            "the kernel's answer depends on stale scratch bytes: {:?} / {:?}",
+            views[0], views[1]
+        ));
+    }
+    Ok(views[0].clone())
+}
+
+pub const TLS_RECORDS_MAX: u32 = 8;
+
+/// `send::copy_handshake`, transcribed for a byte slice (the kernel reads the message with
+/// bpf_probe_read_kernel): the handshake bytes of the records at the start, without their headers.
+pub fn copy_handshake(scratch: &mut Scratch, data: &[u8], size: u32) -> Result<u32, u32> {
+    let mut src = 0u32;
+    let mut dst = 0u32;
+    for _ in 0..TLS_RECORDS_MAX {
+        if src + 5 > size {
+            return Err(src + 5);
+        }
+        let header = &data[src as usize..src as usize + 5];
+        if header[0] != 0x16 {
+            break;
+        }
+        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
+        let available = size - src - 5;
+        let mut n = if record_len < available { record_len } else { available };
+        if dst + n > WINDOW {
+            n = WINDOW - dst;
+        }
+        let n = n & (WINDOW * 2 - 1);
+        if n > WINDOW {
+            break;
+        }
+        let at = (dst & MASK) as usize;
+        let from = (src + 5) as usize;
+        scratch.bytes[at..at + n as usize].copy_from_slice(&data[from..from + n as usize]);
+        dst += n;
+        src += 5 + record_len;
+        if dst >= 4 {
+            let handshake_len =
+                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+            if dst >= handshake_len + 4 || dst >= WINDOW {
+                return Ok(dst);
+            }
+        }
+        if src > size {
+            return Err(if src < WINDOW { src } else { WINDOW });
+        }
+    }
+    Ok(dst)
+}
+
+pub fn kernel_tls(bytes: &[u8]) -> Result<Kernel, String> {
+    let size = bytes.len().min(WINDOW as usize) as u32;
+    let views: Vec<Kernel> = [0x00u8, 0xa5]
+        .iter()
+        .map(|&fill| {
+            let mut scratch = Box::new(Scratch::zeroed());
+            scratch.bytes.fill(fill);
+            match copy_handshake(&mut scratch, bytes, size) {
+                Ok(n) => kernel_view(&scratch, scan_client_hello(&scratch, n)),
+                Err(_) => Kernel::Short,
+            }
+        })
+        .collect();
+    if views[0] != views[1] {
+        return Err(format!("the kernel's ClientHello answer depends on stale scratch bytes: {views:?}"));
+    }
+    Ok(views[0].clone())
+}
+
+/// The kernel's reading of a client stream, one message per send (as clients write them): the first
+/// message, and after a CONNECT or SOCKS request the tunnel's first.
+pub fn kernel_read(stream: &[u8]) -> Result<KernelReading, String> {
+    let Some(&first) = stream.first() else {
+        return Ok(KernelReading { outer: Kernel::Short, outer_source: 0, tunnel: None });
+    };
+    let (outer, source, rest): (Kernel, u32, Option<&[u8]>) = match first {
+        0x16 => (kernel_tls(stream)?, 0, None),
+        4 => {
+            let (scan, view) = scan_twice(stream, |b, l| scan_socks(b, l, false))?;
+            let end = socks4_end(stream);
+            (view, scan.source, end.map(|e| &stream[e..]))
+        }
+        5 => {
+            let (scan, view) = scan_twice(stream, |b, l| scan_socks(b, l, false))?;
+            if scan.kind != SCAN_GREETING {
+                (view, scan.source, None)
+            } else {
+                let mut at = 2 + usize::from(stream[1]);
+                let mut answer = (Kernel::Short, 0, None);
+                // A sub-negotiation, then the request: each its own send.
+                for _ in 0..4 {
+                    let Some(message) = stream.get(at..).filter(|m| !m.is_empty()) else { break };
+                    let (scan, view) = scan_twice(message, |b, l| scan_socks(b, l, true))?;
+                    if scan.kind == SCAN_GREETING && message[0] == 1 {
+                        at += socks_userpass_len(message).unwrap_or(message.len());
+                        continue;
+                    }
+                    let end = socks5_request_len(message).map(|n| at + n);
+                    answer = (view, scan.source, end.and_then(|e| stream.get(e..)));
+                    break;
+                }
+                answer
+            }
+        }
+        _ => {
+            let (scan, view) = scan_twice(stream, scan_http)?;
+            let rest = if scan.source == SOURCE_CONNECT && matches!(view, Kernel::Named(_)) {
+                let scratch = scratch_with(0, stream);
+                match head_framing(&scratch, stream.len().min(WINDOW as usize) as u32) {
+                    Framing::Length(n) => stream.get(n as usize..),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            (view, scan.source, rest)
+        }
+    };
+    let opens_tunnel = matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP);
+    let tunnel = match rest.filter(|r| !r.is_empty() && opens_tunnel) {
+        Some(inner) if inner[0] == 0x16 => Some(kernel_tls(inner)?),
+        Some(inner) => Some(scan_twice(inner, scan_http)?.1),
+        None => None,
+    };
+    Ok(KernelReading { outer, outer_source: source, tunnel })
+}
+
+pub fn socks4_end(stream: &[u8]) -> Option<usize> {
+    let user_end = 8 + stream.get(8..)?.iter().position(|&b| b == 0)? + 1;
+    let is_4a = stream[4..7] == [0, 0, 0] && stream[7] != 0;
+    if !is_4a {
+        return Some(user_end);
+    }
+    Some(user_end + stream.get(user_end..)?.iter().position(|&b| b == 0)? + 1)
+}
+
+pub fn socks_userpass_len(m: &[u8]) -> Option<usize> {
+    let ulen = usize::from(*m.get(1)?);
+    let plen = usize::from(*m.get(2 + ulen)?);
+    Some(3 + ulen + plen)
+}
+
+pub fn socks5_request_len(m: &[u8]) -> Option<usize> {
+    let addr = match *m.get(3)? {
+        1 => 4,
+        3 => 1 + usize::from(*m.get(4)?),
+        4 => 16,
+        _ => return None,
+    };
+    Some(4 + addr + 2)
+}
+
+/// What user space reads from the whole stream.
+pub fn user_read(stream: &[u8]) -> Inspection {
+    let mut inspector = FlowInspector::new();
+    inspector.client_bytes(stream);
+    inspector.finish();
+    inspector.inspection().clone()
+}
+
+pub fn user_outer(found: &Inspection) -> Option<String> {
+    found.source.and(found.host.clone())
+}
+
+pub fn user_tunnel(found: &Inspection) -> Option<String> {
+    if !found.tunneled {
+        return None;
+    }
+    if found.tunneled_sni { found.sni.clone() } else { found.http_host.clone() }
+}
+
+/// Methods `scan_http` reads; user space reads WebDAV and other registered methods too.
+pub const KERNEL_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "CONNECT", "TRACE", "PATCH"];
+
+pub fn first_word(stream: &[u8]) -> String {
+    let start = stream.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(stream.len());
+    let word: Vec<u8> = stream[start..].iter().take_while(|&&b| b != b' ' && b != b'\t').copied().collect();
+    String::from_utf8_lossy(&word).into_owned()
+}
+
+/// Reasons a disagreement is expected, each with the predicate that shows it applies.
+pub const NOT_A_HOST: &str = "the kernel judges a string user space does not take for a host name \
+    (percent-encoding, `@` in a SOCKS name, bytes no DNS name has): squid and tinyproxy refuse such \
+    names (checked), and the kernel still matches its label suffixes, so it fails closed";
+pub const USER_MALFORMED: &str = "user space finds the message malformed and names nothing; the kernel's \
+    name is judged (fail closed)";
+pub const IPV6_LITERAL: &str = "an IPv6 literal: the kernel judges it by the connect-time address only, \
+    user space by the name and, in block mode, a late verdict aborts the connection";
+pub const OTHER_METHOD: &str = "a method the kernel does not read (WebDAV, PURGE, ...): user space names \
+    the target and, in block mode, a late verdict aborts the connection";
+pub const BEYOND_BOUNDS: &str = "past a kernel bound (a Host line after 2 KiB of head, more than 64 \
+    blanks or empty lines, more than 48 TLS extensions before server_name, a message past the 8 KiB \
+    window): user space names the target and a late verdict judges it";
+pub const CUT_SHORT: &str = "the stream ends inside the message: the kernel holds the send until its \
+    timeout (then uninspectable), user space names what the cut-short message carries";
+pub const PROXY_HEADER: &str = "a PROXY-protocol header first (a load balancer's, not a client's): the kernel \
+    does not read past it, user space does and a late verdict judges the name";
+pub const TUNNEL_AFTER_UNNAMED: &str = "the kernel stops at an outer request it cannot name (an IPv6 literal, \
+    a name that is no host name): the connection is uninspectable to it, while user space reads on into \
+    the tunnel and a late verdict judges what it names there";
+pub const SOCKS_AFTER_REPEATED_GREETING: &str = "a SOCKS5 greeting sent twice: the kernel reads the second \
+    as the request, user space skips it (a late verdict judges the real request)";
+pub const SOCKS_ODD_COMMAND: &str = "a SOCKS request that is not CONNECT (BIND, UDP ASSOCIATE) or not \
+    version 5: user space names no destination, the kernel judges the address anyway";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Layer {
+    Outer,
+    Tunnel,
+}
+
+/// Whether `kernel` and `user` (one layer of one input) agree, and if not, why that is expected.
+pub fn explain(
+    layer: Layer,
+    kernel: &Kernel,
+    outer: &Kernel,
+    user: Option<&str>,
+    stream: &[u8],
+    found: &Inspection,
+) -> Result<Option<&'static str>, String> {
+    let http = found.protocol == Some(monitor_core::extract::WireProtocol::Http) || layer == Layer::Tunnel;
+    match (kernel, user) {
+        (Kernel::Named(k), Some(u)) if k == u => Ok(None),
+        (Kernel::Named(k), Some(u)) => {
+            if layer == Layer::Outer && stream.first() == Some(&5) && found.protocol.is_some() {
+                // The kernel read a repeated greeting as the request.
+                if repeated_socks5_greeting(stream) {
+                    return Ok(Some(SOCKS_AFTER_REPEATED_GREETING));
+                }
+            }
+            Err(format!("the kernel judges {k:?}, user space names {u:?}"))
+        }
+        (Kernel::Named(k), None) => {
+            if request_host(k).is_none() && normalize_host(k).is_none() {
+                Ok(Some(NOT_A_HOST))
+            } else if found.malformed.is_some() {
+                Ok(Some(USER_MALFORMED))
+            } else if layer == Layer::Outer && matches!(stream.first(), Some(4 | 5)) {
+                Ok(Some(SOCKS_ODD_COMMAND))
+            } else {
+                Err(format!("the kernel judges {k:?}, user space names nothing ({found:?})"))
+            }
+        }
+        (_, None) => Ok(None),
+        (kernel, Some(u)) => {
+            if stream.starts_with(b"PROXY ") || stream.starts_with(b"\r\n\r\n\0\r\nQUIT\n") {
+                Ok(Some(PROXY_HEADER))
+            } else if layer == Layer::Tunnel && !matches!(outer, Kernel::Named(_)) {
+                Ok(Some(TUNNEL_AFTER_UNNAMED))
+            } else if u.parse::<Ipv6Addr>().is_ok() {
+                Ok(Some(IPV6_LITERAL))
+            } else if found.malformed.is_some_and(|m| m.contains("cut short")) || *kernel == Kernel::Short {
+                Ok(Some(CUT_SHORT))
+            } else if http
+                && layer == Layer::Outer
+                && !KERNEL_METHODS.iter().any(|m| m.eq_ignore_ascii_case(&first_word(stream)))
+            {
+                Ok(Some(OTHER_METHOD))
+            } else if beyond_bounds(stream) {
+                Ok(Some(BEYOND_BOUNDS))
+            } else if repeated_socks5_greeting(stream) {
+                Ok(Some(SOCKS_AFTER_REPEATED_GREETING))
+            } else {
+                Err(format!("user space names {u:?}, the kernel {kernel:?}"))
+            }
+        }
+    }
+}
+
+pub fn repeated_socks5_greeting(stream: &[u8]) -> bool {
+    let Some(&n) = stream.get(1) else { return false };
+    let second = &stream[(2 + usize::from(n)).min(stream.len())..];
+    second.first() == Some(&5)
+        && second.get(3).is_none_or(|&atyp| !matches!(atyp, 1 | 3 | 4) || second.get(2) != Some(&0))
+        || second.len() >= 3 && second[0] == 5 && second[2] == 0 && second.get(1).is_some_and(|&m| m > 3)
+        || second.first() == Some(&5) && second.get(2) != Some(&0)
+}
+
+/// Whether the message is longer than a kernel bound lets it read.
+pub fn beyond_bounds(stream: &[u8]) -> bool {
+    if stream.first() == Some(&0x16) {
+        return tls_extensions_before_sni(stream).is_some_and(|n| n >= TLS_EXTENSIONS_MAX as usize)
+            || stream.len() > WINDOW as usize
+            || tls_records(stream) > 8;
+    }
+    let head_end = stream.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(stream.len());
+    let host_at = find_ci(stream, b"\nhost:").unwrap_or(head_end);
+    let leading = stream.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    host_at + 6 >= HEAD_MAX as usize
+        || leading >= BLANKS_MAX as usize
+        || longest_blank_run(stream) >= BLANKS_MAX as usize
+}
+
+pub fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
+}
+
+pub fn longest_blank_run(stream: &[u8]) -> usize {
+    let head_end = find_ci(stream, b"\r\n\r\n").unwrap_or(stream.len());
+    let mut best = 0;
+    let mut run = 0;
+    for &b in &stream[..head_end] {
+        run = if b == b' ' || b == b'\t' { run + 1 } else { 0 };
+        best = best.max(run);
+    }
+    best
+}
+
+pub fn tls_records(stream: &[u8]) -> usize {
+    let mut at = 0;
+    let mut n = 0;
+    while let Some(h) = stream.get(at..at + 5) {
+        if h[0] != 0x16 {
+            break;
+        }
+        n += 1;
+        at += 5 + usize::from(u16::from_be_bytes([h[3], h[4]]));
+    }
+    n
+}
+
+/// How many extensions come before server_name in a single-record ClientHello.
+pub fn tls_extensions_before_sni(stream: &[u8]) -> Option<usize> {
+    let mut hs = Vec::new();
+    let mut at = 0;
+    while let Some(h) = stream.get(at..at + 5) {
+        if h[0] != 0x16 {
+            break;
+        }
+        let n = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        hs.extend_from_slice(stream.get(at + 5..at + 5 + n).unwrap_or(&stream[(at + 5).min(stream.len())..]));
+        at += 5 + n;
+    }
+    let mut p = 38;
+    p += 1 + usize::from(*hs.get(p)?);
+    p += 2 + usize::from(u16::from_be_bytes([*hs.get(p)?, *hs.get(p + 1)?]));
+    p += 1 + usize::from(*hs.get(p)?);
+    p += 2;
+    let mut count = 0;
+    while let (Some(&a), Some(&b)) = (hs.get(p), hs.get(p + 1)) {
+        if a == 0 && b == 0 {
+            return Some(count);
+        }
+        count += 1;
+        p += 4 + usize::from(u16::from_be_bytes([*hs.get(p + 2)?, *hs.get(p + 3)?]));
+    }
+    None
+}
+
+/// One layer of one input, compared.
+pub struct LayerOutcome {
+    pub layer: Layer,
+    pub kernel: Kernel,
+    pub user: Option<String>,
+    /// Agreed (`Ok(None)`), an expected difference (`Ok(Some(reason))`), or a disagreement.
+    pub result: Result<Option<&'static str>, String>,
+}
+
+/// Both readings of `stream`, layer by layer; `Err` when the kernel's reading itself is unsound (it
+/// depends on stale scratch bytes).
+pub fn compare(stream: &[u8]) -> Result<Vec<LayerOutcome>, String> {
+    let kernel = kernel_read(stream)?;
+    let found = user_read(stream);
+    let layers = [
+        (Layer::Outer, Some(kernel.outer.clone()), user_outer(&found)),
+        (Layer::Tunnel, kernel.tunnel.clone(), user_tunnel(&found)),
+    ];
+    Ok(layers
+        .into_iter()
+        .map(|(layer, k, user)| {
+            let k = k.unwrap_or(Kernel::Unnamed);
+            let result = explain(layer, &k, &kernel.outer, user.as_deref(), stream, &found);
+            LayerOutcome { layer, kernel: k, user, result }
+        })
+        .collect())
+}
