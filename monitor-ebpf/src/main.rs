@@ -7,7 +7,8 @@
 //! - `quic_egress` (cgroup_skb egress): the first QUIC Initials of each UDP socket, for user space to
 //!   decrypt and name; drops the rest of a QUIC flow user space found denied.
 //! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
-//! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
+//! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode); in block mode it
+//!   judges them too, and resets a refused flow at both ends.
 //!
 //! Each program is a thin entry that calls `try_*`; every early exit is visible there.
 #![no_std]

@@ -1,20 +1,43 @@
 //! `wire_ingress` (TC clsact ingress): forwarded TCP flows on an interface, for a host that routes
 //! other machines' or containers' traffic. No socket, so no process: the flow is its 4-tuple, and
 //! its first client bytes are handed to user space by sequence offset, to be reassembled there.
+//!
+//! In block mode the program also judges each flow, as `inspect_send` does a socket's: IP and CIDR
+//! indicators on the SYN, then the client's first payload (a request, a SOCKS5 greeting and request, a
+//! ClientHello, and the first bytes inside a tunnel) against the domain indicators. A refused flow's
+//! deciding segment is rewritten into resets for both ends (see [`refuse`]), and every later segment of
+//! it is dropped. TC cannot hold a segment the way sk_msg corks a send: a segment that does not carry the
+//! whole name makes the flow uninspectable (`--uninspectable` decides), unless it names no target yet
+//! only because the name is still to come (see [`judge`]).
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK, helpers::generated::bpf_skb_load_bytes, macros::classifier, programs::TcContext,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{bpf_probe_read_kernel, bpf_skb_change_tail, bpf_skb_load_bytes},
+    macros::{classifier, map},
+    maps::PerCpuArray,
+    programs::TcContext,
 };
 use monitor_common::{
-    config::CAPTURE_LIMIT,
+    config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
     record::{
-        AF_INET, AF_INET6, Endpoints, KIND_WIRE, PAYLOAD_CHUNK, WireFlowKey, WireFlowState, WireRecord,
+        AF_INET, AF_INET6, Endpoints, KIND_WIRE, KIND_WIRE_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
+        PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, WireFlowKey, WireFlowState, WireRecord,
+        WireVerdictRecord,
     },
-    verdict::{DROP_FLOW_TABLE_FULL, DROP_RINGBUF_FULL},
+    verdict::{
+        DROP_FLOW_TABLE_FULL, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_REMOTE_IP,
+        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH,
+        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
+    },
 };
 
 use crate::{
-    maps::{EVENTS, WIRE_FLOWS, count_drop, wakeup},
+    maps::{EVENTS, WIRE_FLOWS, config, count_drop, wakeup},
+    parse::{
+        MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch, WINDOW, scan_client_hello,
+        scan_http, scan_socks,
+    },
+    policy::{domain_bits, ipv4_bits, ipv6_bits, verdict},
     send::header,
 };
 
@@ -26,43 +49,88 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+/// A reset carries a bare TCP header, without options.
+const TCP_HLEN: u32 = 20;
 const CHUNKS_PER_PACKET: u32 = 2;
+const TLS_RECORDS_MAX: u32 = 8;
+
+/// The judging scratch of TC, apart from the socket path's: a softirq may run this program on a CPU
+/// where `inspect_send` is half-way through its own scan.
+#[map]
+static WIRE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn wire_ingress(ctx: TcContext) -> i32 {
-    // Capture only: never change what the packet does.
-    let _ = try_wire_ingress(&ctx);
-    TC_ACT_OK
+    // A segment the program cannot read passes, as a send does on the socket path.
+    try_wire_ingress(&ctx).unwrap_or(TC_ACT_OK as i32)
 }
 
 struct Segment {
     key: WireFlowKey,
     seq: u32,
+    ack: u32,
     flags: u8,
+    /// Where the TCP header starts (the IP header starts at `ETH_HLEN`).
+    l4: u32,
     payload_off: u32,
     payload_len: u32,
 }
 
-fn try_wire_ingress(ctx: &TcContext) -> Result<(), i64> {
+fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
     let segment = parse(ctx)?;
     let key = segment.key;
+    let block = config().filter(|c| c.mode == MODE_BLOCK);
     if segment.flags & TCP_SYN != 0 && segment.flags & TCP_ACK == 0 {
-        let state = WireFlowState { isn_next: segment.seq.wrapping_add(1), established: 0 };
+        if let Some(config) = block {
+            let bits = if key.family == AF_INET {
+                ipv4_bits(key.server_addr[0], config)
+            } else {
+                ipv6_bits(key.server_addr, config)
+            };
+            if verdict(bits, config) == VERDICT_BLOCKED {
+                report_verdict(&key, None, VERDICT_BLOCKED, SOURCE_REMOTE_IP, 0, 0);
+                return Ok(refuse(ctx, &segment, false));
+            }
+        }
+        let state = WireFlowState {
+            isn_next: segment.seq.wrapping_add(1),
+            established: 0,
+            phase: PHASE_FIRST,
+            next_offset: 0,
+        };
         if WIRE_FLOWS.insert(&key, &state, 0).is_err() {
             count_drop(DROP_FLOW_TABLE_FULL);
-            return Ok(());
+            return Ok(TC_ACT_OK as i32);
         }
         emit(ctx, &segment, 0, 0, 0);
-        return Ok(());
+        return Ok(TC_ACT_OK as i32);
     }
     let Some(state) = WIRE_FLOWS.get_ptr_mut(&key) else {
-        return Ok(());
+        return Ok(TC_ACT_OK as i32);
     };
     let state = unsafe { &mut *state };
+    if state.phase == PHASE_BLOCKED {
+        if segment.flags & TCP_RST != 0 {
+            let _ = WIRE_FLOWS.remove(&key);
+            return Ok(TC_ACT_SHOT as i32);
+        }
+        // Refused: nothing more of the flow passes, and a client that missed its reset gets another.
+        return Ok(refuse(ctx, &segment, false));
+    }
+    let offset = segment.seq.wrapping_sub(state.isn_next);
+    if let Some(config) = block
+        && state.phase != PHASE_DONE
+        && segment.payload_len > 0
+    {
+        let action = judge(ctx, &segment, state, offset, config)?;
+        if action != TC_ACT_OK as i32 {
+            return Ok(action);
+        }
+    }
     if segment.flags & (TCP_FIN | TCP_RST) != 0 {
         emit(ctx, &segment, 0, 0, 0);
         let _ = WIRE_FLOWS.remove(&key);
-        return Ok(());
+        return Ok(TC_ACT_OK as i32);
     }
     if state.established == 0 && segment.flags & TCP_ACK != 0 {
         state.established = 1;
@@ -70,13 +138,9 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<(), i64> {
             emit(ctx, &segment, 0, 0, 0);
         }
     }
-    if segment.payload_len == 0 {
-        return Ok(());
-    }
-    let offset = segment.seq.wrapping_sub(state.isn_next);
-    if offset >= CAPTURE_LIMIT {
+    if segment.payload_len == 0 || offset >= CAPTURE_LIMIT {
         // Past the first bytes (or a segment from before the SYN we saw): nothing more to take.
-        return Ok(());
+        return Ok(TC_ACT_OK as i32);
     }
     let mut off = 0u32;
     for _ in 0..CHUNKS_PER_PACKET {
@@ -88,7 +152,307 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<(), i64> {
         emit(ctx, &segment, offset + off, off, n);
         off += n;
     }
-    Ok(())
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Block mode: a payload segment of a flow whose target is not decided yet, at `offset` in the client's
+/// stream. `TC_ACT_OK` lets it on (to be captured as any other); anything else is the segment's fate.
+fn judge(
+    ctx: &TcContext,
+    seg: &Segment,
+    state: &mut WireFlowState,
+    offset: u32,
+    config: &Config,
+) -> Result<i32, i64> {
+    let expected = if state.phase == PHASE_FIRST { 0 } else { state.next_offset };
+    let end = offset.wrapping_add(seg.payload_len);
+    if offset != expected {
+        if end.wrapping_sub(expected) as i32 <= 0 {
+            // A retransmission of bytes already judged.
+            return Ok(TC_ACT_OK as i32);
+        }
+        // Bytes past the ones that decide (reordered, or after a segment lost on the way here): the server
+        // must not have them before those are judged. The client sends them again.
+        return Ok(TC_ACT_SHOT as i32);
+    }
+    let scratch = WIRE_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
+    let scratch = unsafe { &mut *scratch };
+    let tunnel = state.phase == PHASE_TUNNEL;
+    let first = ctx.load::<u8>(seg.payload_off as usize)?;
+    let window = if seg.payload_len < WINDOW { seg.payload_len } else { WINDOW };
+    let mut scan = if first == 0x16 && (state.phase == PHASE_FIRST || tunnel) {
+        let (n, whole) = copy_handshake(ctx, scratch, seg.payload_off, seg.payload_len);
+        let scan = scan_client_hello(scratch, n);
+        // The part of a ClientHello in this segment may end before its server_name: nothing of a name is in
+        // it, yet it cannot be judged.
+        if whole || scan.kind == SCAN_NAME { scan } else { Scan::need(n + 1) }
+    } else {
+        if !copy(ctx, scratch, 0, seg.payload_off, window) {
+            return Ok(TC_ACT_OK as i32);
+        }
+        match state.phase {
+            PHASE_SOCKS5_REQUEST => scan_socks(scratch, window, true),
+            PHASE_FIRST if first == 4 || first == 5 => scan_socks(scratch, window, false),
+            _ => scan_http(scratch, window),
+        }
+    };
+    // The verifier would walk what follows once per scan kind and source the scans return as constants;
+    // read back from map memory they are plain values, and its paths merge (as in `send::settle`).
+    unsafe {
+        core::ptr::write_volatile(&mut scratch.scan, scan);
+        scan = core::ptr::read_volatile(&scratch.scan);
+    }
+    let (outcome, source, start, len) = match scan.kind {
+        SCAN_NAME => {
+            (verdict(domain_bits(scratch, scan.a, scan.b, config), config), scan.source, scan.a, scan.b)
+        }
+        SCAN_IPV4 => (verdict(ipv4_bits(scan.a, config), config), scan.source, 0, 0),
+        SCAN_GREETING => {
+            // The request is the client's next write, after the server's method choice.
+            state.phase = PHASE_SOCKS5_REQUEST;
+            state.next_offset = end;
+            return Ok(TC_ACT_OK as i32);
+        }
+        // Inside a tunnel the outer request already named the target.
+        SCAN_NEED_BYTES => (uninspectable(config), SOURCE_NONE, 0, 0),
+        _ if tunnel => (VERDICT_NO_MATCH, SOURCE_NONE, 0, 0),
+        _ => (uninspectable(config), SOURCE_NONE, 0, 0),
+    };
+    let refused = outcome == VERDICT_BLOCKED || outcome == VERDICT_UNINSPECTABLE_BLOCKED;
+    if refused || outcome == VERDICT_UNINSPECTABLE_ALLOWED {
+        report_verdict(&seg.key, Some(scratch), outcome, source, start, len);
+    }
+    if refused {
+        state.phase = PHASE_BLOCKED;
+        return Ok(refuse(ctx, seg, true));
+    }
+    let opens_tunnel =
+        !tunnel && matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP);
+    if opens_tunnel {
+        // The tunnel's first bytes follow the proxy's answer: they are the next ones to judge.
+        state.phase = PHASE_TUNNEL;
+        state.next_offset = end;
+    } else {
+        state.phase = PHASE_DONE;
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+#[inline(always)]
+fn uninspectable(config: &Config) -> u32 {
+    if config.uninspectable == UNINSPECTABLE_BLOCK {
+        VERDICT_UNINSPECTABLE_BLOCKED
+    } else {
+        VERDICT_UNINSPECTABLE_ALLOWED
+    }
+}
+
+/// Copy `len` (1..=WINDOW) bytes of the packet at `from` into the scratch buffer at `at`.
+#[inline(always)]
+fn copy(ctx: &TcContext, scratch: &mut Scratch, at: u32, from: u32, len: u32) -> bool {
+    if len == 0 {
+        return false;
+    }
+    // A volatile read hides what the compiler knows of `len`, so the bound below stays on the register
+    // passed to the helper, where the verifier sees it.
+    let below = unsafe { core::ptr::read_volatile(&(len - 1)) };
+    if below >= WINDOW {
+        return false;
+    }
+    // So is the offset's: the compiler drops a mask it can prove idle, the verifier cannot.
+    let at = unsafe { core::ptr::read_volatile(&at) } & MASK;
+    let to = unsafe { scratch.bytes.as_mut_ptr().add(at as usize) };
+    unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), from, to.cast(), below + 1) == 0 }
+}
+
+/// Copy the TLS handshake bytes of the records at the start of the payload (`size` bytes at `from`) into
+/// the scratch buffer without their record headers, so a ClientHello fragmented over several records
+/// reads as one message. Returns the bytes copied and whether the handshake message is whole.
+#[inline(always)]
+fn copy_handshake(ctx: &TcContext, scratch: &mut Scratch, from: u32, size: u32) -> (u32, bool) {
+    let mut src = 0u32;
+    let mut dst = 0u32;
+    for _ in 0..TLS_RECORDS_MAX {
+        if src + 5 > size {
+            return (dst, false);
+        }
+        let Ok(header) = ctx.load::<[u8; 5]>((from + src) as usize) else {
+            return (dst, false);
+        };
+        if header[0] != 0x16 {
+            return (dst, true);
+        }
+        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
+        let available = size - src - 5;
+        let mut n = if record_len < available { record_len } else { available };
+        if dst + n > WINDOW {
+            n = WINDOW - dst;
+        }
+        if n > 0 && !copy(ctx, scratch, dst, from + src + 5, n) {
+            return (dst, false);
+        }
+        dst += n;
+        src += 5 + record_len;
+        if dst >= 4 {
+            let handshake_len =
+                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+            if dst >= handshake_len + 4 {
+                return (dst, true);
+            }
+        }
+        if src > size || dst >= WINDOW {
+            return (dst, false);
+        }
+    }
+    (dst, false)
+}
+
+/// Refuse the flow at `seg`. The segment becomes a reset to the client, sent back out the interface it
+/// came in on; then, `to_server`, a reset to the server, which goes on in its place. Its payload goes
+/// nowhere. A segment that cannot be rewritten is dropped all the same.
+fn refuse(ctx: &TcContext, seg: &Segment, to_server: bool) -> i32 {
+    let shot = TC_ACT_SHOT as i32;
+    let skb = ctx.skb.skb;
+    let partial = checksum_partial(ctx, seg);
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else { return shot };
+    if unsafe { bpf_skb_change_tail(skb, seg.l4 + TCP_HLEN, 0) } != 0 {
+        return shot;
+    }
+    if seg.key.family == AF_INET {
+        let Ok(old) = ctx.load::<u16>(ETH_HLEN + 2) else { return shot };
+        let new = ((seg.l4 - ETH_HLEN as u32 + TCP_HLEN) as u16).to_be();
+        if ctx.store(ETH_HLEN + 2, &new, 0).is_err()
+            || ctx.l3_csum_replace(ETH_HLEN + 10, old as u64, new as u64, 2).is_err()
+        {
+            return shot;
+        }
+    } else if ctx.store(ETH_HLEN + 4, &(TCP_HLEN as u16).to_be(), 0).is_err() {
+        return shot;
+    }
+    // To the client, from the server: at the sequence number the client expects next, acknowledging all
+    // it sent (a SYN counts one).
+    let (seq, ack) = if seg.flags & TCP_SYN != 0 {
+        (0, seg.seq.wrapping_add(1))
+    } else {
+        let fin = (seg.flags & TCP_FIN != 0) as u32;
+        (seg.ack, seg.seq.wrapping_add(seg.payload_len).wrapping_add(fin))
+    };
+    let mut swapped = [0u8; 12];
+    let mut i = 0;
+    while i < 6 {
+        swapped[i] = macs[i + 6];
+        swapped[i + 6] = macs[i];
+        i += 1;
+    }
+    if !rewrite(ctx, seg, &swapped, true, seq, ack, partial) {
+        return shot;
+    }
+    let ifindex = unsafe { (*skb).ifindex };
+    let _ = ctx.clone_redirect(ifindex, 0);
+    // To the server, from the client, at the sequence number of the refused bytes: the server forgets
+    // the connection (a proxy, the half-open tunnel it would have made).
+    if !to_server || !rewrite(ctx, seg, &macs, false, seg.seq, seg.ack, partial) {
+        return shot;
+    }
+    TC_ACT_OK as i32
+}
+
+/// Write a reset over the (already truncated) segment: MAC addresses `macs`, the flow's addresses and
+/// ports (the server's first when `reversed`), `seq` and `ack`, and its checksum.
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    seg: &Segment,
+    macs: &[u8; 12],
+    reversed: bool,
+    seq: u32,
+    ack: u32,
+    partial: bool,
+) -> bool {
+    let key = &seg.key;
+    let (src, dst, sport, dport) = if reversed {
+        (&key.server_addr, &key.client_addr, key.server_port, key.client_port)
+    } else {
+        (&key.client_addr, &key.server_addr, key.client_port, key.server_port)
+    };
+    let mut tcp = [0u8; TCP_HLEN as usize];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = ((TCP_HLEN / 4) as u8) << 4;
+    tcp[13] = TCP_RST | TCP_ACK;
+    let v4 = key.family == AF_INET;
+    let check = tcp_checksum(&tcp, src, dst, v4, partial);
+    tcp[16..18].copy_from_slice(&check.to_ne_bytes());
+    let addresses = if v4 {
+        ctx.store(ETH_HLEN + 12, &[src[0], dst[0]], 0)
+    } else {
+        ctx.store(ETH_HLEN + 8, src, 0).and_then(|()| ctx.store(ETH_HLEN + 24, dst, 0))
+    };
+    ctx.store(0, macs, 0).is_ok() && addresses.is_ok() && ctx.store(seg.l4 as usize, &tcp, 0).is_ok()
+}
+
+/// One's-complement sum of the pseudo header (addresses, protocol, TCP length), not yet folded. Summed in
+/// the byte order the words sit in memory, as the rest of the checksum is: the sum is then in that order too.
+#[inline(always)]
+fn pseudo_sum(src: &[u32; 4], dst: &[u32; 4], v4: bool, tcp_len: u32) -> u32 {
+    let words = if v4 { 1 } else { 4 };
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 4 {
+        if i < words {
+            sum += (src[i] & 0xffff) + (src[i] >> 16) + (dst[i] & 0xffff) + (dst[i] >> 16);
+        }
+        i += 1;
+    }
+    sum += u16::from_ne_bytes([0, IPPROTO_TCP]) as u32;
+    sum += u16::from_ne_bytes((tcp_len as u16).to_be_bytes()) as u32;
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// The checksum field of a reset with header `tcp`. With checksum offload pending (`partial`) the field
+/// holds only the folded pseudo-header sum: the device (or the receiving stack, on a veth) completes it.
+#[inline(always)]
+fn tcp_checksum(
+    tcp: &[u8; TCP_HLEN as usize],
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    v4: bool,
+    partial: bool,
+) -> u16 {
+    let mut sum = pseudo_sum(src, dst, v4, TCP_HLEN);
+    if partial {
+        return fold(sum);
+    }
+    let mut i = 0;
+    while i < TCP_HLEN as usize {
+        // The checksum field itself (bytes 16 and 17) counts as zero.
+        if i != 16 {
+            sum += u16::from_ne_bytes([tcp[i], tcp[i + 1]]) as u32;
+        }
+        i += 2;
+    }
+    !fold(sum)
+}
+
+/// Whether the segment's checksum is left to offload (CHECKSUM_PARTIAL: sent by a local socket over a
+/// veth, or merged by GRO), which the program cannot ask the kernel directly: its field then holds exactly
+/// the folded pseudo-header sum. A complete checksum equal to it by chance (1 in 65536) makes a reset with a
+/// wrong checksum, which its receiver drops: the flow is still refused, the client just waits longer.
+#[inline(always)]
+fn checksum_partial(ctx: &TcContext, seg: &Segment) -> bool {
+    let Ok(field) = ctx.load::<u16>(seg.l4 as usize + 16) else { return false };
+    let tcp_len = seg.payload_off - seg.l4 + seg.payload_len;
+    let v4 = seg.key.family == AF_INET;
+    field == fold(pseudo_sum(&seg.key.client_addr, &seg.key.server_addr, v4, tcp_len))
 }
 
 fn parse(ctx: &TcContext) -> Result<Segment, i64> {
@@ -120,6 +484,7 @@ fn parse(ctx: &TcContext) -> Result<Segment, i64> {
     };
     let ports = ctx.load::<[u16; 2]>(l4)?;
     let seq = u32::from_be(ctx.load::<u32>(l4 + 4)?);
+    let ack = u32::from_be(ctx.load::<u32>(l4 + 8)?);
     let doff = ((ctx.load::<u8>(l4 + 12)? >> 4) as u32) * 4;
     let flags = ctx.load::<u8>(l4 + 13)?;
     Ok(Segment {
@@ -131,7 +496,9 @@ fn parse(ctx: &TcContext) -> Result<Segment, i64> {
             server_addr,
         },
         seq,
+        ack,
         flags,
+        l4: l4 as u32,
         payload_off: l4 as u32 + doff,
         payload_len: ip_payload.saturating_sub(doff),
     })
@@ -145,17 +512,9 @@ fn emit(ctx: &TcContext, segment: &Segment, offset: u32, in_packet: u32, len: u3
         return;
     };
     let rec = entry.as_mut_ptr();
-    let key = &segment.key;
     unsafe {
         (*rec).header = header(KIND_WIRE, 0);
-        (*rec).endpoints = Endpoints {
-            family: key.family,
-            local_port: key.client_port as u32,
-            remote_port: key.server_port as u32,
-            _pad: 0,
-            local_addr: key.client_addr,
-            remote_addr: key.server_addr,
-        };
+        (*rec).endpoints = endpoints(&segment.key);
         (*rec).tcp_flags = segment.flags as u32;
         (*rec).offset = offset;
         (*rec).len = 0;
@@ -171,6 +530,56 @@ fn emit(ctx: &TcContext, segment: &Segment, offset: u32, in_packet: u32, len: u3
             {
                 (*rec).len = len;
             }
+        }
+    }
+    entry.submit(wakeup());
+}
+
+#[inline(always)]
+fn endpoints(key: &WireFlowKey) -> Endpoints {
+    Endpoints {
+        family: key.family,
+        local_port: key.client_port as u32,
+        remote_port: key.server_port as u32,
+        _pad: 0,
+        local_addr: key.client_addr,
+        remote_addr: key.server_addr,
+    }
+}
+
+/// The verdict on a flow for user space: the name that decided is `len` bytes at `start` in `scratch`.
+#[inline(always)]
+fn report_verdict(
+    key: &WireFlowKey,
+    scratch: Option<&Scratch>,
+    outcome: u32,
+    source: u32,
+    start: u32,
+    len: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<WireVerdictRecord>(0) else {
+        count_drop(DROP_RINGBUF_FULL);
+        return;
+    };
+    let rec = entry.as_mut_ptr();
+    let n = match scratch {
+        Some(_) if len < NAME_MAX as u32 => len,
+        Some(_) => NAME_MAX as u32 - 1,
+        None => 0,
+    };
+    unsafe {
+        (*rec).header = header(KIND_WIRE_VERDICT, 0);
+        (*rec).endpoints = endpoints(key);
+        (*rec).verdict = outcome;
+        (*rec).source = source;
+        (*rec).name_len = n;
+        (*rec)._pad = 0;
+        if let Some(scratch) = scratch {
+            bpf_probe_read_kernel(
+                (*rec).name.as_mut_ptr().cast(),
+                n & (NAME_MAX as u32 - 1),
+                scratch.bytes.as_ptr().add((start & MASK) as usize).cast(),
+            );
         }
     }
     entry.submit(wakeup());

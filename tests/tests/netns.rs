@@ -303,6 +303,183 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
     drop(mon);
 }
 
+/// Segmentation offloads of the client's interface on or off, for the cases that need one or the other
+/// whichever ran before.
+fn client_offloads(bed: &Bed, state: &str) {
+    bed::sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &bed.client_ns,
+        "ethtool",
+        "-K",
+        "vc",
+        "tso",
+        state,
+        "gso",
+        state,
+    ]));
+}
+
+/// A forwarded flow refused on TC: the client fails within a second with a reset, one Blocked row without
+/// process names `target` (seen on tc, matched by `indicator`, named from `source`), and neither proxy
+/// nor origin logged the name since `mark`.
+fn expect_refused_on_wire(
+    bed: &Bed,
+    mon: &Monitor,
+    run: &ClientRun,
+    target: &str,
+    source: &str,
+    mark: [usize; 3],
+) -> Value {
+    assert!(!run.ok(), "the client should have failed: {run:?}");
+    assert!(
+        run.elapsed < Duration::from_secs(1),
+        "the client must fail at once, took {:?}: {run:?}",
+        run.elapsed
+    );
+    // A reset answering the SYN fails connect() (curl exit 7); one answering a request fails its read.
+    let reset = if source == "RemoteIp" { run.code == Some(7) } else { run.stderr.contains("reset by peer") };
+    assert!(reset, "the client must see a reset: {run:?}");
+    let found = mon.wait_events(10, |e| {
+        e["ActionType"] == "ExploitGuardNetworkProtectionBlocked" && e["RemoteUrl"] == target
+    });
+    assert_eq!(found.len(), 1, "one Blocked event naming {target}:\n{}", describe(&mon.events()));
+    let e = found[0].clone();
+    assert_eq!(e["Table"], "DeviceEvents", "{e}");
+    assert_eq!(e["InitiatingProcessId"], Value::Null, "no process on the wire: {e}");
+    assert_eq!(
+        e["LocalIP"].as_str().is_some_and(|ip| ip.starts_with("10.200.1.") || ip.starts_with("fd00:200:1:")),
+        true,
+        "{e}"
+    );
+    assert_eq!(e["AdditionalFields"]["SeenOn"], "tc", "{e}");
+    assert_eq!(e["AdditionalFields"]["IsAudit"], false, "{e}");
+    assert_eq!(e["AdditionalFields"]["ResponseCategory"], "CustomBlockList", "{e}");
+    assert_eq!(e["AdditionalFields"]["TargetSource"], source, "{e}");
+    assert!(e["AdditionalFields"]["MatchedIndicator"].as_str().is_some(), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = bed.logs_since(mark);
+    assert!(!log.contains(target), "the proxy or origin saw {target}:\n{log}");
+    let successes = mon
+        .events()
+        .into_iter()
+        .filter(|e| e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == target)
+        .count();
+    assert_eq!(successes, 0, "a refused flow must not also report ConnectionSuccess for its target");
+    e
+}
+
+/// A download through the gateway arrives whole: `big.bin` is 24 MiB of 7s.
+fn expect_download_intact(bed: &Bed, clients: &Cgroup, name: &str, args: &[&str]) {
+    let out = bed.dir.join(name);
+    let out_arg = out.display().to_string();
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--cacert"];
+    let cert = bed.cert();
+    argv.push(cert.to_str().expect("utf-8 path"));
+    argv.extend_from_slice(&["-o", &out_arg]);
+    argv.extend_from_slice(args);
+    let run = client(clients, &bed.client_ns, &argv, Duration::from_secs(40));
+    assert!(run.ok(), "the allowed download failed: {run:?}");
+    let body = std::fs::read(&out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
+    assert_eq!(body.len(), 24 << 20, "the whole file arrived");
+    assert!(body.iter().all(|&b| b == 7), "the file's bytes arrived intact");
+    let _ = std::fs::remove_file(&out);
+}
+
+/// Gateway mode in block mode: clients in no watched cgroup, their flows judged and refused on the router's
+/// TC hook before squid, microsocks or the origin see the name.
+fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("gateway-block-empty");
+    let clients = Cgroup::new("gateway-block-clients");
+    let (block, allow) = write_lists(bed, "gateway-block");
+    let Some(mon) = r.setup("gateway_block_monitor_starts", || {
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            bed.router_client_if.clone(),
+            "--block".into(),
+            block.clone(),
+            "--allow".into(),
+            allow.clone(),
+        ];
+        Monitor::start(&bed.dir, "gateway-block", Some(&bed.router_ns), &args)
+    }) else {
+        return;
+    };
+    let curl = |args: &[&str]| curl(bed, &clients, args);
+    for offloads in ["on", "off"] {
+        r.case(&format!("gateway_block_offloads_{offloads}_connect"), || {
+            client_offloads(bed, offloads);
+            let target = format!("connect-{offloads}.blocked.test");
+            let mark = bed.log_mark();
+            let run = curl(&["-x", SQUID, &format!("https://{target}/")]);
+            let e = expect_refused_on_wire(bed, &mon, &run, &target, "Connect", mark);
+            assert_eq!(e["RemoteIP"], ROUTER_V4, "{e}");
+            assert_eq!(e["RemotePort"], SQUID_PORT, "{e}");
+        });
+        r.case(&format!("gateway_block_offloads_{offloads}_allowed_download_intact"), || {
+            client_offloads(bed, offloads);
+            expect_download_intact(
+                bed,
+                &clients,
+                "gateway-big.bin",
+                &["-x", SQUID, "https://origin.test/big.bin"],
+            );
+        });
+    }
+    client_offloads(bed, "on");
+    r.case("gateway_block_absolute_form", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-x", SQUID, "http://form.blocked.test/"]);
+        expect_refused_on_wire(bed, &mon, &run, "form.blocked.test", "AbsoluteForm", mark);
+    });
+    r.case("gateway_block_socks5_domain", || {
+        let mark = bed.log_mark();
+        let run = curl(&["--socks5-hostname", SOCKS, "http://socks.blocked.test/"]);
+        let e = expect_refused_on_wire(bed, &mon, &run, "socks.blocked.test", "Socks5", mark);
+        assert_eq!(e["RemotePort"], SOCKS_PORT, "{e}");
+    });
+    r.case("gateway_block_sni_inside_allowed_connect", || {
+        let mark = bed.log_mark();
+        // CONNECT front.test (allowed), then a ClientHello for sni.blocked.test inside the tunnel.
+        let run = curl(&[
+            "-x",
+            SQUID,
+            "--connect-to",
+            "sni.blocked.test:443:front.test:443",
+            "https://sni.blocked.test/",
+        ]);
+        let e = expect_refused_on_wire(bed, &mon, &run, "sni.blocked.test", "TlsSni", mark);
+        assert_eq!(e["AdditionalFields"]["ConnectHost"], "front.test", "{e}");
+    });
+    r.case("gateway_block_ipv6_connect", || {
+        let mark = bed.log_mark();
+        let proxy = format!("http://[{ROUTER_V6}]:{SQUID_PORT}");
+        let run = curl(&["-x", &proxy, "https://v6.blocked.test/"]);
+        let e = expect_refused_on_wire(bed, &mon, &run, "v6.blocked.test", "Connect", mark);
+        assert_eq!(e["RemoteIP"], ROUTER_V6, "{e}");
+    });
+    r.case("gateway_block_ip_indicator_on_syn", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-k", &format!("https://{ORIGIN2_V4}/")]);
+        expect_refused_on_wire(bed, &mon, &run, ORIGIN2_V4, "RemoteIp", mark);
+    });
+    r.case("gateway_block_allowed_flow_reported", || {
+        let run = curl(&["-x", SQUID, "https://origin.test/"]);
+        assert!(run.ok(), "an allowed flow passes: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["RemoteUrl"] == "origin.test"
+                && e["ActionType"] == "ConnectionSuccess"
+                && e["AdditionalFields"]["SeenOn"] == "tc"
+        });
+        assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
+    });
+    drop(mon);
+}
+
 /// A host without cgroup v2 (the daemon gets a mount namespace of its own with none mounted): audit with
 /// `--iface` degrades to TC alone and says so; block mode, and a run with nothing left to watch, refuse.
 fn degrade_cases(r: &mut Runner, bed: &Bed) {
@@ -1472,6 +1649,7 @@ fn main() {
     let mut bed = Bed::new();
     audit_cases(&mut r, &bed);
     gateway_cases(&mut r, &bed);
+    gateway_block_cases(&mut r, &bed);
     degrade_cases(&mut r, &bed);
     block_cases(&mut r, &bed);
     audit_mode_cases(&mut r, &bed);
