@@ -237,6 +237,10 @@ pub struct WireFlowState {
     /// Block mode: the client stream offset of the bytes judged next (after a SOCKS5 greeting, or where a
     /// tunnel's first bytes start).
     pub next_offset: u32,
+    /// Block mode, a ClientHello that spans segments: the stream offset of its next extension header, and
+    /// of the end of its extensions.
+    pub hello_next: u32,
+    pub hello_end: u32,
 }
 
 /// Block mode: the kernel judged a forwarded flow on TC (see [`WireVerdictRecord`]).

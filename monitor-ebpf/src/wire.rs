@@ -26,7 +26,7 @@ use monitor_common::{
     },
     verdict::{
         DROP_FLOW_TABLE_FULL, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_REMOTE_IP,
-        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, VERDICT_BLOCKED, VERDICT_NO_MATCH,
+        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_TLS_SNI, VERDICT_BLOCKED, VERDICT_NO_MATCH,
         VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED,
     },
 };
@@ -34,8 +34,8 @@ use monitor_common::{
 use crate::{
     maps::{EVENTS, WIRE_FLOWS, config, count_drop, wakeup},
     parse::{
-        MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch, WINDOW, scan_client_hello,
-        scan_http, scan_socks,
+        MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch, WINDOW, bounded_loop,
+        scan_client_hello, scan_http, scan_socks,
     },
     policy::{domain_bits, ipv4_bits, ipv6_bits, verdict},
     send::header,
@@ -53,6 +53,11 @@ const TCP_ACK: u8 = 0x10;
 const TCP_HLEN: u32 = 20;
 const CHUNKS_PER_PACKET: u32 = 2;
 const TLS_RECORDS_MAX: u32 = 8;
+const TLS_EXTENSIONS_MAX: u32 = 48;
+/// Wire-only phases: a ClientHello (first in the flow, or inside a tunnel) continues in the next segment,
+/// which holds its next extension (`WireFlowState::hello_next`).
+const PHASE_HELLO_REST: u32 = 16;
+const PHASE_HELLO_REST_TUNNEL: u32 = 17;
 
 /// The judging scratch of TC, apart from the socket path's: a softirq may run this program on a CPU
 /// where `inspect_send` is half-way through its own scan.
@@ -97,6 +102,8 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
             established: 0,
             phase: PHASE_FIRST,
             next_offset: 0,
+            hello_next: 0,
+            hello_end: 0,
         };
         if WIRE_FLOWS.insert(&key, &state, 0).is_err() {
             count_drop(DROP_FLOW_TABLE_FULL);
@@ -177,15 +184,56 @@ fn judge(
     }
     let scratch = WIRE_SCRATCH.get_ptr_mut(0).ok_or(0i64)?;
     let scratch = unsafe { &mut *scratch };
-    let tunnel = state.phase == PHASE_TUNNEL;
+    let tunnel = state.phase == PHASE_TUNNEL || state.phase == PHASE_HELLO_REST_TUNNEL;
     let first = ctx.load::<u8>(seg.payload_off as usize)?;
     let window = if seg.payload_len < WINDOW { seg.payload_len } else { WINDOW };
-    let mut scan = if first == 0x16 && (state.phase == PHASE_FIRST || tunnel) {
+    let mut scan = if state.phase == PHASE_HELLO_REST || state.phase == PHASE_HELLO_REST_TUNNEL {
+        if !copy(ctx, scratch, 0, seg.payload_off, window) {
+            return Ok(TC_ACT_OK as i32);
+        }
+        // Positions in this segment. The next extension's header may have begun in the one before (split,
+        // it is not read: the segment is cut), or it may start past this segment, which then holds nothing
+        // but the data of another extension.
+        let at = state.hello_next.wrapping_sub(offset);
+        let ext_end = state.hello_end.wrapping_sub(offset);
+        let walked = if (at as i32) < 0 {
+            Walked::Cut
+        } else if at < window {
+            walk_extensions(scratch, at, ext_end, window)
+        } else if window == seg.payload_len && at < ext_end {
+            Walked::Further(at)
+        } else {
+            Walked::Cut
+        };
+        match walked {
+            Walked::Name(start, n) => Scan::name(SOURCE_TLS_SNI, start, n),
+            Walked::None => Scan::UNNAMED,
+            Walked::Further(next) => {
+                state.hello_next = offset.wrapping_add(next);
+                state.next_offset = end;
+                return Ok(TC_ACT_OK as i32);
+            }
+            Walked::Cut => Scan::need(window + 1),
+        }
+    } else if first == 0x16 && (state.phase == PHASE_FIRST || tunnel) {
         let (n, whole) = copy_handshake(ctx, scratch, seg.payload_off, seg.payload_len);
         let scan = scan_client_hello(scratch, n);
-        // The part of a ClientHello in this segment may end before its server_name: nothing of a name is in
-        // it, yet it cannot be judged.
-        if whole || scan.kind == SCAN_NAME { scan } else { Scan::need(n + 1) }
+        if whole || scan.kind == SCAN_NAME {
+            scan
+        } else {
+            match hello_continues(ctx, scratch, seg.payload_off, n) {
+                // Nothing of a name in this segment: it passes, and the next one is read from `next`.
+                Some((next, ext_end)) => {
+                    state.phase = if tunnel { PHASE_HELLO_REST_TUNNEL } else { PHASE_HELLO_REST };
+                    // The handshake starts after the record header, at stream offset `offset + 5`.
+                    state.hello_next = offset.wrapping_add(5 + next);
+                    state.hello_end = offset.wrapping_add(5 + ext_end);
+                    state.next_offset = end;
+                    return Ok(TC_ACT_OK as i32);
+                }
+                None => Scan::need(n + 1),
+            }
+        }
     } else {
         if !copy(ctx, scratch, 0, seg.payload_off, window) {
             return Ok(TC_ACT_OK as i32);
@@ -305,6 +353,113 @@ fn copy_handshake(ctx: &TcContext, scratch: &mut Scratch, from: u32, size: u32) 
         }
     }
     (dst, false)
+}
+
+/// What a walk over a ClientHello's extensions found in the bytes it had.
+enum Walked {
+    /// The server_name's host name, whole: `n` bytes at `start`.
+    Name(u32, u32),
+    /// The extensions ended without a server_name.
+    None,
+    /// The bytes ended before the extensions did, between two of them: the next starts at this position.
+    Further(u32),
+    /// The bytes ended inside the server_name, or inside the ClientHello's fixed part.
+    Cut,
+}
+
+#[inline(always)]
+fn be16(buf: &Scratch, i: u32) -> u32 {
+    ((buf.at(i) as u32) << 8) | buf.at(i + 1) as u32
+}
+
+struct ExtensionWalk<'a> {
+    buf: &'a Scratch,
+    pos: u32,
+    end: u32,
+    len: u32,
+    found: u32,
+}
+
+/// Stops at the server_name extension (type 0) with found = 1, or where the extensions or the bytes end.
+extern "C" fn extension_step(_: u64, w: *mut ExtensionWalk<'_>) -> i64 {
+    let w = unsafe { &mut *w };
+    let p = w.pos;
+    if p >= w.end || p + 4 > w.len {
+        return 1;
+    }
+    if be16(w.buf, p) == 0 {
+        w.found = 1;
+        return 1;
+    }
+    w.pos = p + 4 + be16(w.buf, p + 2);
+    0
+}
+
+/// Walk extensions from `at` to `end` over the `len` bytes in `buf`.
+#[inline(always)]
+fn walk_extensions(buf: &Scratch, at: u32, end: u32, len: u32) -> Walked {
+    let mut walk = ExtensionWalk { buf, pos: at, end, len, found: 0 };
+    bounded_loop(TLS_EXTENSIONS_MAX, extension_step, &mut walk);
+    let p = walk.pos;
+    if walk.found == 0 {
+        return if p >= end {
+            Walked::None
+        } else if p + 4 > len {
+            Walked::Further(p)
+        } else {
+            // More extensions than the walk takes: not a ClientHello a client sends.
+            Walked::Cut
+        };
+    }
+    // server_name_list length(2), name_type(1) = host_name, name length(2), name
+    if p + 9 > len {
+        return Walked::Cut;
+    }
+    let n = be16(buf, p + 7);
+    let start = p + 9;
+    if buf.at(p + 6) != 0 || n == 0 || start + n > end {
+        // Not a host name: nothing the indicators could match.
+        return Walked::None;
+    }
+    if start + n > len { Walked::Cut } else { Walked::Name(start, n) }
+}
+
+/// The first part of a ClientHello, `n` handshake bytes in `buf` (from one TLS record at `from` that holds
+/// the whole message), with no server_name in it: where its next extension and its extensions' end are,
+/// when the bytes end between two extensions. `None` when the segment may hold part of a name, or when the
+/// message spans records as well as segments.
+#[inline(always)]
+fn hello_continues(ctx: &TcContext, buf: &Scratch, from: u32, n: u32) -> Option<(u32, u32)> {
+    let record = ctx.load::<[u8; 5]>(from as usize).ok()?;
+    let record_len = ((record[3] as u32) << 8) | record[4] as u32;
+    let handshake_len = ((buf.at(1) as u32) << 16) | ((buf.at(2) as u32) << 8) | buf.at(3) as u32;
+    if n < 4 || buf.at(0) != 1 || record_len < handshake_len + 4 {
+        return None;
+    }
+    // type(1) length(3) version(2) random(32) session_id, cipher_suites, compression_methods, extensions
+    let mut p = 38u32;
+    if p >= n {
+        return None;
+    }
+    p += 1 + buf.at(p) as u32;
+    if p + 2 > n {
+        return None;
+    }
+    p += 2 + be16(buf, p);
+    if p >= n {
+        return None;
+    }
+    p += 1 + buf.at(p) as u32;
+    if p + 2 > n {
+        return None;
+    }
+    let ext_end = p + 2 + be16(buf, p);
+    let message_end = handshake_len + 4;
+    let ext_end = if ext_end < message_end { ext_end } else { message_end };
+    match walk_extensions(buf, p + 2, ext_end, n) {
+        Walked::Further(next) => Some((next, ext_end)),
+        _ => None,
+    }
 }
 
 /// Refuse the flow at `seg`. The segment becomes a reset to the client, sent back out the interface it

@@ -320,25 +320,39 @@ fn client_offloads(bed: &Bed, state: &str) {
     ]));
 }
 
+/// How a client's failure shows the reset it got.
+enum Reset {
+    /// curl: a reset answering the SYN fails connect() (exit 7).
+    Connect,
+    /// curl: a reset answering a request fails its read.
+    Request,
+    /// rawclient: the errno it printed.
+    Raw(Value),
+}
+
 /// A forwarded flow refused on TC: the client fails within a second with a reset, one Blocked row without
-/// process names `target` (seen on tc, matched by `indicator`, named from `source`), and neither proxy
-/// nor origin logged the name since `mark`.
+/// process names `target` (seen on tc, named from `source`), and neither proxy nor origin logged the name
+/// since `mark`.
 fn expect_refused_on_wire(
     bed: &Bed,
     mon: &Monitor,
     run: &ClientRun,
+    reset: Reset,
     target: &str,
     source: &str,
     mark: [usize; 3],
 ) -> Value {
-    assert!(!run.ok(), "the client should have failed: {run:?}");
     assert!(
         run.elapsed < Duration::from_secs(1),
         "the client must fail at once, took {:?}: {run:?}",
         run.elapsed
     );
-    // A reset answering the SYN fails connect() (curl exit 7); one answering a request fails its read.
-    let reset = if source == "RemoteIp" { run.code == Some(7) } else { run.stderr.contains("reset by peer") };
+    let reset = match reset {
+        Reset::Connect => run.code == Some(7),
+        Reset::Request => !run.ok() && run.stderr.contains("reset by peer"),
+        // ECONNRESET, or EPIPE for a write after the reset.
+        Reset::Raw(res) => matches!(res["errno"].as_i64(), Some(104 | 32)),
+    };
     assert!(reset, "the client must see a reset: {run:?}");
     let found = mon.wait_events(10, |e| {
         e["ActionType"] == "ExploitGuardNetworkProtectionBlocked" && e["RemoteUrl"] == target
@@ -416,7 +430,7 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
             let target = format!("connect-{offloads}.blocked.test");
             let mark = bed.log_mark();
             let run = curl(&["-x", SQUID, &format!("https://{target}/")]);
-            let e = expect_refused_on_wire(bed, &mon, &run, &target, "Connect", mark);
+            let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, &target, "Connect", mark);
             assert_eq!(e["RemoteIP"], ROUTER_V4, "{e}");
             assert_eq!(e["RemotePort"], SQUID_PORT, "{e}");
         });
@@ -434,12 +448,12 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
     r.case("gateway_block_absolute_form", || {
         let mark = bed.log_mark();
         let run = curl(&["-x", SQUID, "http://form.blocked.test/"]);
-        expect_refused_on_wire(bed, &mon, &run, "form.blocked.test", "AbsoluteForm", mark);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Request, "form.blocked.test", "AbsoluteForm", mark);
     });
     r.case("gateway_block_socks5_domain", || {
         let mark = bed.log_mark();
         let run = curl(&["--socks5-hostname", SOCKS, "http://socks.blocked.test/"]);
-        let e = expect_refused_on_wire(bed, &mon, &run, "socks.blocked.test", "Socks5", mark);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "socks.blocked.test", "Socks5", mark);
         assert_eq!(e["RemotePort"], SOCKS_PORT, "{e}");
     });
     r.case("gateway_block_sni_inside_allowed_connect", || {
@@ -452,20 +466,65 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
             "sni.blocked.test:443:front.test:443",
             "https://sni.blocked.test/",
         ]);
-        let e = expect_refused_on_wire(bed, &mon, &run, "sni.blocked.test", "TlsSni", mark);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "sni.blocked.test", "TlsSni", mark);
         assert_eq!(e["AdditionalFields"]["ConnectHost"], "front.test", "{e}");
     });
     r.case("gateway_block_ipv6_connect", || {
         let mark = bed.log_mark();
         let proxy = format!("http://[{ROUTER_V6}]:{SQUID_PORT}");
         let run = curl(&["-x", &proxy, "https://v6.blocked.test/"]);
-        let e = expect_refused_on_wire(bed, &mon, &run, "v6.blocked.test", "Connect", mark);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "v6.blocked.test", "Connect", mark);
         assert_eq!(e["RemoteIP"], ROUTER_V6, "{e}");
     });
     r.case("gateway_block_ip_indicator_on_syn", || {
         let mark = bed.log_mark();
         let run = curl(&["-k", &format!("https://{ORIGIN2_V4}/")]);
-        expect_refused_on_wire(bed, &mon, &run, ORIGIN2_V4, "RemoteIp", mark);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Connect, ORIGIN2_V4, "RemoteIp", mark);
+    });
+    // A ClientHello in two segments (a write each, 50 ms apart), refused by the one holding the name.
+    let origin_port = "443".to_string();
+    for (case, pad, split) in [("sni_in_second", "1500", "600"), ("sni_in_first", "0", "400")] {
+        r.case(&format!("gateway_block_client_hello_split_{case}_segment"), || {
+            let target = format!("{}.blocked.test", case.replace('_', "-"));
+            let mark = bed.log_mark();
+            let (run, res) = rawclient(
+                bed,
+                &clients,
+                &["tls", ORIGIN_V4, &origin_port, "--sni", &target, "--pad", pad, "--split-at", split],
+            );
+            expect_refused_on_wire(bed, &mon, &run, Reset::Raw(res), &target, "TlsSni", mark);
+        });
+    }
+    r.case("gateway_block_client_hello_split_allowed_passes", || {
+        // An allow indicator wins: the split ClientHello reaches nginx whole, and the handshake completes.
+        let (run, res) = rawclient(
+            bed,
+            &clients,
+            &[
+                "tls",
+                ORIGIN_V4,
+                &origin_port,
+                "--sni",
+                "ok.blocked.test",
+                "--pad",
+                "1500",
+                "--split-at",
+                "600",
+            ],
+        );
+        assert_eq!(res["step"], "done", "the allowed split ClientHello passes: {run:?}");
+        assert_eq!(res["errno"], Value::Null, "{run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["RemoteUrl"] == "ok.blocked.test" && e["AdditionalFields"]["SeenOn"] == "tc"
+        });
+        assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
+    });
+    r.case("gateway_block_chromium_split_client_hello_allowed", || {
+        // Offloads off: Chromium's ~2 KB ClientHello crosses the gateway as two segments.
+        let run = chromium_direct(bed, &clients, "chromium-gateway-block", "origin.test");
+        client_offloads(bed, "on");
+        assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
     });
     r.case("gateway_block_allowed_flow_reported", || {
         let run = curl(&["-x", SQUID, "https://origin.test/"]);
