@@ -1,5 +1,6 @@
-//! `wire_ingress` (TC clsact ingress): forwarded TCP flows on an interface, for a host that routes
-//! other machines' or containers' traffic. No socket, so no process: the flow is its 4-tuple, and
+//! `wire_ingress` and `wire_egress` (TC clsact): forwarded TCP flows on an interface, for a host that
+//! routes other machines' or containers' traffic. Ingress sees the flows of clients behind the interface;
+//! egress those of clients on the host's other side, on their way out to their servers. No socket, so no process: the flow is its 4-tuple, and
 //! its first client bytes are handed to user space by sequence offset, to be reassembled there.
 //!
 //! In block mode the program also judges each flow, as `inspect_send` does a socket's: IP and CIDR
@@ -11,7 +12,7 @@
 //! only because the name is still to come (see [`judge`]).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_probe_read_kernel, bpf_skb_change_tail, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::PerCpuArray,
@@ -67,7 +68,20 @@ static WIRE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[classifier]
 pub fn wire_ingress(ctx: TcContext) -> i32 {
     // A segment the program cannot read passes, as a send does on the socket path.
-    try_wire_ingress(&ctx).unwrap_or(TC_ACT_OK as i32)
+    try_wire(&ctx, Hook::Ingress).unwrap_or(TC_ACT_OK as i32)
+}
+
+#[classifier]
+pub fn wire_egress(ctx: TcContext) -> i32 {
+    try_wire(&ctx, Hook::Egress).unwrap_or(TC_ACT_OK as i32)
+}
+
+/// Where the program runs, which says how a reset gets back to the client: out of the interface the client's
+/// segment came in on, or into the host again from the interface it was leaving by, to be routed back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    Ingress,
+    Egress,
 }
 
 struct Segment {
@@ -81,7 +95,9 @@ struct Segment {
     payload_len: u32,
 }
 
-fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
+// Inlined in each entry: as one function called by both, its stack and its callees' exceed 512 bytes.
+#[inline(always)]
+fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
     let segment = parse(ctx)?;
     let key = segment.key;
     let block = config().filter(|c| c.mode == MODE_BLOCK);
@@ -94,7 +110,7 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
             };
             if verdict(bits, config) == VERDICT_BLOCKED {
                 report_verdict(&key, None, VERDICT_BLOCKED, SOURCE_REMOTE_IP, 0, 0);
-                return Ok(refuse(ctx, &segment, false));
+                return Ok(refuse(ctx, hook, &segment, false));
             }
         }
         let state = WireFlowState {
@@ -122,14 +138,14 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
             return Ok(TC_ACT_SHOT as i32);
         }
         // Refused: nothing more of the flow passes, and a client that missed its reset gets another.
-        return Ok(refuse(ctx, &segment, false));
+        return Ok(refuse(ctx, hook, &segment, false));
     }
     let offset = segment.seq.wrapping_sub(state.isn_next);
     if let Some(config) = block
         && state.phase != PHASE_DONE
         && segment.payload_len > 0
     {
-        let action = judge(ctx, &segment, state, offset, config)?;
+        let action = judge(ctx, hook, &segment, state, offset, config)?;
         if action != TC_ACT_OK as i32 {
             return Ok(action);
         }
@@ -164,8 +180,10 @@ fn try_wire_ingress(ctx: &TcContext) -> Result<i32, i64> {
 
 /// Block mode: a payload segment of a flow whose target is not decided yet, at `offset` in the client's
 /// stream. `TC_ACT_OK` lets it on (to be captured as any other); anything else is the segment's fate.
+#[inline(always)]
 fn judge(
     ctx: &TcContext,
+    hook: Hook,
     seg: &Segment,
     state: &mut WireFlowState,
     offset: u32,
@@ -272,7 +290,7 @@ fn judge(
     }
     if refused {
         state.phase = PHASE_BLOCKED;
-        return Ok(refuse(ctx, seg, true));
+        return Ok(refuse(ctx, hook, seg, true));
     }
     let opens_tunnel =
         !tunnel && matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP);
@@ -462,10 +480,12 @@ fn hello_continues(ctx: &TcContext, buf: &Scratch, from: u32, n: u32) -> Option<
     }
 }
 
-/// Refuse the flow at `seg`. The segment becomes a reset to the client, sent back out the interface it
-/// came in on; then, `to_server`, a reset to the server, which goes on in its place. Its payload goes
+/// Refuse the flow at `seg`. The segment becomes a reset to the client, sent back the way it came (see
+/// [`Hook`]); then, `to_server`, a reset to the server, which goes on in its place. Its payload goes
 /// nowhere. A segment that cannot be rewritten is dropped all the same.
-fn refuse(ctx: &TcContext, seg: &Segment, to_server: bool) -> i32 {
+// A function of its own: inlined at its three callers, its stack would add to theirs past 512 bytes.
+#[inline(never)]
+fn refuse(ctx: &TcContext, hook: Hook, seg: &Segment, to_server: bool) -> i32 {
     let shot = TC_ACT_SHOT as i32;
     let skb = ctx.skb.skb;
     let partial = checksum_partial(ctx, seg);
@@ -503,7 +523,8 @@ fn refuse(ctx: &TcContext, seg: &Segment, to_server: bool) -> i32 {
         return shot;
     }
     let ifindex = unsafe { (*skb).ifindex };
-    let _ = ctx.clone_redirect(ifindex, 0);
+    let flags = if hook == Hook::Egress { BPF_F_INGRESS as u64 } else { 0 };
+    let _ = ctx.clone_redirect(ifindex, flags);
     // To the server, from the client, at the sequence number of the refused bytes: the server forgets
     // the connection (a proxy, the half-open tunnel it would have made).
     if !to_server || !rewrite(ctx, seg, &macs, false, seg.seq, seg.ack, partial) {
@@ -610,6 +631,7 @@ fn checksum_partial(ctx: &TcContext, seg: &Segment) -> bool {
     field == fold(pseudo_sum(&seg.key.client_addr, &seg.key.server_addr, v4, tcp_len))
 }
 
+#[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Segment, i64> {
     let proto = u16::from_be(ctx.load::<u16>(12)?);
     let (family, l4, ip_payload, client_addr, server_addr) = match proto {

@@ -537,6 +537,48 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
     });
     drop(mon);
+
+    // The other direction: TC egress on the router's origin-side interface, the clients on its other side.
+    let Some(mon) = r.setup("gateway_block_egress_monitor_starts", || {
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            "vr2:egress".into(),
+            "--block".into(),
+            block.clone(),
+            "--allow".into(),
+            allow.clone(),
+        ];
+        Monitor::start(&bed.dir, "gateway-block-egress", Some(&bed.router_ns), &args)
+    }) else {
+        return;
+    };
+    r.case("gateway_block_egress_client_hello", || {
+        let mark = bed.log_mark();
+        let resolve = format!("egress.blocked.test:443:{ORIGIN_V4}");
+        let run = curl(&["--resolve", &resolve, "https://egress.blocked.test/"]);
+        let e =
+            expect_refused_on_wire(bed, &mon, &run, Reset::Request, "egress.blocked.test", "TlsSni", mark);
+        assert_eq!(e["RemoteIP"], ORIGIN_V4, "{e}");
+    });
+    r.case("gateway_block_egress_ip_indicator_on_syn", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-k", &format!("https://{ORIGIN2_V4}/")]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Connect, ORIGIN2_V4, "RemoteIp", mark);
+    });
+    r.case("gateway_block_egress_allowed_download_intact", || {
+        let resolve = format!("origin.test:443:{ORIGIN_V4}");
+        expect_download_intact(
+            bed,
+            &clients,
+            "gateway-egress-big.bin",
+            &["--resolve", &resolve, "https://origin.test/big.bin"],
+        );
+    });
+    drop(mon);
 }
 
 /// A host without cgroup v2 (the daemon gets a mount namespace of its own with none mounted): audit with
