@@ -520,6 +520,25 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
         assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
     });
+    r.case("gateway_block_client_hello_split_inside_name_uninspectable", || {
+        // Split inside the name: the first segment cannot be judged and holds part of a name. With the
+        // default `--uninspectable allow` the flow passes, and its event says it was not read.
+        let target = "cut.blocked.test";
+        let script = format!(
+            "import sys; sys.path.insert(0, {:?}); import rawclient; print(rawclient.client_hello({target:?}).find(b{target:?}))",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/clients")
+        );
+        let out = bed::sh(std::process::Command::new("python3").args(["-c", &script]));
+        let at: usize = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the name's offset");
+        let split = (at + 4).to_string();
+        let (run, res) =
+            rawclient(bed, &clients, &["tls", ORIGIN_V4, &origin_port, "--sni", target, "--split-at", &split]);
+        assert_eq!(res["step"], "done", "an uninspectable flow passes under --uninspectable allow: {run:?}");
+        let found = mon.wait_events(10, |e| e["RemoteUrl"] == target && e["AdditionalFields"]["SeenOn"] == "tc");
+        assert!(!found.is_empty(), "the flow is reported:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
+        assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
+    });
     r.case("gateway_block_chromium_split_client_hello_allowed", || {
         // Offloads off: Chromium's ~2 KB ClientHello crosses the gateway as two segments.
         let run = chromium_direct(bed, &clients, "chromium-gateway-block", "origin.test");
