@@ -65,6 +65,19 @@ const PHASE_HELLO_REST_TUNNEL: u32 = 17;
 #[map]
 static WIRE_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// A reset being written, in map memory: the programs' stack is nearly full where [`refuse`] is called.
+#[repr(C)]
+struct Reset {
+    /// The segment's MAC addresses as it came, then swapped for the client's reset.
+    macs: [u8; 12],
+    swapped: [u8; 12],
+    tcp: [u8; TCP_HLEN as usize],
+    v4_addrs: [u32; 2],
+}
+
+#[map]
+static WIRE_RESET: PerCpuArray<Reset> = PerCpuArray::with_max_entries(1, 0);
+
 #[classifier]
 pub fn wire_ingress(ctx: TcContext) -> i32 {
     // A segment the program cannot read passes, as a send does on the socket path.
@@ -126,7 +139,10 @@ fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
             return Ok(TC_ACT_OK as i32);
         }
         emit(ctx, &segment, 0, 0, 0);
-        return Ok(TC_ACT_OK as i32);
+        if segment.payload_len == 0 {
+            return Ok(TC_ACT_OK as i32);
+        }
+        // Data on the SYN (TCP Fast Open): judged and captured as any first payload.
     }
     let Some(state) = WIRE_FLOWS.get_ptr_mut(&key) else {
         return Ok(TC_ACT_OK as i32);
@@ -140,7 +156,9 @@ fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
         // Refused: nothing more of the flow passes, and a client that missed its reset gets another.
         return Ok(refuse(ctx, hook, &segment, false));
     }
-    let offset = segment.seq.wrapping_sub(state.isn_next);
+    // A SYN's data starts after the SYN's own sequence number.
+    let syn = (segment.flags & TCP_SYN != 0) as u32;
+    let offset = segment.seq.wrapping_add(syn).wrapping_sub(state.isn_next);
     if let Some(config) = block
         && state.phase != PHASE_DONE
         && segment.payload_len > 0
@@ -290,7 +308,8 @@ fn judge(
     }
     if refused {
         state.phase = PHASE_BLOCKED;
-        return Ok(refuse(ctx, hook, seg, true));
+        // A server that has seen nothing of the flow (data on its SYN) needs no reset.
+        return Ok(refuse(ctx, hook, seg, seg.flags & TCP_SYN == 0));
     }
     let opens_tunnel =
         !tunnel && matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP);
@@ -489,7 +508,10 @@ fn refuse(ctx: &TcContext, hook: Hook, seg: &Segment, to_server: bool) -> i32 {
     let shot = TC_ACT_SHOT as i32;
     let skb = ctx.skb.skb;
     let partial = checksum_partial(ctx, seg);
+    let Some(reset) = WIRE_RESET.get_ptr_mut(0) else { return shot };
+    let reset = unsafe { &mut *reset };
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else { return shot };
+    reset.macs = macs;
     if unsafe { bpf_skb_change_tail(skb, seg.l4 + TCP_HLEN, 0) } != 0 {
         return shot;
     }
@@ -512,14 +534,13 @@ fn refuse(ctx: &TcContext, hook: Hook, seg: &Segment, to_server: bool) -> i32 {
         let fin = (seg.flags & TCP_FIN != 0) as u32;
         (seg.ack, seg.seq.wrapping_add(seg.payload_len).wrapping_add(fin))
     };
-    let mut swapped = [0u8; 12];
     let mut i = 0;
     while i < 6 {
-        swapped[i] = macs[i + 6];
-        swapped[i + 6] = macs[i];
+        reset.swapped[i] = reset.macs[i + 6];
+        reset.swapped[i + 6] = reset.macs[i];
         i += 1;
     }
-    if !rewrite(ctx, seg, &swapped, true, seq, ack, partial) {
+    if !rewrite(ctx, seg, reset, true, seq, ack, partial) {
         return shot;
     }
     let ifindex = unsafe { (*skb).ifindex };
@@ -527,19 +548,19 @@ fn refuse(ctx: &TcContext, hook: Hook, seg: &Segment, to_server: bool) -> i32 {
     let _ = ctx.clone_redirect(ifindex, flags);
     // To the server, from the client, at the sequence number of the refused bytes: the server forgets
     // the connection (a proxy, the half-open tunnel it would have made).
-    if !to_server || !rewrite(ctx, seg, &macs, false, seg.seq, seg.ack, partial) {
+    if !to_server || !rewrite(ctx, seg, reset, false, seg.seq, seg.ack, partial) {
         return shot;
     }
     TC_ACT_OK as i32
 }
 
-/// Write a reset over the (already truncated) segment: MAC addresses `macs`, the flow's addresses and
-/// ports (the server's first when `reversed`), `seq` and `ack`, and its checksum.
+/// Write a reset over the (already truncated) segment: the MAC addresses (swapped when `reversed`), the
+/// flow's addresses and ports (the server's first when `reversed`), `seq` and `ack`, and its checksum.
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
     seg: &Segment,
-    macs: &[u8; 12],
+    reset: &mut Reset,
     reversed: bool,
     seq: u32,
     ack: u32,
@@ -551,22 +572,30 @@ fn rewrite(
     } else {
         (&key.client_addr, &key.server_addr, key.client_port, key.server_port)
     };
-    let mut tcp = [0u8; TCP_HLEN as usize];
+    let tcp = &mut reset.tcp;
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&dport.to_be_bytes());
     tcp[4..8].copy_from_slice(&seq.to_be_bytes());
     tcp[8..12].copy_from_slice(&ack.to_be_bytes());
     tcp[12] = ((TCP_HLEN / 4) as u8) << 4;
     tcp[13] = TCP_RST | TCP_ACK;
+    tcp[14] = 0;
+    tcp[15] = 0;
+    tcp[16] = 0;
+    tcp[17] = 0;
+    tcp[18] = 0;
+    tcp[19] = 0;
     let v4 = key.family == AF_INET;
-    let check = tcp_checksum(&tcp, src, dst, v4, partial);
+    let check = tcp_checksum(tcp, src, dst, v4, partial);
     tcp[16..18].copy_from_slice(&check.to_ne_bytes());
     let addresses = if v4 {
-        ctx.store(ETH_HLEN + 12, &[src[0], dst[0]], 0)
+        reset.v4_addrs = [src[0], dst[0]];
+        ctx.store(ETH_HLEN + 12, &reset.v4_addrs, 0)
     } else {
         ctx.store(ETH_HLEN + 8, src, 0).and_then(|()| ctx.store(ETH_HLEN + 24, dst, 0))
     };
-    ctx.store(0, macs, 0).is_ok() && addresses.is_ok() && ctx.store(seg.l4 as usize, &tcp, 0).is_ok()
+    let macs = if reversed { &reset.swapped } else { &reset.macs };
+    ctx.store(0, macs, 0).is_ok() && addresses.is_ok() && ctx.store(seg.l4 as usize, &reset.tcp, 0).is_ok()
 }
 
 /// One's-complement sum of the pseudo header (addresses, protocol, TCP length), not yet folded. Summed in

@@ -326,6 +326,9 @@ enum Reset {
     Connect,
     /// curl: a reset answering a request fails its read.
     Request,
+    /// curl with Fast Open: its request rides on the SYN, and a reset answering that SYN leaves the socket
+    /// unconnected (curl exit 56, ENOTCONN from getpeername).
+    FastOpen,
     /// rawclient: the errno it printed.
     Raw(Value),
 }
@@ -350,6 +353,7 @@ fn expect_refused_on_wire(
     let reset = match reset {
         Reset::Connect => run.code == Some(7),
         Reset::Request => !run.ok() && run.stderr.contains("reset by peer"),
+        Reset::FastOpen => run.code == Some(56) && run.stderr.contains("not connected"),
         // ECONNRESET, or EPIPE for a write after the reset.
         Reset::Raw(res) => matches!(res["errno"].as_i64(), Some(104 | 32)),
     };
@@ -543,6 +547,27 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         let run = chromium_direct(bed, &clients, "chromium-gateway-block", "origin.test");
         client_offloads(bed, "on");
         assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
+    });
+    r.case("gateway_block_fast_open_data_on_syn", || {
+        // TCP Fast Open without cookies: curl's CONNECT rides on its SYN, and the SYN is what is refused.
+        let sysctl = |ns: &str, value: &str| {
+            bed::sh(std::process::Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.tcp_fastopen={value}"),
+            ]));
+        };
+        sysctl(&bed.client_ns, "0x5");
+        sysctl(&bed.router_ns, "0x602");
+        let mark = bed.log_mark();
+        let run = curl(&["--tcp-fastopen", "-x", SQUID, "https://tfo.blocked.test/"]);
+        sysctl(&bed.client_ns, "1");
+        sysctl(&bed.router_ns, "1");
+        expect_refused_on_wire(bed, &mon, &run, Reset::FastOpen, "tfo.blocked.test", "Connect", mark);
     });
     r.case("gateway_block_allowed_flow_reported", || {
         let run = curl(&["-x", SQUID, "https://origin.test/"]);

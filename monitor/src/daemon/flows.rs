@@ -758,7 +758,8 @@ impl Flows {
             self.counters.wire_duplicates += 1;
             return;
         }
-        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 {
+        // The SYN's own record has no bytes; data on a SYN (TCP Fast Open) follows in records of its own.
+        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 && rec.len == 0 {
             self.counters.wire_flows += 1;
             self.wires.insert(
                 key,
