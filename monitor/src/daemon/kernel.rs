@@ -118,6 +118,10 @@ fn iface_hook(iface: &str) -> (&str, TcAttachType, &'static str) {
 
 pub fn check_iface(iface: &str) -> anyhow::Result<()> {
     let (iface, _, _) = iface_hook(iface);
+    if iface.contains(':') {
+        // The kernel's name lookup would take `eth0:x` for `eth0`.
+        bail!("--iface {iface:?}: give NAME, NAME:ingress or NAME:egress");
+    }
     let name = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
     if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
         bail!("no network interface named {iface:?} in this network namespace (see `ip link`)");
@@ -474,5 +478,26 @@ impl Kernel {
             *slot = drops.get(&(i as u32), 0).context("read DROPS")?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iface_names_their_tc_hook() {
+        assert!(
+            iface_hook("eth0") == ("eth0", TcAttachType::Ingress, "wire_ingress"),
+            "a bare name is ingress"
+        );
+        assert!(
+            iface_hook("eth0:ingress") == ("eth0", TcAttachType::Ingress, "wire_ingress"),
+            "ingress named"
+        );
+        assert!(iface_hook("eth0:egress") == ("eth0", TcAttachType::Egress, "wire_egress"), "egress named");
+        // Not a hook: left to the interface lookup, which refuses it.
+        assert!(iface_hook("eth0:sideways").0 == "eth0:sideways", "an unknown suffix stays in the name");
+        assert!(check_iface("lo:sideways").is_err(), "only ingress and egress are hooks");
     }
 }
