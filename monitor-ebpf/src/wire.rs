@@ -167,6 +167,10 @@ fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
         if action != TC_ACT_OK as i32 {
             return Ok(action);
         }
+    } else if block.is_none() && segment.payload_len > 0 {
+        // Its first bytes passed under another mode: a switch to block mode leaves the flow alone, as it
+        // does an established socket (judging it from its middle would drop all it sends).
+        state.phase = PHASE_DONE;
     }
     if segment.flags & (TCP_FIN | TCP_RST) != 0 {
         emit(ctx, &segment, 0, 0, 0);

@@ -622,6 +622,42 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         );
     });
     drop(mon);
+
+    r.case("gateway_switch_to_block_leaves_flows_in_flight_alone", || {
+        // A connection that began in audit mode goes on after SIGHUP switches the daemon to block mode.
+        let config = bed.dir.join("gateway-switch.toml");
+        std::fs::write(&config, format!("mode = \"audit\"\nblock = \"{block}\"\n")).expect("write config");
+        let args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            bed.router_client_if.clone(),
+        ];
+        let mon = Monitor::start(&bed.dir, "gateway-switch", Some(&bed.router_ns), &args);
+        // A request to the origin written in two parts, the second after the switch.
+        let script = format!(
+            "import socket, time\ns = socket.create_connection(('{ORIGIN_V4}', 80), timeout=5)\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\ns.sendall(b'GET / HTTP/1.1\\r\\n')\ntime.sleep(2.5)\ns.sendall(b'Host: origin.test\\r\\nConnection: close\\r\\n\\r\\n')\ntry:\n    print(s.recv(4096).split(b'\\r\\n')[0].decode())\nexcept OSError as e:\n    print('no answer:', e)\n"
+        );
+        std::thread::scope(|scope| {
+            let request = scope.spawn(|| client(&clients, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT));
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\n")).expect("write config");
+            unsafe { libc::kill(mon.pid() as i32, libc::SIGHUP) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !mon.stderr().contains("mode now Block") {
+                assert!(std::time::Instant::now() < deadline, "SIGHUP applies the new mode: {}", mon.stderr());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let run = request.join().expect("the request's thread");
+            assert_eq!(run.stdout.trim(), "HTTP/1.1 200 OK", "the request begun in audit mode is answered: {run:?}");
+        });
+        // And new flows are judged in the new mode.
+        let mark = bed.log_mark();
+        let run = curl(&["-x", SQUID, "https://switch.blocked.test/"]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Request, "switch.blocked.test", "Connect", mark);
+    });
 }
 
 /// A host without cgroup v2 (the daemon gets a mount namespace of its own with none mounted): audit with
