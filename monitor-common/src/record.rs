@@ -272,7 +272,37 @@ pub struct WireFlowState {
     pub isn_next: u32,
     /// 1 once the client acknowledged the server's SYN-ACK.
     pub established: u32,
+    /// Block mode: one of `PHASE_FIRST`, `PHASE_TUNNEL`, `PHASE_SOCKS5_REQUEST`, `PHASE_DONE`,
+    /// `PHASE_BLOCKED`, as for a socket.
+    pub phase: u32,
+    /// Block mode: the client stream offset of the bytes judged next (after a SOCKS5 greeting, or where a
+    /// tunnel's first bytes start).
+    pub next_offset: u32,
+    /// Block mode, a ClientHello that spans segments: the stream offset of its next extension header, and
+    /// of the end of its extensions.
+    pub hello_next: u32,
+    pub hello_end: u32,
 }
+
+/// Block mode: the kernel judged a forwarded flow on TC (see [`WireVerdictRecord`]).
+pub const KIND_WIRE_VERDICT: u32 = 12;
+
+/// The kernel's verdict on a forwarded flow, sent when it refuses the flow or cannot read it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WireVerdictRecord {
+    pub header: RecordHeader,
+    /// `local` is the client (the SYN sender), `remote` the server.
+    pub endpoints: Endpoints,
+    pub verdict: u32,
+    pub source: u32,
+    pub name_len: u32,
+    pub _pad: u32,
+    pub name: [u8; NAME_MAX],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WireVerdictRecord {}
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WireFlowKey {}

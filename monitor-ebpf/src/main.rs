@@ -9,7 +9,8 @@
 //! - `tcp_egress` (cgroup_skb egress): what sk_msg could not judge (Fast Open data, a ClientHello past
 //!   its window), handed to user space where it leaves, and in block mode held until user space answers.
 //! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
-//! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode).
+//! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode); in block mode it
+//!   judges them too, and resets a refused flow at both ends.
 //!
 //! Each program is a thin entry that calls `try_*`; every early exit is visible there.
 #![no_std]

@@ -306,6 +306,363 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
     drop(mon);
 }
 
+/// Segmentation offloads of the client's interface on or off, for the cases that need one or the other
+/// whichever ran before.
+fn client_offloads(bed: &Bed, state: &str) {
+    bed::sh(std::process::Command::new("ip").args([
+        "netns",
+        "exec",
+        &bed.client_ns,
+        "ethtool",
+        "-K",
+        "vc",
+        "tso",
+        state,
+        "gso",
+        state,
+    ]));
+}
+
+/// How a client's failure shows the reset it got.
+enum Reset {
+    /// curl: a reset answering the SYN fails connect() (exit 7).
+    Connect,
+    /// curl: a reset answering a request fails its read.
+    Request,
+    /// curl with Fast Open: its request rides on the SYN, and a reset answering that SYN leaves the socket
+    /// unconnected (curl exit 56, ENOTCONN from getpeername).
+    FastOpen,
+    /// rawclient: the errno it printed.
+    Raw(Value),
+}
+
+/// A forwarded flow refused on TC: the client fails within a second with a reset, one Blocked row without
+/// process names `target` (seen on tc, named from `source`), and neither proxy nor origin logged the name
+/// since `mark`.
+fn expect_refused_on_wire(
+    bed: &Bed,
+    mon: &Monitor,
+    run: &ClientRun,
+    reset: Reset,
+    target: &str,
+    source: &str,
+    mark: [usize; 3],
+) -> Value {
+    assert!(
+        run.elapsed < Duration::from_secs(1),
+        "the client must fail at once, took {:?}: {run:?}",
+        run.elapsed
+    );
+    let reset = match reset {
+        Reset::Connect => run.code == Some(7),
+        Reset::Request => !run.ok() && run.stderr.contains("reset by peer"),
+        Reset::FastOpen => run.code == Some(56) && run.stderr.contains("not connected"),
+        // ECONNRESET, or EPIPE for a write after the reset.
+        Reset::Raw(res) => matches!(res["errno"].as_i64(), Some(104 | 32)),
+    };
+    assert!(reset, "the client must see a reset: {run:?}");
+    let found = mon.wait_events(10, |e| {
+        e["ActionType"] == "ExploitGuardNetworkProtectionBlocked" && e["RemoteUrl"] == target
+    });
+    assert_eq!(found.len(), 1, "one Blocked event naming {target}:\n{}", describe(&mon.events()));
+    let e = found[0].clone();
+    assert_eq!(e["Table"], "DeviceEvents", "{e}");
+    assert_eq!(e["InitiatingProcessId"], Value::Null, "no process on the wire: {e}");
+    assert!(
+        e["LocalIP"].as_str().is_some_and(|ip| ip.starts_with("10.200.1.") || ip.starts_with("fd00:200:1:")),
+        "the client's address: {e}"
+    );
+    assert_eq!(e["AdditionalFields"]["SeenOn"], "tc", "{e}");
+    assert_eq!(e["AdditionalFields"]["IsAudit"], false, "{e}");
+    assert_eq!(e["AdditionalFields"]["ResponseCategory"], "CustomBlockList", "{e}");
+    assert_eq!(e["AdditionalFields"]["TargetSource"], source, "{e}");
+    assert!(e["AdditionalFields"]["MatchedIndicator"].as_str().is_some(), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = bed.logs_since(mark);
+    assert!(!log.contains(target), "the proxy or origin saw {target}:\n{log}");
+    let successes = mon
+        .events()
+        .into_iter()
+        .filter(|e| e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == target)
+        .count();
+    assert_eq!(successes, 0, "a refused flow must not also report ConnectionSuccess for its target");
+    e
+}
+
+/// A download through the gateway arrives whole: `big.bin` is 24 MiB of 7s.
+fn expect_download_intact(bed: &Bed, clients: &Cgroup, name: &str, args: &[&str]) {
+    let out = bed.dir.join(name);
+    let out_arg = out.display().to_string();
+    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--cacert"];
+    let cert = bed.cert();
+    argv.push(cert.to_str().expect("utf-8 path"));
+    argv.extend_from_slice(&["-o", &out_arg]);
+    argv.extend_from_slice(args);
+    let run = client(clients, &bed.client_ns, &argv, Duration::from_secs(40));
+    assert!(run.ok(), "the allowed download failed: {run:?}");
+    let body = std::fs::read(&out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
+    assert_eq!(body.len(), 24 << 20, "the whole file arrived");
+    assert!(body.iter().all(|&b| b == 7), "the file's bytes arrived intact");
+    let _ = std::fs::remove_file(&out);
+}
+
+/// Gateway mode in block mode: clients in no watched cgroup, their flows judged and refused on the router's
+/// TC hook before squid, microsocks or the origin see the name.
+fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("gateway-block-empty");
+    let clients = Cgroup::new("gateway-block-clients");
+    let (block, allow) = write_lists(bed, "gateway-block");
+    let Some(mon) = r.setup("gateway_block_monitor_starts", || {
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            bed.router_client_if.clone(),
+            "--block".into(),
+            block.clone(),
+            "--allow".into(),
+            allow.clone(),
+        ];
+        Monitor::start(&bed.dir, "gateway-block", Some(&bed.router_ns), &args)
+    }) else {
+        return;
+    };
+    let curl = |args: &[&str]| curl(bed, &clients, args);
+    for offloads in ["on", "off"] {
+        r.case(&format!("gateway_block_offloads_{offloads}_connect"), || {
+            client_offloads(bed, offloads);
+            let target = format!("connect-{offloads}.blocked.test");
+            let mark = bed.log_mark();
+            let run = curl(&["-x", SQUID, &format!("https://{target}/")]);
+            let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, &target, "Connect", mark);
+            assert_eq!(e["RemoteIP"], ROUTER_V4, "{e}");
+            assert_eq!(e["RemotePort"], SQUID_PORT, "{e}");
+        });
+        r.case(&format!("gateway_block_offloads_{offloads}_allowed_download_intact"), || {
+            client_offloads(bed, offloads);
+            expect_download_intact(
+                bed,
+                &clients,
+                "gateway-big.bin",
+                &["-x", SQUID, "https://origin.test/big.bin"],
+            );
+        });
+    }
+    client_offloads(bed, "on");
+    r.case("gateway_block_absolute_form", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-x", SQUID, "http://form.blocked.test/"]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Request, "form.blocked.test", "AbsoluteForm", mark);
+    });
+    r.case("gateway_block_socks5_domain", || {
+        let mark = bed.log_mark();
+        let run = curl(&["--socks5-hostname", SOCKS, "http://socks.blocked.test/"]);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "socks.blocked.test", "Socks5", mark);
+        assert_eq!(e["RemotePort"], SOCKS_PORT, "{e}");
+    });
+    r.case("gateway_block_sni_inside_allowed_connect", || {
+        let mark = bed.log_mark();
+        // CONNECT front.test (allowed), then a ClientHello for sni.blocked.test inside the tunnel.
+        let run = curl(&[
+            "-x",
+            SQUID,
+            "--connect-to",
+            "sni.blocked.test:443:front.test:443",
+            "https://sni.blocked.test/",
+        ]);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "sni.blocked.test", "TlsSni", mark);
+        assert_eq!(e["AdditionalFields"]["ConnectHost"], "front.test", "{e}");
+    });
+    r.case("gateway_block_ipv6_connect", || {
+        let mark = bed.log_mark();
+        let proxy = format!("http://[{ROUTER_V6}]:{SQUID_PORT}");
+        let run = curl(&["-x", &proxy, "https://v6.blocked.test/"]);
+        let e = expect_refused_on_wire(bed, &mon, &run, Reset::Request, "v6.blocked.test", "Connect", mark);
+        assert_eq!(e["RemoteIP"], ROUTER_V6, "{e}");
+    });
+    r.case("gateway_block_ip_indicator_on_syn", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-k", &format!("https://{ORIGIN2_V4}/")]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Connect, ORIGIN2_V4, "RemoteIp", mark);
+    });
+    // A ClientHello in two segments (a write each, 50 ms apart), refused by the one holding the name.
+    let origin_port = "443".to_string();
+    for (case, pad, split) in [("sni_in_second", "1500", "600"), ("sni_in_first", "0", "400")] {
+        r.case(&format!("gateway_block_client_hello_split_{case}_segment"), || {
+            let target = format!("{}.blocked.test", case.replace('_', "-"));
+            let mark = bed.log_mark();
+            let (run, res) = rawclient(
+                bed,
+                &clients,
+                &["tls", ORIGIN_V4, &origin_port, "--sni", &target, "--pad", pad, "--split-at", split],
+            );
+            expect_refused_on_wire(bed, &mon, &run, Reset::Raw(res), &target, "TlsSni", mark);
+        });
+    }
+    r.case("gateway_block_client_hello_split_allowed_passes", || {
+        // An allow indicator wins: the split ClientHello reaches nginx whole, and the handshake completes.
+        let (run, res) = rawclient(
+            bed,
+            &clients,
+            &[
+                "tls",
+                ORIGIN_V4,
+                &origin_port,
+                "--sni",
+                "ok.blocked.test",
+                "--pad",
+                "1500",
+                "--split-at",
+                "600",
+            ],
+        );
+        assert_eq!(res["step"], "done", "the allowed split ClientHello passes: {run:?}");
+        assert_eq!(res["errno"], Value::Null, "{run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["RemoteUrl"] == "ok.blocked.test" && e["AdditionalFields"]["SeenOn"] == "tc"
+        });
+        assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
+    });
+    r.case("gateway_block_client_hello_split_inside_name_uninspectable", || {
+        // Split inside the name: the first segment cannot be judged and holds part of a name. With the
+        // default `--uninspectable allow` the flow passes, and its event says it was not read.
+        let target = "cut.blocked.test";
+        let script = format!(
+            "import sys; sys.path.insert(0, {:?}); import rawclient; print(rawclient.client_hello({target:?}).find(b{target:?}))",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/clients")
+        );
+        let out = bed::sh(std::process::Command::new("python3").args(["-c", &script]));
+        let at: usize = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the name's offset");
+        let split = (at + 4).to_string();
+        let (run, res) =
+            rawclient(bed, &clients, &["tls", ORIGIN_V4, &origin_port, "--sni", target, "--split-at", &split]);
+        assert_eq!(res["step"], "done", "an uninspectable flow passes under --uninspectable allow: {run:?}");
+        let found = mon.wait_events(10, |e| e["RemoteUrl"] == target && e["AdditionalFields"]["SeenOn"] == "tc");
+        assert!(!found.is_empty(), "the flow is reported:\n{}", describe(&mon.events()));
+        assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
+        assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
+    });
+    r.case("gateway_block_chromium_split_client_hello_allowed", || {
+        // Offloads off: Chromium's ~2 KB ClientHello crosses the gateway as two segments.
+        let run = chromium_direct(bed, &clients, "chromium-gateway-block", "origin.test");
+        client_offloads(bed, "on");
+        assert!(run.stdout.contains("origin ok"), "chromium did not load the page: {run:?}");
+    });
+    r.case("gateway_block_fast_open_data_on_syn", || {
+        // TCP Fast Open without cookies: curl's CONNECT rides on its SYN, and the SYN is what is refused.
+        let sysctl = |ns: &str, value: &str| {
+            bed::sh(std::process::Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv4.tcp_fastopen={value}"),
+            ]));
+        };
+        sysctl(&bed.client_ns, "0x5");
+        sysctl(&bed.router_ns, "0x602");
+        let mark = bed.log_mark();
+        let run = curl(&["--tcp-fastopen", "-x", SQUID, "https://tfo.blocked.test/"]);
+        sysctl(&bed.client_ns, "1");
+        sysctl(&bed.router_ns, "1");
+        expect_refused_on_wire(bed, &mon, &run, Reset::FastOpen, "tfo.blocked.test", "Connect", mark);
+    });
+    r.case("gateway_block_allowed_flow_reported", || {
+        let run = curl(&["-x", SQUID, "https://origin.test/"]);
+        assert!(run.ok(), "an allowed flow passes: {run:?}");
+        let found = mon.wait_events(10, |e| {
+            e["RemoteUrl"] == "origin.test"
+                && e["ActionType"] == "ConnectionSuccess"
+                && e["AdditionalFields"]["SeenOn"] == "tc"
+        });
+        assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
+    });
+    drop(mon);
+
+    // The other direction: TC egress on the router's origin-side interface, the clients on its other side.
+    let Some(mon) = r.setup("gateway_block_egress_monitor_starts", || {
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            "vr2:egress".into(),
+            "--block".into(),
+            block.clone(),
+            "--allow".into(),
+            allow.clone(),
+        ];
+        Monitor::start(&bed.dir, "gateway-block-egress", Some(&bed.router_ns), &args)
+    }) else {
+        return;
+    };
+    r.case("gateway_block_egress_client_hello", || {
+        let mark = bed.log_mark();
+        let resolve = format!("egress.blocked.test:443:{ORIGIN_V4}");
+        let run = curl(&["--resolve", &resolve, "https://egress.blocked.test/"]);
+        let e =
+            expect_refused_on_wire(bed, &mon, &run, Reset::Request, "egress.blocked.test", "TlsSni", mark);
+        assert_eq!(e["RemoteIP"], ORIGIN_V4, "{e}");
+    });
+    r.case("gateway_block_egress_ip_indicator_on_syn", || {
+        let mark = bed.log_mark();
+        let run = curl(&["-k", &format!("https://{ORIGIN2_V4}/")]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Connect, ORIGIN2_V4, "RemoteIp", mark);
+    });
+    r.case("gateway_block_egress_allowed_download_intact", || {
+        let resolve = format!("origin.test:443:{ORIGIN_V4}");
+        expect_download_intact(
+            bed,
+            &clients,
+            "gateway-egress-big.bin",
+            &["--resolve", &resolve, "https://origin.test/big.bin"],
+        );
+    });
+    drop(mon);
+
+    r.case("gateway_switch_to_block_leaves_flows_in_flight_alone", || {
+        // A connection that began in audit mode goes on after SIGHUP switches the daemon to block mode.
+        let config = bed.dir.join("gateway-switch.toml");
+        std::fs::write(&config, format!("mode = \"audit\"\nblock = \"{block}\"\n")).expect("write config");
+        let args: Vec<String> = vec![
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--iface".into(),
+            bed.router_client_if.clone(),
+        ];
+        let mon = Monitor::start(&bed.dir, "gateway-switch", Some(&bed.router_ns), &args);
+        // A request to the origin written in two parts, the second after the switch.
+        let script = format!(
+            "import socket, time\ns = socket.create_connection(('{ORIGIN_V4}', 80), timeout=5)\ns.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\ns.sendall(b'GET / HTTP/1.1\\r\\n')\ntime.sleep(2.5)\ns.sendall(b'Host: origin.test\\r\\nConnection: close\\r\\n\\r\\n')\ntry:\n    print(s.recv(4096).split(b'\\r\\n')[0].decode())\nexcept OSError as e:\n    print('no answer:', e)\n"
+        );
+        std::thread::scope(|scope| {
+            let request = scope.spawn(|| client(&clients, &bed.client_ns, &["/usr/bin/python3", "-c", &script], TIMEOUT));
+            std::thread::sleep(Duration::from_secs(1));
+            std::fs::write(&config, format!("mode = \"block\"\nblock = \"{block}\"\n")).expect("write config");
+            unsafe { libc::kill(mon.pid() as i32, libc::SIGHUP) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !mon.stderr().contains("mode now Block") {
+                assert!(std::time::Instant::now() < deadline, "SIGHUP applies the new mode: {}", mon.stderr());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let run = request.join().expect("the request's thread");
+            assert_eq!(run.stdout.trim(), "HTTP/1.1 200 OK", "the request begun in audit mode is answered: {run:?}");
+        });
+        // And new flows are judged in the new mode.
+        let mark = bed.log_mark();
+        let run = curl(&["-x", SQUID, "https://switch.blocked.test/"]);
+        expect_refused_on_wire(bed, &mon, &run, Reset::Request, "switch.blocked.test", "Connect", mark);
+    });
+}
+
 /// A host without cgroup v2 (the daemon gets a mount namespace of its own with none mounted): audit with
 /// `--iface` degrades to TC alone and says so; block mode, and a run with nothing left to watch, refuse.
 fn degrade_cases(r: &mut Runner, bed: &Bed) {
@@ -1476,6 +1833,7 @@ fn main() {
     let mut bed = Bed::new();
     audit_cases(&mut r, &bed);
     gateway_cases(&mut r, &bed);
+    gateway_block_cases(&mut r, &bed);
     degrade_cases(&mut r, &bed);
     block_cases(&mut r, &bed);
     audit_mode_cases(&mut r, &bed);

@@ -18,12 +18,12 @@ use monitor_common::{
     record::{
         DEFER_EARLY_DATA, DEFER_LIMIT, DeferRecord, HoldRecord, PHASE_BLOCKED, PHASE_DONE, PHASE_HTTP,
         PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord,
-        ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+        ReplyRecord, SocketRecord, VerdictRecord, WireRecord, WireVerdictRecord,
     },
     verdict::{
         SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE,
-        SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_TLS_SNI, VERDICT_AUDITED, VERDICT_BLOCKED,
-        VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
+        SOURCE_REMOTE_IP, SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5, SOURCE_TLS_SNI, VERDICT_AUDITED,
+        VERDICT_BLOCKED, VERDICT_UNINSPECTABLE_ALLOWED, VERDICT_UNINSPECTABLE_BLOCKED, source_name,
     },
 };
 use monitor_core::{
@@ -129,6 +129,8 @@ struct WireFlow {
     next_offset: u32,
     pending: BTreeMap<u32, Vec<u8>>,
     reported: bool,
+    /// Block mode: the kernel could not read what names the target, and let the flow through.
+    uninspectable: bool,
     deadline: Option<Instant>,
 }
 
@@ -1010,7 +1012,8 @@ impl Flows {
             self.counters.wire_duplicates += 1;
             return;
         }
-        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 {
+        // The SYN's own record has no bytes; data on a SYN (TCP Fast Open) follows in records of its own.
+        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 && rec.len == 0 {
             self.counters.wire_flows += 1;
             self.wires.insert(
                 key,
@@ -1021,6 +1024,7 @@ impl Flows {
                     next_offset: 0,
                     pending: BTreeMap::new(),
                     reported: false,
+                    uninspectable: false,
                     deadline: Some(Instant::now() + FIRST_BYTES_WAIT),
                 },
             );
@@ -1073,6 +1077,9 @@ impl Flows {
         }
         let mut fields = inspection.additional_fields();
         fields.insert("SeenOn".into(), Value::from("tc"));
+        if flow.uninspectable {
+            fields.insert("Uninspectable".into(), Value::from(true));
+        }
         let event = DeviceEvent::new(
             self.timestamp(flow.opened_ns),
             sink.device_name.clone(),
@@ -1090,6 +1097,71 @@ impl Flows {
             flow.reported = true;
             flow.deadline = None;
         }
+    }
+
+    /// The kernel's verdict on a forwarded flow (block mode). A refusal is the flow's one event, a Blocked
+    /// row without process; a flow let through unread says so in its own event.
+    pub fn on_wire_verdict(&mut self, rec: &WireVerdictRecord, sink: &mut Sink) {
+        let e = &rec.endpoints;
+        let client = (addr(e.family, e.local_addr), e.local_port as u16);
+        let server = (addr(e.family, e.remote_addr), e.remote_port as u16);
+        let key = (client, server);
+        if !matches!(rec.verdict, VERDICT_BLOCKED | VERDICT_UNINSPECTABLE_BLOCKED) {
+            if rec.verdict == VERDICT_UNINSPECTABLE_ALLOWED
+                && let Some(flow) = self.wires.get_mut(&key)
+            {
+                flow.uninspectable = true;
+            }
+            return;
+        }
+        let len = (rec.name_len as usize).min(rec.name.len());
+        let name = if rec.source == SOURCE_REMOTE_IP {
+            server.0.to_string()
+        } else {
+            String::from_utf8_lossy(&rec.name[..len]).to_ascii_lowercase().trim_end_matches('.').to_string()
+        };
+        let uninspectable = rec.verdict == VERDICT_UNINSPECTABLE_BLOCKED;
+        let (opened_ns, mut fields, read_url) = match self.wires.get_mut(&key) {
+            Some(flow) => {
+                // Refused: nothing else is reported for it.
+                flow.reported = true;
+                flow.deadline = None;
+                let inspection = flow.inspector.inspection();
+                (flow.opened_ns, inspection.additional_fields(), inspection.remote_url().map(str::to_string))
+            }
+            None => (rec.header.ktime_ns, Map::new(), None),
+        };
+        fields.insert("SeenOn".into(), Value::from("tc"));
+        fields.insert("IsAudit".into(), Value::from(false));
+        fields.insert(
+            "ResponseCategory".into(),
+            Value::from(if uninspectable { "Uninspectable" } else { "CustomBlockList" }),
+        );
+        fields.insert("TargetSource".into(), Value::from(source_name(rec.source)));
+        if uninspectable {
+            fields.insert("Uninspectable".into(), Value::from(true));
+        } else {
+            let matched = match self.set.judge_host(&name) {
+                Decision::Blocked(indicator) => Some(indicator.to_string()),
+                _ => None,
+            };
+            fields.insert("MatchedIndicator".into(), matched.map(Value::from).unwrap_or(Value::Null));
+        }
+        self.counters.blocked += 1;
+        let remote_url = if name.is_empty() { read_url.unwrap_or_default() } else { name };
+        let event = DeviceEvent::new(
+            self.timestamp(opened_ns),
+            sink.device_name.clone(),
+            ActionType::ExploitGuardNetworkProtectionBlocked,
+            to_text(server),
+            to_text(client),
+            "Tcp",
+            remote_url,
+            None,
+            sink.next_report_id(),
+            fields,
+        );
+        sink.emit(&event);
     }
 
     /// Report flows whose wait ran out; forget ones whose close was lost.

@@ -177,7 +177,22 @@ pub fn bpffs() -> anyhow::Result<PathBuf> {
 }
 
 /// The interface exists in this network namespace (/sys may show another one under nsenter).
+/// `--iface NAME` hooks TC ingress: the interface's clients are behind it. `NAME:egress` hooks egress: the
+/// clients are on the host's other side, and this interface faces their servers. (`:` is never part of an
+/// interface name.)
+fn iface_hook(iface: &str) -> (&str, TcAttachType, &'static str) {
+    match iface.strip_suffix(":egress") {
+        Some(name) => (name, TcAttachType::Egress, "wire_egress"),
+        None => (iface.strip_suffix(":ingress").unwrap_or(iface), TcAttachType::Ingress, "wire_ingress"),
+    }
+}
+
 pub fn check_iface(iface: &str) -> anyhow::Result<()> {
+    let (iface, _, _) = iface_hook(iface);
+    if iface.contains(':') {
+        // The kernel's name lookup would take `eth0:x` for `eth0`.
+        bail!("--iface {iface:?}: give NAME, NAME:ingress or NAME:egress");
+    }
     let name = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
     if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
         bail!("no network interface named {iface:?} in this network namespace (see `ip link`)");
@@ -556,25 +571,31 @@ impl Kernel {
     }
 
     fn attach_ifaces(&mut self, ifaces: &[String]) -> anyhow::Result<()> {
-        if ifaces.is_empty() {
-            return Ok(());
-        }
-        let prog: &mut SchedClassifier = self.program("wire_ingress")?;
-        prog.load().context("load wire_ingress (tc classifier)")?;
         let mut taken = Vec::new();
-        for iface in ifaces {
-            check_iface(iface)?;
-            // Already present is fine; tcx (6.6+) does not need it at all.
-            let _ = tc::qdisc_add_clsact(iface);
-            let id = prog
-                .attach(iface, TcAttachType::Ingress)
-                .with_context(|| format!("attach wire_ingress to {iface} ingress"))?;
-            taken.push((iface.clone(), prog.take_link(id).context("take link")?));
+        for program in ["wire_ingress", "wire_egress"] {
+            let wanted: Vec<&String> = ifaces.iter().filter(|i| iface_hook(i).2 == program).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let prog: &mut SchedClassifier = self.program(program)?;
+            prog.load().with_context(|| format!("load {program} (tc classifier)"))?;
+            for iface in wanted {
+                check_iface(iface)?;
+                let (name, hook, _) = iface_hook(iface);
+                // Already present is fine; tcx (6.6+) does not need it at all.
+                let _ = tc::qdisc_add_clsact(name);
+                let id = prog.attach(name, hook).with_context(|| format!("attach {program} to {iface}"))?;
+                let direction = if hook == TcAttachType::Egress { "egress" } else { "ingress" };
+                taken.push((
+                    program,
+                    format!("tc {direction} {name}"),
+                    prog.take_link(id).context("take link")?,
+                ));
+            }
         }
-        for (iface, link) in taken {
-            self.keep("wire_ingress", link)?;
-            self.attachments
-                .push(Attachment { program: "wire_ingress", target: format!("tc ingress {iface}") });
+        for (program, target, link) in taken {
+            self.keep(program, link)?;
+            self.attachments.push(Attachment { program, target });
         }
         Ok(())
     }
@@ -628,5 +649,26 @@ impl Kernel {
             *slot = drops.get(&(i as u32), 0).context("read DROPS")?.iter().sum();
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iface_names_their_tc_hook() {
+        assert!(
+            iface_hook("eth0") == ("eth0", TcAttachType::Ingress, "wire_ingress"),
+            "a bare name is ingress"
+        );
+        assert!(
+            iface_hook("eth0:ingress") == ("eth0", TcAttachType::Ingress, "wire_ingress"),
+            "ingress named"
+        );
+        assert!(iface_hook("eth0:egress") == ("eth0", TcAttachType::Egress, "wire_egress"), "egress named");
+        // Not a hook: left to the interface lookup, which refuses it.
+        assert!(iface_hook("eth0:sideways").0 == "eth0:sideways", "an unknown suffix stays in the name");
+        assert!(check_iface("lo:sideways").is_err(), "only ingress and egress are hooks");
     }
 }

@@ -425,6 +425,7 @@ impl Daemon {
                 Record::Payload(r) => self.flows.on_payload(&r, &mut self.sink),
                 Record::Verdict(r) => self.flows.on_verdict(&r, &mut self.sink),
                 Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
+                Record::WireVerdict(r) => self.flows.on_wire_verdict(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
                 Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
                 Record::Hold(r) => self.flows.on_hold(&r),

@@ -25,7 +25,8 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
     ("proxy_reply", "cgroup_skb ingress", "5.8 (ring buffer; sk_storage from cgroup_skb 5.2)"),
     ("quic_egress", "cgroup_skb egress", "5.8 (ring buffer; sk_storage from cgroup_skb 5.2)"),
     ("tcp_egress", "cgroup_skb egress", "5.8 (ring buffer; sk_storage from cgroup_skb 5.2)"),
-    ("wire_ingress", "tc clsact ingress", "5.8 (ring buffer; tcx links from 6.6, netlink before)"),
+    ("wire_ingress", "tc clsact ingress", "5.17 (bpf_loop; tcx links from 6.6, netlink before)"),
+    ("wire_egress", "tc clsact egress", "5.17 (bpf_loop; tcx links from 6.6, netlink before)"),
 ];
 
 struct Line {

@@ -4,8 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
     AF_INET, DeferRecord, Endpoints, HoldRecord, KIND_CLOSED, KIND_DEFER, KIND_ESTABLISHED, KIND_FAILED,
-    KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, PayloadRecord,
-    ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord, VerdictRecord, WireRecord,
+    KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, KIND_WIRE_VERDICT,
+    PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord, VerdictRecord,
+    WireRecord, WireVerdictRecord,
 };
 
 pub enum Record {
@@ -16,6 +17,7 @@ pub enum Record {
     Payload(Box<PayloadRecord>),
     Verdict(Box<VerdictRecord>),
     Wire(Box<WireRecord>),
+    WireVerdict(Box<WireVerdictRecord>),
     Reply(Box<ReplyRecord>),
     Quic(Box<QuicRecord>),
     Hold(HoldRecord),
@@ -40,6 +42,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_PAYLOAD => Record::Payload(Box::new(read(bytes)?)),
         KIND_VERDICT => Record::Verdict(Box::new(read(bytes)?)),
         KIND_WIRE => Record::Wire(Box::new(read(bytes)?)),
+        KIND_WIRE_VERDICT => Record::WireVerdict(Box::new(read(bytes)?)),
         KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
         KIND_QUIC => Record::Quic(Box::new(read(bytes)?)),
         KIND_HOLD => Record::Hold(read(bytes)?),
