@@ -6,8 +6,10 @@
 //!   inserts batches into ClickHouse ([`clickhouse`]), acknowledging only what ClickHouse accepted.
 //! - [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
 
+pub mod cli;
 pub mod clickhouse;
 pub mod export;
+pub mod hunt;
 pub mod ingest;
 pub mod nats;
 pub mod servers;
