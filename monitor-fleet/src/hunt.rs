@@ -15,7 +15,8 @@ use crate::clickhouse::ClickHouse;
 pub fn query_at(clickhouse: &ClickHouse, query: &str, now: i64) -> anyhow::Result<QueryResult> {
     let compiled = to_clickhouse(query, clickhouse.database(), now)?;
     let rows = clickhouse.query_rows(&compiled.sql).map_err(|e| match e {
-        FleetError::ClickHouse(text) => {
+        // ClickHouse refused the SQL (rather than being unreachable): show what it refused.
+        FleetError::ClickHouse(text) if text.contains(" answered ") => {
             FleetError::ClickHouse(format!("{text}\nthe SQL was: {}", compiled.sql))
         }
         other => other,
