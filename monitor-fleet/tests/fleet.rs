@@ -448,3 +448,38 @@ fn fleet_hunting_answers_as_the_local_store() {
         assert!(err.contains(construct) && err.contains("--fleet"), "{query} ({why}): {err}");
     }
 }
+
+#[test]
+fn wrong_credentials_are_a_clear_error_and_right_ones_ship() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nats = NatsServer::start_with_config("authorization {\n  user: agent\n  password: s3cret\n}")
+        .unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 100);
+    let with = |password: &str| ExportOptions {
+        nats: NatsOptions {
+            servers: vec![nats.url()],
+            user: Some("agent".into()),
+            password: Some(password.into()),
+            ..NatsOptions::default()
+        },
+        replicas: 1,
+    };
+    let exporter = Exporter::start(&store, DEVICE_ID, with("wrong")).expect("start the exporter");
+    wait_for(
+        "the refusal in the status",
+        || exporter.status().errors > 0,
+        || format!("{:?}", exporter.status()),
+    );
+    let status = exporter.status();
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("authorization"), "says the credentials were refused: {error}");
+    assert_eq!((status.connected, status.acked_seq), (false, 0), "{status:?}");
+    exporter.stop();
+    let exporter = Exporter::start(&store, DEVICE_ID, with("s3cret")).expect("start the exporter");
+    wait_for(
+        "the export",
+        || exporter.status().acked_seq == *seqs.last().expect("events"),
+        || format!("{:?}", exporter.status()),
+    );
+    exporter.stop();
+}

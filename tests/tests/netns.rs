@@ -1627,6 +1627,30 @@ fn fleet_cases(r: &mut Runner, bed: &Bed) {
             )
             .expect("query ClickHouse");
         assert_eq!(curl_rows[0]["n"].as_u64(), Some(curl_events(&mon) as u64), "{curl_rows:?}");
+
+        // The same answers from `monitor hunt --fleet` as from the local store.
+        let hunt = |source: &[&str], query: &str| -> Vec<Value> {
+            let out = std::process::Command::new(tests::monitor::monitor_bin())
+                .args(["hunt", "--format", "json"])
+                .args(source)
+                .arg(query)
+                .output()
+                .expect("run monitor hunt");
+            assert!(out.status.success(), "monitor hunt {source:?} {query}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON row")).collect()
+        };
+        let store = mon.store_path.display().to_string();
+        let url = clickhouse.url("fleet");
+        for query in [
+            "DeviceNetworkEvents | summarize count() by DeviceName",
+            r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" and RemoteIP == "10.200.1.1" | project Seq, RemoteIP, RemotePort, RemoteUrl, InitiatingProcessFileName | sort by Seq asc"#,
+            r#"DeviceNetworkEvents | where RemoteUrl has "origin" | summarize count(), dcount(LocalPort) by InitiatingProcessFileName, RemotePort"#,
+        ] {
+            let local = hunt(&["--store", &store], query);
+            let fleet = hunt(&["--fleet", &url], query);
+            assert!(!local.is_empty(), "{query}");
+            assert_eq!(fleet, local, "hunt --fleet answers as the local store: {query}");
+        }
     });
     drop(mon);
 }
