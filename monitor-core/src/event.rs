@@ -52,6 +52,10 @@ pub struct DeviceEvent {
     /// RFC 3339, UTC, with microseconds.
     pub timestamp: String,
     pub table: Table,
+    /// Stable across restarts and renames: /etc/machine-id, or `device_id` in the configuration. Set by
+    /// the sink (empty until then).
+    #[serde(default)]
+    pub device_id: String,
     pub device_name: String,
     pub action_type: ActionType,
     #[serde(rename = "RemoteIP")]
@@ -72,6 +76,10 @@ pub struct DeviceEvent {
     pub initiating_process_account_name: Option<String>,
     /// Monotonic per daemon run (or per replay), so lines can be told apart.
     pub report_id: u64,
+    /// Per device, rising across restarts (the store keeps the count): with `DeviceId` it names the event
+    /// in the fleet, so a resent event is recognised. Set by the sink (0 until then).
+    #[serde(default)]
+    pub seq: u64,
     pub additional_fields: Map<String, Value>,
 }
 
@@ -101,6 +109,7 @@ impl DeviceEvent {
         DeviceEvent {
             timestamp,
             table: action_type.table(),
+            device_id: String::new(),
             device_name,
             action_type,
             remote_ip: remote.0,
@@ -116,6 +125,7 @@ impl DeviceEvent {
             initiating_process_command_line: process.map(|p| p.command_line.clone()),
             initiating_process_account_name: process.map(|p| p.account_name.clone()),
             report_id,
+            seq: 0,
             additional_fields,
         }
     }

@@ -514,8 +514,10 @@ fn refuse(ctx: &TcContext, hook: Hook, seg: &Segment, to_server: bool) -> i32 {
     let partial = checksum_partial(ctx, seg);
     let Some(reset) = WIRE_RESET.get_ptr_mut(0) else { return shot };
     let reset = unsafe { &mut *reset };
-    let Ok(macs) = ctx.load::<[u8; 12]>(0) else { return shot };
-    reset.macs = macs;
+    // Straight into map memory: a copy on this frame would take the programs past 512 bytes of stack.
+    if unsafe { bpf_skb_load_bytes(skb.cast(), 0, reset.macs.as_mut_ptr().cast(), 12) } != 0 {
+        return shot;
+    }
     if unsafe { bpf_skb_change_tail(skb, seg.l4 + TCP_HLEN, 0) } != 0 {
         return shot;
     }

@@ -47,6 +47,20 @@ pub struct HuntArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Run the query on the fleet store instead: http://HOST:8123/DATABASE (ClickHouse, filled by
+    /// `monitor ingest`).
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    pub fleet: Option<String>,
+    #[arg(long, value_name = "NAME", requires = "fleet")]
+    pub fleet_user: Option<String>,
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        requires = "fleet",
+        env = "MONITOR_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub fleet_password: Option<String>,
     /// The query, e.g. 'DeviceNetworkEvents | where RemoteUrl has "example" | take 10'.
     pub query: String,
 }
@@ -89,10 +103,15 @@ pub fn hunt(args: &HuntArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = args.store.clone().unwrap_or_else(crate::default_store_path);
     let store = Store::open(&path)?;
     let result = store.query(&args.query)?;
-    let written = match args.format {
-        Format::Table => write_table(&result, out),
-        Format::Json => write_json_lines(&result, out),
-        Format::Csv => write_csv(&result, out),
+    write_result(&result, args.format, out)
+}
+
+/// Prints `result` in `format` (local and fleet hunting alike).
+pub fn write_result(result: &kql::QueryResult, format: Format, out: &mut dyn Write) -> anyhow::Result<()> {
+    let written = match format {
+        Format::Table => write_table(result, out),
+        Format::Json => write_json_lines(result, out),
+        Format::Csv => write_csv(result, out),
     };
     finish_output(written.and_then(|()| out.flush()))
 }

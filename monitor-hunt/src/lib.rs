@@ -21,7 +21,7 @@ pub use kql::{HuntError, QueryError, QueryResult, Value};
 pub use output::{write_csv, write_json_lines, write_table};
 pub use store::{
     BATCH_INTERVAL, BATCH_MAX_EVENTS, CHANNEL_CAPACITY, RETENTION_INTERVAL, Retention, RetentionReport,
-    Store, StoreError, StoreWriter,
+    SEQ_BLOCK, Spool, SpooledEvent, Store, StoreError, StoreWriter,
 };
 pub use timeline::{TimelineEvent, TimelineFilter};
 

@@ -21,8 +21,9 @@ pub enum ColumnType {
 
 /// Every column of both tables, in the order the events' schema lists them. `Table` is not a column: it
 /// picks the table.
-pub const COLUMNS: [(&str, ColumnType); 17] = [
+pub const COLUMNS: [(&str, ColumnType); 19] = [
     ("Timestamp", ColumnType::DateTime),
+    ("DeviceId", ColumnType::String),
     ("DeviceName", ColumnType::String),
     ("ActionType", ColumnType::String),
     ("RemoteIP", ColumnType::String),
@@ -38,11 +39,14 @@ pub const COLUMNS: [(&str, ColumnType); 17] = [
     ("InitiatingProcessCommandLine", ColumnType::String),
     ("InitiatingProcessAccountName", ColumnType::String),
     ("ReportId", ColumnType::Long),
+    ("Seq", ColumnType::Long),
     ("AdditionalFields", ColumnType::Dynamic),
 ];
 
 /// Index of `Timestamp` in [`COLUMNS`].
 pub const TIMESTAMP: usize = 0;
+/// Index of `Seq` (the device's durable event sequence number, the export spool's order) in [`COLUMNS`].
+pub const SEQ: usize = 17;
 
 pub fn column_names() -> Vec<String> {
     COLUMNS.iter().map(|(name, _)| (*name).to_string()).collect()
@@ -69,7 +73,8 @@ pub fn create_statements() -> String {
             .collect();
         sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS {table} ({});\n\
-             CREATE INDEX IF NOT EXISTS {table}_Timestamp ON {table} (Timestamp);\n",
+             CREATE INDEX IF NOT EXISTS {table}_Timestamp ON {table} (Timestamp);\n\
+             CREATE INDEX IF NOT EXISTS {table}_Seq ON {table} (Seq);\n",
             columns.join(", ")
         ));
     }
@@ -174,10 +179,10 @@ mod tests {
         });
         let stored = to_stored(&event).expect("event with a timestamp is stored");
         assert_eq!(stored.cells[TIMESTAMP], Cell::Text("2026-11-29T05:33:12.500000Z".into()));
-        assert_eq!(stored.cells[4], Cell::Integer(3128));
-        assert_eq!(stored.cells[7], Cell::Integer(40000));
-        assert_eq!(stored.cells[14], Cell::Null);
-        assert_eq!(stored.cells[16], Cell::Text(r#"{"Sni":"example.com"}"#.into()));
+        assert_eq!(stored.cells[5], Cell::Integer(3128));
+        assert_eq!(stored.cells[8], Cell::Integer(40000));
+        assert_eq!(stored.cells[15], Cell::Null);
+        assert_eq!(stored.cells[18], Cell::Text(r#"{"Sni":"example.com"}"#.into()));
     }
 
     #[test]

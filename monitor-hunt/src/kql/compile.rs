@@ -903,7 +903,7 @@ fn unknown_column(name: &str, span: Span, columns: &[String]) -> QueryError {
 
 /// The name KQL gives an unnamed column: a column keeps its name, `bin(X, ..)` is named X, and
 /// `AdditionalFields.Sni` becomes `AdditionalFields_Sni`.
-fn default_name(expr: &Expr) -> Option<String> {
+pub(crate) fn default_name(expr: &Expr) -> Option<String> {
     match &expr.kind {
         ExprKind::Name(name) => Some(name.clone()),
         ExprKind::Member { base, name } => Some(format!("{}_{name}", default_name(base)?)),
@@ -926,7 +926,7 @@ fn source_name_of_plan(plan: &Plan) -> Option<String> {
 }
 
 /// `base`, or `base1`, `base2`... if it is taken.
-fn unique_name(taken: &[String], base: &str) -> String {
+pub(crate) fn unique_name(taken: &[String], base: &str) -> String {
     if !taken.iter().any(|t| t == base) {
         return base.to_string();
     }

@@ -14,6 +14,7 @@ mod eval;
 mod exec;
 mod lexer;
 mod parser;
+pub mod sql;
 mod value;
 
 use rusqlite::Connection;

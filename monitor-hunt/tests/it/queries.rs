@@ -129,7 +129,7 @@ const CASES: &[Case] = &[
         &["7|CURL|evil.example.net:3128"],
     ),
     (
-        "DeviceEvents | where ReportId == 12 | project-away Initiating*, AdditionalFields, LocalIP, LocalPort, Protocol, DeviceName, Timestamp",
+        "DeviceEvents | where ReportId == 12 | project-away Initiating*, AdditionalFields, LocalIP, LocalPort, Protocol, Device*, Timestamp, Seq",
         "ActionType|RemoteIP|RemotePort|RemoteUrl|ReportId",
         &["ExploitGuardNetworkProtectionBlocked|10.0.0.5|3128|blocked.example.net|12"],
     ),
@@ -370,7 +370,7 @@ fn product_query_without_proxy() {
             fixture_now(),
         )
         .unwrap_or_else(|e| panic!("the product query runs: {e}"));
-    assert_eq!(result.columns.len(), 17, "all columns: {:?}", result.columns);
+    assert_eq!(result.columns.len(), 19, "all columns: {:?}", result.columns);
     let id = result.columns.iter().position(|c| c == "ReportId").expect("a ReportId column");
     let ids: Vec<String> = result.rows.iter().map(|r| r[id].to_text()).collect();
     assert_eq!(ids, ["2", "5", "8", "13", "15", "16", "20", "28"]);

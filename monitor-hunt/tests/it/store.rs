@@ -243,3 +243,54 @@ fn new_store_is_private_and_malformed_events_are_counted() {
     let missing = Store::open(&dir.path().join("nothing.db")).expect_err("no store there");
     assert!(missing.to_string().contains("no event store at"), "{missing}");
 }
+
+/// The export spool: Seq keeps rising across restarts (even when the last run's events never reached the
+/// disk), the spool lists events past the cursor in Seq order across both tables, and the cursor persists.
+#[test]
+fn seq_rises_across_restarts_and_the_spool_reads_past_its_cursor() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("events.db");
+    let stamped = |seq: u64, blocked: bool| {
+        let mut event = synthetic_event(seq, &format_datetime(now_micros()), 8);
+        event["Seq"] = seq.into();
+        event["DeviceId"] = "device-1".into();
+        if blocked {
+            event["Table"] = "DeviceEvents".into();
+            event["ActionType"] = "ExploitGuardNetworkProtectionBlocked".into();
+        }
+        event
+    };
+    let writer = StoreWriter::open(&path, Retention::default()).expect("open a new store");
+    let first = writer.first_seq();
+    assert_eq!(first, 1, "a new store numbers from 1");
+    for seq in first..first + 10 {
+        writer.send(&stamped(seq, seq % 3 == 0));
+    }
+    writer.close().expect("close the writer");
+
+    let writer = StoreWriter::open(&path, Retention::default()).expect("reopen the store");
+    let second = writer.first_seq();
+    assert!(second > first + 10, "the second run's Seq {second} is above the first run's");
+    // This run "crashes": its events are numbered but never committed.
+    drop(writer);
+    let writer = StoreWriter::open(&path, Retention::default()).expect("reopen the store again");
+    assert!(writer.first_seq() > second, "a run after a crash never reuses the crashed run's Seq");
+    writer.close().expect("close the writer");
+
+    let spool = monitor_hunt::Spool::open(&path).expect("open the spool");
+    assert_eq!(spool.cursor().expect("read the cursor"), 0, "nothing exported yet");
+    let pending = spool.after(0, 100).expect("read the spool");
+    let seqs: Vec<u64> = pending.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "both tables, in Seq order");
+    assert_eq!(pending[2].table, "DeviceEvents");
+    assert_eq!(pending[2].event["Table"], "DeviceEvents");
+    assert_eq!(pending[2].event["DeviceId"], "device-1");
+    assert!(pending[2].event["AdditionalFields"].is_object(), "dynamic columns come back as JSON");
+    spool.set_cursor(4).expect("move the cursor");
+    assert_eq!(spool.lag(4).expect("measure the lag").0, 6);
+    drop(spool);
+    let spool = monitor_hunt::Spool::open(&path).expect("reopen the spool");
+    assert_eq!(spool.cursor().expect("read the cursor"), 4, "the cursor persists");
+    let next: Vec<u64> = spool.after(4, 3).expect("read the spool").iter().map(|e| e.seq).collect();
+    assert_eq!(next, vec![5, 6, 7]);
+}

@@ -82,7 +82,14 @@ fn hunt_cli_prints_table_json_and_csv() {
     let query = r#"DeviceNetworkEvents | where RemoteIP == "10.0.0.5" and isnotempty(RemoteUrl) | project Timestamp, InitiatingProcessFileName, RemoteUrl | take 2"#;
     let run = |format: Format| {
         let mut out = Vec::new();
-        let args = HuntArgs { store: Some(fixture.path.clone()), format, query: query.to_string() };
+        let args = HuntArgs {
+            store: Some(fixture.path.clone()),
+            format,
+            fleet: None,
+            fleet_user: None,
+            fleet_password: None,
+            query: query.to_string(),
+        };
         cli::hunt(&args, &mut out).expect("hunt runs");
         String::from_utf8(out).expect("utf-8")
     };
@@ -107,6 +114,9 @@ fn hunt_cli_prints_table_json_and_csv() {
     let args = HuntArgs {
         store: Some(fixture.path.clone()),
         format: Format::Table,
+        fleet: None,
+        fleet_user: None,
+        fleet_password: None,
         query: "DeviceEvents | wher".into(),
     };
     let error = cli::hunt(&args, &mut Vec::new()).expect_err("a bad query fails");

@@ -212,7 +212,22 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let store_path = store.as_ref().map(|(p, _)| p.clone());
-    let sink = Sink::open(&args.events, store.map(|(_, w)| w))?;
+    let device_id = match &args.device_id {
+        Some(id) => id.clone(),
+        None => sink::machine_id()?,
+    };
+    let sink = Sink::open(&args.events, store.map(|(_, w)| w), device_id.clone())?;
+    // Started once the store exists; it never touches the event path (a thread and runtime of its own).
+    let exporter = match (&args.export, &store_path) {
+        (Some(options), Some(path)) => {
+            info!("exporting events to {} as DeviceId {device_id}", options.nats.servers.join(","));
+            Some(
+                monitor_fleet::Exporter::start(path, &device_id, options.clone())
+                    .context("start the export")?,
+            )
+        }
+        _ => None,
+    };
     let listener = control::bind(&args.control)?;
 
     let ifaces = if plan.gateway { args.ifaces.clone() } else { Vec::new() };
@@ -300,6 +315,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         deferred,
         started: Instant::now(),
         store_path,
+        exporter,
         kernel_features,
         notes: plan.notes,
         adopted,
@@ -325,6 +341,8 @@ struct Daemon {
     deferred: aya::maps::HashMap<MapData, u64, u32>,
     started: Instant,
     store_path: Option<PathBuf>,
+    /// `--export`: reads the store it started with (a new store path takes a restart).
+    exporter: Option<monitor_fleet::Exporter>,
     /// What the probe found at start, and what the daemon said about what is missing.
     kernel_features: features::Features,
     notes: Vec<String>,
@@ -566,6 +584,9 @@ impl Daemon {
             ("pin_dir", new.pin_dir != self.args.pin_dir),
             ("ring_buffer_bytes", new.ring_buffer_bytes != self.args.ring_buffer_bytes),
             ("metrics", new.metrics != self.args.metrics),
+            ("device_id", new.device_id != self.args.device_id),
+            ("export", new.export != self.args.export),
+            ("store (for the export)", store_changed && self.exporter.is_some()),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -682,6 +703,8 @@ impl Daemon {
             "notes": self.notes,
             "kernel_features": self.kernel_features,
             "kernel_drops": drops,
+            "device_id": self.sink.device_id,
+            "export": self.exporter.as_ref().map(monitor_fleet::Exporter::status),
         })
     }
 }

@@ -35,6 +35,13 @@ struct ConfigFile {
     ring_buffer_bytes: Option<u32>,
     metrics: Option<SocketAddr>,
     hold_timeout: Option<String>,
+    device_id: Option<String>,
+    export: Option<String>,
+    export_creds: Option<PathBuf>,
+    export_user: Option<String>,
+    export_password: Option<String>,
+    export_tls_ca: Option<PathBuf>,
+    export_replicas: Option<usize>,
 }
 
 /// Everything `monitor run` needs, resolved.
@@ -58,6 +65,10 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Block mode: how long a send may be held for the bytes that decide.
     pub hold_timeout: Duration,
+    /// `None`: /etc/machine-id.
+    pub device_id: Option<String>,
+    /// `None`: no export.
+    pub export: Option<monitor_fleet::ExportOptions>,
 }
 
 /// The default bound on a hold: far above what a real client takes to finish a request it started.
@@ -147,6 +158,13 @@ impl Settings {
             ring_buffer_bytes,
             metrics,
             hold_timeout,
+            device_id,
+            export,
+            export_creds,
+            export_user,
+            export_password,
+            export_tls_ca,
+            export_replicas,
         } = file;
         let ring_buffer_bytes = match (args.ring_buffer_bytes, ring_buffer_bytes) {
             (Some(n), _) => n,
@@ -175,6 +193,33 @@ impl Settings {
             Some((_, _, d)) => d,
             None => DEFAULT_HOLD_TIMEOUT,
         };
+        let device_id = args.device_id.clone().or(device_id);
+        if device_id.as_deref().is_some_and(|id| id.trim().is_empty() || id.contains(':')) {
+            bail!("device_id: must be non-empty and without ':' (it starts the export's message ids)");
+        }
+        let export = match args.export.as_deref().or(export.as_deref()) {
+            None => None,
+            Some(urls) => {
+                let servers = monitor_fleet::NatsOptions::parse_servers(urls).context("export")?;
+                let replicas = args.export_replicas.or(export_replicas).unwrap_or(1);
+                if !(1..=5).contains(&replicas) {
+                    bail!("export_replicas: {replicas} must be 1 to 5 (JetStream's limit)");
+                }
+                Some(monitor_fleet::ExportOptions {
+                    nats: monitor_fleet::NatsOptions {
+                        servers,
+                        creds: args.export_creds.clone().or(export_creds),
+                        user: args.export_user.clone().or(export_user),
+                        password: args.export_password.clone().or(export_password),
+                        tls_ca: args.export_tls_ca.clone().or(export_tls_ca),
+                    },
+                    replicas,
+                })
+            }
+        };
+        if export.is_some() && store.is_none() {
+            bail!("export: needs the event store (it is the export's spool); remove store = \"none\"");
+        }
         Ok(Settings {
             config,
             mode: args.mode.or(mode).unwrap_or(Mode::Audit),
@@ -192,6 +237,8 @@ impl Settings {
             ring_buffer_bytes,
             metrics: args.metrics.or(metrics),
             hold_timeout,
+            device_id,
+            export,
         })
     }
 }
@@ -223,6 +270,13 @@ pin_dir = "/sys/fs/bpf/m"
 ring_buffer_bytes = 65536
 metrics = "127.0.0.1:9900"
 hold_timeout = "2s"
+device_id = "web-1"
+export = "nats://127.0.0.1:4222"
+export_creds = "/etc/monitor/nats.creds"
+export_user = "agent"
+export_password = "secret"
+export_tls_ca = "/etc/monitor/ca.pem"
+export_replicas = 3
 "#,
         )
         .expect("valid configuration");

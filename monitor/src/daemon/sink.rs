@@ -14,7 +14,9 @@ pub struct Sink {
     out: Box<dyn Write + Send>,
     store: Option<EventStore>,
     pub device_name: String,
+    pub device_id: String,
     next_report_id: u64,
+    next_seq: u64,
     pub emitted: u64,
     pub write_errors: u64,
 }
@@ -23,6 +25,24 @@ pub fn device_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The stable device identity: the systemd machine id (the same file D-Bus and journald use).
+pub fn machine_id() -> anyhow::Result<String> {
+    let path = "/etc/machine-id";
+    let id = std::fs::read_to_string(path)
+        .with_context(|| format!("read {path} (or set device_id in the configuration)"))?;
+    let id = id.trim();
+    if id.is_empty() {
+        anyhow::bail!("{path} is empty (set device_id in the configuration)");
+    }
+    Ok(id.to_string())
+}
+
+/// Where Seq starts without a store to remember it: the time in microseconds, which keeps rising across
+/// restarts as long as the clock does and the daemon emits fewer than a million events a second.
+fn seq_without_store() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros() as u64)
 }
 
 fn open_events(events: &str) -> anyhow::Result<Box<dyn Write + Send>> {
@@ -41,9 +61,19 @@ fn open_events(events: &str) -> anyhow::Result<Box<dyn Write + Send>> {
 }
 
 impl Sink {
-    pub fn open(events: &str, store: Option<EventStore>) -> anyhow::Result<Sink> {
+    pub fn open(events: &str, store: Option<EventStore>, device_id: String) -> anyhow::Result<Sink> {
         let out = open_events(events)?;
-        Ok(Sink { out, store, device_name: device_name(), next_report_id: 1, emitted: 0, write_errors: 0 })
+        let next_seq = store.as_ref().map_or_else(seq_without_store, EventStore::first_seq);
+        Ok(Sink {
+            out,
+            store,
+            device_name: device_name(),
+            device_id,
+            next_report_id: 1,
+            next_seq,
+            emitted: 0,
+            write_errors: 0,
+        })
     }
 
     /// Open the events file again (SIGHUP): after a rotation, or for a new path. On failure the old one
@@ -58,6 +88,9 @@ impl Sink {
     /// Put another store in place (SIGHUP with a new path or retention) and close the old one, which
     /// writes what it still holds. `None`: no store from now on.
     pub fn replace_store(&mut self, store: Option<EventStore>) -> anyhow::Result<()> {
+        if let Some(store) = &store {
+            self.next_seq = self.next_seq.max(store.first_seq());
+        }
         match std::mem::replace(&mut self.store, store) {
             Some(old) => old.close().context("close the previous event store"),
             None => Ok(()),
@@ -70,7 +103,10 @@ impl Sink {
         id
     }
 
+    /// Writes `event` with this device's `DeviceId` and the next `Seq`.
     pub fn emit(&mut self, event: &DeviceEvent) {
+        let event = DeviceEvent { device_id: self.device_id.clone(), seq: self.next_seq, ..event.clone() };
+        self.next_seq += 1;
         let line = event.to_json_line();
         let ok = writeln!(self.out, "{line}").and_then(|_| self.out.flush()).is_ok();
         if !ok {

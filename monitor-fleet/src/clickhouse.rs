@@ -1,0 +1,322 @@
+//! ClickHouse, the fleet store, over its HTTP interface: the tables, and the events as their rows.
+//!
+//! The SQL here runs on every ClickHouse from 18.16 (Debian's) on: no DateTime64 (time to the
+//! microsecond is an integer column, `TimestampMicros`, with a `Timestamp` DateTime computed from it), no
+//! JSONExtract (AdditionalFields is JSON text for `visitParamExtract*`). A redelivered event is one row
+//! after merges and in every query that reads with `FINAL`: the tables are ReplacingMergeTree on
+//! `(DeviceId, Seq)`.
+
+use std::time::Duration;
+
+use monitor_hunt::schema::{COLUMNS, Cell, ColumnType, TABLES};
+use serde_json::{Map, Value};
+
+use crate::FleetError;
+
+/// How long one HTTP request to ClickHouse may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A ClickHouse database reached over HTTP: `http://HOST:PORT/DATABASE`.
+#[derive(Clone)]
+pub struct ClickHouse {
+    endpoint: String,
+    database: String,
+    user: Option<String>,
+    password: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for ClickHouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouse")
+            .field("endpoint", &self.endpoint)
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Percent-encoding for a URL query value.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+impl ClickHouse {
+    /// `http://HOST:PORT/DATABASE`, with an optional user and password (sent as ClickHouse's headers).
+    pub fn new(url: &str, user: Option<String>, password: Option<String>) -> Result<ClickHouse, FleetError> {
+        let bad = |why: &str| {
+            FleetError::Config(format!("{url:?} is not a ClickHouse URL (http://HOST:8123/DATABASE): {why}"))
+        };
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                bad("https is not supported yet; use a TLS-terminating proxy")
+            } else {
+                bad("it must start with http://")
+            }
+        })?;
+        let (host, database) = rest.split_once('/').ok_or_else(|| bad("no database named"))?;
+        let database = database.trim_end_matches('/');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if !valid_identifier(database) {
+            return Err(bad("the database must be a name of letters, digits and _"));
+        }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .build();
+        Ok(ClickHouse {
+            endpoint: format!("http://{host}"),
+            database: database.to_string(),
+            user,
+            password,
+            agent: ureq::Agent::new_with_config(config),
+        })
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// `http://HOST:PORT/DATABASE`.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.endpoint, self.database)
+    }
+
+    /// Sends `query` (in the URL) with `body` (data for an INSERT, or empty), and returns the answer.
+    fn request(&self, query: &str, body: &[u8], settings: &str) -> Result<String, FleetError> {
+        // No `database=` parameter: ClickHouse refuses it before the database exists; the SQL names
+        // its tables with the database instead.
+        let url = format!("{}/?query={}{settings}", self.endpoint, encode(query));
+        let mut request = self.agent.post(&url);
+        if let Some(user) = &self.user {
+            request = request.header("X-ClickHouse-User", user);
+        }
+        if let Some(password) = &self.password {
+            request = request.header("X-ClickHouse-Key", password);
+        }
+        let mut response =
+            request.send(body).map_err(|e| FleetError::ClickHouse(format!("{}: {e}", self.endpoint)))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .map_err(|e| FleetError::ClickHouse(format!("read the answer of {}: {e}", self.endpoint)))?;
+        if !status.is_success() {
+            return Err(FleetError::ClickHouse(format!(
+                "{} answered {status}: {}",
+                self.endpoint,
+                text.trim()
+            )));
+        }
+        Ok(text)
+    }
+
+    /// Runs a statement that returns nothing of interest (DDL).
+    pub fn execute(&self, sql: &str) -> Result<(), FleetError> {
+        self.request(sql, b"", "").map(|_| ())
+    }
+
+    /// Runs a SELECT and returns its rows as JSON objects (64-bit integers as numbers).
+    pub fn query_rows(&self, sql: &str) -> Result<Vec<Map<String, Value>>, FleetError> {
+        let text = self.request(
+            &format!("{sql} FORMAT JSONEachRow"),
+            b"",
+            "&output_format_json_quote_64bit_integers=0",
+        )?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .map_err(|e| FleetError::ClickHouse(format!("an answer line is not JSON ({e}): {line}")))
+            })
+            .collect()
+    }
+
+    /// Creates the database and both tables when absent.
+    pub fn ensure_schema(&self) -> Result<(), FleetError> {
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
+        for table in TABLES {
+            self.execute(&create_table(&self.database, table))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts rows (objects from [`to_row`]) into `table`, all or nothing.
+    pub fn insert(&self, table: &str, rows: &[Map<String, Value>]) -> Result<(), FleetError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(rows.len() * 512);
+        for row in rows {
+            serde_json::to_writer(&mut body, row).map_err(|e| FleetError::ClickHouse(e.to_string()))?;
+            body.push(b'\n');
+        }
+        self.request(&format!("INSERT INTO {}.{table} FORMAT JSONEachRow", self.database), &body, "")
+            .map(|_| ())
+    }
+}
+
+/// The column that keeps `Timestamp` to the microsecond.
+pub const TIMESTAMP_MICROS: &str = "TimestampMicros";
+
+/// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables.
+pub fn create_table(database: &str, table: &str) -> String {
+    let mut columns = Vec::with_capacity(COLUMNS.len() + 1);
+    for (name, ty) in COLUMNS {
+        let column = match (name, ty) {
+            (_, ColumnType::DateTime) => format!(
+                "{TIMESTAMP_MICROS} Int64, {name} DateTime MATERIALIZED toDateTime(intDiv({TIMESTAMP_MICROS}, 1000000))"
+            ),
+            ("DeviceId", _) => format!("{name} String"),
+            ("Seq", _) => format!("{name} UInt64"),
+            (_, ColumnType::Long) => format!("{name} Nullable(Int64)"),
+            (_, ColumnType::String | ColumnType::Dynamic) => format!("{name} Nullable(String)"),
+        };
+        columns.push(column);
+    }
+    format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table} ({}) ENGINE = ReplacingMergeTree() \
+         PARTITION BY toYYYYMM(Timestamp) ORDER BY (DeviceId, Seq)",
+        columns.join(", ")
+    )
+}
+
+/// Why a message is not an event the ingest can store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidEvent {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error(transparent)]
+    Rejected(#[from] monitor_hunt::schema::RejectReason),
+    #[error("no Table, or not DeviceNetworkEvents or DeviceEvents")]
+    BadTable,
+    #[error("no DeviceId")]
+    MissingDeviceId,
+    #[error("no Seq, or not a positive integer")]
+    MissingSeq,
+}
+
+/// An exported event (the JSON of one message) as a row of its ClickHouse table.
+pub fn to_row(payload: &[u8]) -> Result<(&'static str, Map<String, Value>), InvalidEvent> {
+    let event: Value = serde_json::from_slice(payload).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
+    let table = match event.get("Table").and_then(Value::as_str) {
+        Some(name) => TABLES.into_iter().find(|t| *t == name).ok_or(InvalidEvent::BadTable)?,
+        None if event.is_object() => return Err(InvalidEvent::BadTable),
+        None => return Err(monitor_hunt::schema::RejectReason::NotAnObject.into()),
+    };
+    let stored = monitor_hunt::schema::to_stored(&event)?;
+    let mut row = Map::with_capacity(COLUMNS.len());
+    for ((name, ty), cell) in COLUMNS.iter().zip(stored.cells) {
+        let value = match (ty, cell) {
+            (ColumnType::DateTime, Cell::Text(text)) => {
+                // to_stored has checked and normalised it.
+                let micros = monitor_hunt::time::parse_datetime(&text).unwrap_or_default();
+                row.insert(TIMESTAMP_MICROS.into(), Value::from(micros));
+                continue;
+            }
+            (_, Cell::Null) => Value::Null,
+            (_, Cell::Text(text)) => Value::String(text),
+            (_, Cell::Integer(n)) => Value::from(n),
+        };
+        row.insert((*name).to_string(), value);
+    }
+    match row.get("DeviceId") {
+        Some(Value::String(id)) if !id.is_empty() => {}
+        _ => return Err(InvalidEvent::MissingDeviceId),
+    }
+    match row.get("Seq").and_then(Value::as_i64) {
+        Some(seq) if seq > 0 => {}
+        _ => return Err(InvalidEvent::MissingSeq),
+    }
+    Ok((table, row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_a_host_and_a_database() {
+        let ch = ClickHouse::new("http://127.0.0.1:8123/fleet", None, None).expect("valid URL");
+        assert_eq!(ch.database(), "fleet");
+        assert_eq!(ch.url(), "http://127.0.0.1:8123/fleet");
+        for (url, why) in [
+            ("127.0.0.1:8123/fleet", "http://"),
+            ("http://127.0.0.1:8123", "no database"),
+            ("http://127.0.0.1:8123/fl;eet", "letters, digits"),
+            ("https://ch:8443/fleet", "https"),
+        ] {
+            let err = ClickHouse::new(url, None, None).expect_err(url).to_string();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn events_become_typed_rows() {
+        let payload = br#"{"Table":"DeviceNetworkEvents","Timestamp":"2026-11-29T05:33:12.250000Z","DeviceId":"m1",
+            "Seq":7,"DeviceName":"a","RemotePort":3128,"InitiatingProcessFileName":null,"AdditionalFields":{"Sni":"x"}}"#;
+        let (table, row) = to_row(payload).expect("a valid event");
+        assert_eq!(table, "DeviceNetworkEvents");
+        assert_eq!(row[TIMESTAMP_MICROS], 1_795_930_392_250_000i64);
+        assert_eq!(row["Seq"], 7);
+        assert_eq!(row["RemotePort"], 3128);
+        assert_eq!(row["InitiatingProcessFileName"], Value::Null);
+        assert_eq!(row["AdditionalFields"], r#"{"Sni":"x"}"#);
+        assert!(!row.contains_key("Timestamp"), "Timestamp is computed by ClickHouse");
+    }
+
+    #[test]
+    fn invalid_events_say_why() {
+        let cases: [(&[u8], InvalidEvent); 5] = [
+            (b"not json", InvalidEvent::NotJson(String::new())),
+            (br#"{"Timestamp":"2026-11-29T05:33:12Z","DeviceId":"m","Seq":1}"#, InvalidEvent::BadTable),
+            (
+                br#"{"Table":"DeviceEvents","DeviceId":"m","Seq":1}"#,
+                monitor_hunt::schema::RejectReason::MissingTimestamp.into(),
+            ),
+            (
+                br#"{"Table":"DeviceEvents","Timestamp":"2026-11-29T05:33:12Z","Seq":1}"#,
+                InvalidEvent::MissingDeviceId,
+            ),
+            (
+                br#"{"Table":"DeviceEvents","Timestamp":"2026-11-29T05:33:12Z","DeviceId":"m","Seq":0}"#,
+                InvalidEvent::MissingSeq,
+            ),
+        ];
+        for (payload, expected) in cases {
+            let err = to_row(payload).expect_err("invalid");
+            match (&err, &expected) {
+                (InvalidEvent::NotJson(_), InvalidEvent::NotJson(_)) => {}
+                _ => assert_eq!(err, expected, "{}", String::from_utf8_lossy(payload)),
+            }
+        }
+    }
+
+    #[test]
+    fn the_tables_replace_by_device_and_seq() {
+        let sql = create_table("fleet", "DeviceEvents");
+        assert!(
+            sql.contains("ReplacingMergeTree() PARTITION BY toYYYYMM(Timestamp) ORDER BY (DeviceId, Seq)"),
+            "{sql}"
+        );
+        assert!(sql.contains("TimestampMicros Int64, Timestamp DateTime MATERIALIZED"), "{sql}");
+        assert!(sql.contains("Seq UInt64") && sql.contains("RemotePort Nullable(Int64)"), "{sql}");
+    }
+}

@@ -1,0 +1,326 @@
+//! The agent's exporter: every stored event to NATS JetStream, at least once, nothing lost.
+//!
+//! The store is the spool. The exporter reads the events past the export cursor in Seq order, publishes
+//! each with the message id `<DeviceId>:<Seq>` (JetStream drops a duplicate within its window), keeps at
+//! most [`MAX_IN_FLIGHT`] acknowledgements outstanding, and moves the cursor only past acknowledged events.
+//! After any failure it starts again at the cursor with the same ids. It runs on a thread and a runtime of
+//! its own: the ring-buffer reader never waits on the network.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use monitor_hunt::{Spool, SpooledEvent};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::FleetError;
+use crate::nats::{NatsOptions, STREAM, SUBJECT_PREFIX, subject_token};
+
+/// Acknowledgements awaited at once: enough to keep a link busy, few enough that a failure resends little.
+pub const MAX_IN_FLIGHT: usize = 512;
+/// Events read from the spool at a time.
+pub const SPOOL_BATCH: usize = 2_000;
+/// How often an idle exporter looks for new events.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Waits between attempts after a failure: doubling from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// What `monitor run --export` was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOptions {
+    pub nats: NatsOptions,
+    /// Replicas of the stream when the exporter creates it.
+    pub replicas: usize,
+}
+
+/// What `monitor status` shows about the export.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ExportStatus {
+    pub servers: Vec<String>,
+    pub connected: bool,
+    /// Every event up to this Seq is acknowledged by JetStream.
+    pub acked_seq: u64,
+    /// Events acknowledged since the daemon started.
+    pub exported: u64,
+    /// Stored events not acknowledged yet, and the age of the oldest in seconds.
+    pub lag_rows: u64,
+    pub lag_seconds: f64,
+    /// Seconds since the last acknowledgement (none yet: `null`).
+    pub last_ack_seconds_ago: Option<f64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+struct Shared {
+    status: Mutex<ExportStatus>,
+    last_ack: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn update(&self, f: impl FnOnce(&mut ExportStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn failed(&self, error: &FleetError) {
+        let text = error.to_string();
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        // Said once per distinct failure, not once per retry.
+        if status.last_error.as_deref() != Some(text.as_str()) {
+            tracing::warn!("export: {text} (the events wait in the store and are sent when it works again)");
+        }
+        status.errors += 1;
+        status.connected = false;
+        status.last_error = Some(text);
+    }
+}
+
+/// A running exporter; stopped (after its in-flight acknowledgements, bounded) when dropped.
+pub struct Exporter {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exporter {
+    /// Starts exporting the events of the store at `store` as device `device_id`. Returns at once: NATS
+    /// being unreachable is not an error here but a state, in [`Exporter::status`] and the log.
+    pub fn start(store: &Path, device_id: &str, options: ExportOptions) -> Result<Exporter, FleetError> {
+        if device_id.is_empty() {
+            return Err(FleetError::Config("the export needs a DeviceId".into()));
+        }
+        // Open now, so that a store that cannot be read is an error at start rather than in the log.
+        let spool = Spool::open(store).map_err(|e| FleetError::Store(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            status: Mutex::new(ExportStatus {
+                servers: options.nats.servers.clone(),
+                ..ExportStatus::default()
+            }),
+            last_ack: Mutex::new(None),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| FleetError::Io { what: "start the exporter's runtime".into(), source: e })?;
+        let task = ExportTask { spool, options, shared: Arc::clone(&shared), stopped };
+        let thread = std::thread::Builder::new()
+            .name("export".into())
+            .spawn(move || runtime.block_on(task.run()))
+            .map_err(|e| FleetError::Io { what: "start the exporter thread".into(), source: e })?;
+        Ok(Exporter { shared, stop, thread: Some(thread) })
+    }
+
+    pub fn status(&self) -> ExportStatus {
+        let mut status = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        status.last_ack_seconds_ago = self
+            .shared
+            .last_ack
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|t| t.elapsed().as_secs_f64());
+        status
+    }
+
+    /// Stops the exporter; what it has not sent stays in the store for the next run.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("export: the exporter thread panicked");
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct ExportTask {
+    spool: Spool,
+    options: ExportOptions,
+    shared: Arc<Shared>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl ExportTask {
+    async fn run(mut self) {
+        let mut backoff = BACKOFF.0;
+        while !*self.stopped.borrow() {
+            match self.session().await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.shared.failed(&e);
+                    self.refresh_lag();
+                    if self.sleep(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `duration` unless asked to stop first; true when asked to stop.
+    async fn sleep(&mut self, duration: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => *self.stopped.borrow(),
+            _ = self.stopped.changed() => true,
+        }
+    }
+
+    fn refresh_lag(&self) {
+        let Ok(cursor) = self.spool.cursor() else { return };
+        if let Ok((rows, oldest)) = self.spool.lag(cursor) {
+            let now = monitor_hunt::time::now_micros();
+            self.shared.update(|s| {
+                s.acked_seq = cursor;
+                s.lag_rows = rows;
+                s.lag_seconds = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+            });
+        }
+    }
+
+    /// Connects, makes sure the stream exists, and exports until asked to stop (`Ok`) or a failure.
+    async fn session(&mut self) -> Result<(), FleetError> {
+        let client = self.options.nats.connect("monitor export").await?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            num_replicas: self.options.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| FleetError::Nats(format!("create or find the stream {STREAM}: {e}")))?;
+        self.shared.update(|s| s.connected = true);
+        tracing::info!("export: connected to {}, stream {STREAM}", self.options.nats.servers.join(","));
+        let mut cursor = self.spool.cursor().map_err(|e| FleetError::Store(e.to_string()))?;
+        loop {
+            if *self.stopped.borrow() {
+                return Ok(());
+            }
+            let batch =
+                self.spool.after(cursor, SPOOL_BATCH).map_err(|e| FleetError::Store(e.to_string()))?;
+            if batch.is_empty() {
+                self.refresh_lag();
+                if self.sleep(IDLE_POLL).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            let result = self.publish(&js, &batch, &mut cursor).await;
+            // Whatever was acknowledged before a failure stays acknowledged.
+            self.spool.set_cursor(cursor).map_err(|e| FleetError::Store(e.to_string()))?;
+            self.refresh_lag();
+            result?;
+            self.shared.update(|s| {
+                s.connected = true;
+                s.last_error = None;
+            });
+        }
+    }
+
+    /// Publishes `batch` in order with a bounded window of acknowledgements; `cursor` follows the
+    /// acknowledged prefix.
+    async fn publish(
+        &self,
+        js: &jetstream::Context,
+        batch: &[SpooledEvent],
+        cursor: &mut u64,
+    ) -> Result<(), FleetError> {
+        let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+        for event in batch {
+            if in_flight.len() >= MAX_IN_FLIGHT
+                && let Some((seq, ack)) = in_flight.pop_front()
+            {
+                self.await_ack(seq, ack, cursor).await?;
+            }
+            let (subject, headers, payload) = match message(event) {
+                Ok(message) => message,
+                Err(e) => {
+                    // Not exportable (no DeviceId: written by something other than the daemon). Skipped,
+                    // so that one such row cannot hold up every event after it.
+                    while let Some((seq, ack)) = in_flight.pop_front() {
+                        self.await_ack(seq, ack, cursor).await?;
+                    }
+                    tracing::warn!("export: skipped: {e}");
+                    *cursor = event.seq;
+                    continue;
+                }
+            };
+            let ack = js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| FleetError::Nats(format!("publish Seq {}: {e}", event.seq)))?;
+            in_flight.push_back((event.seq, ack));
+        }
+        while let Some((seq, ack)) = in_flight.pop_front() {
+            self.await_ack(seq, ack, cursor).await?;
+        }
+        Ok(())
+    }
+
+    async fn await_ack(&self, seq: u64, ack: PublishAckFuture, cursor: &mut u64) -> Result<(), FleetError> {
+        ack.await.map_err(|e| FleetError::Nats(format!("acknowledgement of Seq {seq}: {e}")))?;
+        *cursor = seq;
+        *self.shared.last_ack.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.shared.update(|s| s.exported += 1);
+        Ok(())
+    }
+}
+
+/// The message for one event: its subject, the message id header and the event as JSON.
+pub fn message(event: &SpooledEvent) -> Result<(String, async_nats::HeaderMap, bytes::Bytes), FleetError> {
+    let text = |key: &str| event.event.get(key).and_then(serde_json::Value::as_str).unwrap_or("");
+    let device_id = text("DeviceId");
+    if device_id.is_empty() {
+        return Err(FleetError::Store(format!("the stored event with Seq {} has no DeviceId", event.seq)));
+    }
+    let subject = format!("{SUBJECT_PREFIX}.{}.{}", event.table, subject_token(text("DeviceName")));
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{device_id}:{}", event.seq).as_str());
+    let payload = serde_json::to_vec(&event.event).map_err(|e| FleetError::Store(e.to_string()))?;
+    Ok((subject, headers, payload.into()))
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").field("status", &self.status()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_the_table_device_and_id() {
+        let event = SpooledEvent {
+            seq: 42,
+            table: "DeviceEvents",
+            event: serde_json::json!({"DeviceId": "abc", "DeviceName": "web.1", "Seq": 42, "Table": "DeviceEvents"}),
+        };
+        let (subject, headers, payload) = message(&event).expect("a valid event");
+        assert_eq!(subject, "monitor.events.DeviceEvents.web_1");
+        assert_eq!(headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str()), Some("abc:42"));
+        let back: serde_json::Value = serde_json::from_slice(&payload).expect("JSON payload");
+        assert_eq!(back, event.event);
+        let anonymous = SpooledEvent { event: serde_json::json!({"Seq": 1}), ..event };
+        assert!(
+            message(&anonymous).is_err(),
+            "an event without a DeviceId is not exported under a made-up id"
+        );
+    }
+}

@@ -1,0 +1,485 @@
+//! The fleet path with real servers on loopback: the agent's store, the exporter, nats-server with
+//! JetStream, the ingest and clickhouse-server (Debian's 18.16).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use monitor_fleet::clickhouse::ClickHouse;
+use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
+use monitor_fleet::servers::{ClickHouseServer, NatsServer};
+use monitor_fleet::{ExportOptions, Exporter, NatsOptions};
+use monitor_hunt::time::{format_datetime, now_micros};
+use monitor_hunt::{Retention, Spool, StoreWriter};
+use serde_json::{Value, json};
+
+const DEVICE_ID: &str = "0123456789abcdef0123456789abcdef";
+/// Every wait in these tests is bounded by this.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}: {}", context());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The time the events are placed before (one millisecond apart, ending 8 s before it), and the `now` the
+/// differential queries run at.
+fn base_time() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(now_micros)
+}
+
+/// An event as the daemon's sink writes it: with this device's DeviceId and the next Seq.
+fn event(seq: u64, device_name: &str) -> Value {
+    let blocked = seq.is_multiple_of(5);
+    json!({
+        "Timestamp": format_datetime(base_time() - 1_000 * (10_000 - seq as i64)),
+        "Table": if blocked { "DeviceEvents" } else { "DeviceNetworkEvents" },
+        "DeviceId": DEVICE_ID,
+        "DeviceName": device_name,
+        "ActionType": if blocked { "ExploitGuardNetworkProtectionBlocked" } else { "ConnectionSuccess" },
+        "RemoteIP": if seq.is_multiple_of(2) { "10.0.0.5" } else { "93.184.216.34" },
+        "RemotePort": 3128,
+        "RemoteUrl": format!("site{}.example.com", seq % 7),
+        "LocalIP": "10.0.0.2",
+        "LocalPort": 40000 + (seq % 1000),
+        "Protocol": "Tcp",
+        "InitiatingProcessId": 1000 + seq,
+        "InitiatingProcessParentId": null,
+        "InitiatingProcessFileName": if seq.is_multiple_of(2) { "curl" } else { "python3" },
+        "InitiatingProcessFolderPath": "/usr/bin",
+        "InitiatingProcessCommandLine": "curl -x http://10.0.0.5:3128 https://example.com",
+        "InitiatingProcessAccountName": "root",
+        "ReportId": seq,
+        "Seq": seq,
+        "AdditionalFields": {"Sni": format!("site{}.example.com", seq % 7), "ProxyType": "HTTP CONNECT"},
+    })
+}
+
+/// A store with `count` events numbered as the daemon numbers them; returns the store and the Seqs.
+fn write_store(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
+    let path = dir.join("events.db");
+    let writer = StoreWriter::open(&path, Retention::default()).expect("open the store");
+    let first = writer.first_seq();
+    let seqs: Vec<u64> = (first..first + count).collect();
+    for &seq in &seqs {
+        writer.send(&event(seq, "agent-1.example"));
+    }
+    assert_eq!(writer.dropped(), 0, "the store keeps every event");
+    writer.close().expect("close the store");
+    (path, seqs)
+}
+
+fn export_options(nats: &NatsServer) -> ExportOptions {
+    ExportOptions { nats: NatsOptions { servers: vec![nats.url()], ..NatsOptions::default() }, replicas: 1 }
+}
+
+fn ingest_options(nats: &NatsServer, clickhouse: &ClickHouseServer) -> IngestOptions {
+    IngestOptions {
+        nats: NatsOptions { servers: vec![nats.url()], ..NatsOptions::default() },
+        clickhouse: ClickHouse::new(&clickhouse.url("fleet"), None, None).expect("a ClickHouse URL"),
+        consumer: DEFAULT_CONSUMER.into(),
+        batch: 1_000,
+    }
+}
+
+fn fleet(clickhouse: &ClickHouseServer) -> ClickHouse {
+    ClickHouse::new(&clickhouse.url("fleet"), None, None).expect("a ClickHouse URL")
+}
+
+/// Rows in ClickHouse, each event once (FINAL), or 0 before the tables exist.
+fn fleet_count(clickhouse: &ClickHouse) -> u64 {
+    let sql = "SELECT (SELECT count() FROM fleet.DeviceNetworkEvents FINAL) + \
+               (SELECT count() FROM fleet.DeviceEvents FINAL) AS n";
+    clickhouse
+        .query_rows(sql)
+        .ok()
+        .and_then(|rows| rows.first().and_then(|r| r.get("n")).and_then(Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// Every event of the local store is in ClickHouse exactly once, with the same columns.
+fn assert_fleet_matches_store(clickhouse: &ClickHouse, store: &Path, seqs: &[u64]) {
+    let spool = Spool::open(store).expect("open the spool");
+    let local = spool.after(0, usize::MAX).expect("read the store");
+    assert_eq!(local.len(), seqs.len());
+    let mut remote = Vec::new();
+    for table in monitor_hunt::schema::TABLES {
+        let rows = clickhouse
+            .query_rows(&format!(
+                "SELECT DeviceId, Seq, count() AS copies, any(TimestampMicros) AS TimestampMicros, any(DeviceName) AS DeviceName, \
+                 any(ActionType) AS ActionType, any(RemoteUrl) AS RemoteUrl, any(LocalPort) AS LocalPort, \
+                 any(InitiatingProcessFileName) AS InitiatingProcessFileName, \
+                 any(InitiatingProcessParentId) AS InitiatingProcessParentId, \
+                 any(visitParamExtractString(AdditionalFields, 'Sni')) AS Sni \
+                 FROM fleet.{table} FINAL GROUP BY DeviceId, Seq"
+            ))
+            .unwrap_or_else(|e| panic!("query {table}: {e}"));
+        remote.extend(rows.into_iter().map(|r| (table, r)));
+    }
+    remote.sort_by_key(|(_, r)| r["Seq"].as_u64());
+    assert_eq!(remote.len(), local.len(), "ClickHouse has as many events as the store");
+    for (spooled, (table, row)) in local.iter().zip(&remote) {
+        let e = &spooled.event;
+        let context = format!("Seq {}: local {e} remote {row:?}", spooled.seq);
+        assert_eq!(row["Seq"].as_u64(), Some(spooled.seq), "{context}");
+        assert_eq!(row["copies"], 1, "each Seq once: {context}");
+        assert_eq!(*table, spooled.table, "{context}");
+        assert_eq!(row["DeviceId"], e["DeviceId"], "{context}");
+        assert_eq!(
+            row["TimestampMicros"].as_i64(),
+            e["Timestamp"].as_str().and_then(monitor_hunt::time::parse_datetime),
+            "{context}"
+        );
+        for column in [
+            "DeviceName",
+            "ActionType",
+            "RemoteUrl",
+            "LocalPort",
+            "InitiatingProcessFileName",
+            "InitiatingProcessParentId",
+        ] {
+            assert_eq!(row[column], e[column], "{column}: {context}");
+        }
+        assert_eq!(row["Sni"], e["AdditionalFields"]["Sni"], "{context}");
+    }
+}
+
+fn nats_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+}
+
+/// Messages in a stream.
+fn stream_messages(nats: &NatsServer, stream: &str) -> u64 {
+    nats_runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.unwrap_or_else(|e| panic!("stream {stream}: {e}"));
+        stream.info().await.expect("stream info").state.messages
+    })
+}
+
+#[test]
+fn exported_events_reach_clickhouse_once_each_as_in_the_local_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nats = NatsServer::start().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 3_000);
+    let last = *seqs.last().expect("events");
+
+    let exporter = Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("start the exporter");
+    wait_for(
+        "the export of every event",
+        || exporter.status().acked_seq == last,
+        || format!("{:?}", exporter.status()),
+    );
+    let status = exporter.status();
+    assert_eq!((status.lag_rows, status.exported), (0, 3_000), "{status:?}");
+    assert!(status.connected && status.last_ack_seconds_ago.is_some(), "{status:?}");
+    exporter.stop();
+    assert_eq!(Spool::open(&store).expect("spool").cursor().expect("cursor"), last, "the cursor is durable");
+
+    // A resend after a failure uses the same ids: JetStream keeps each event once.
+    Spool::open(&store).expect("spool").set_cursor(seqs[1_000]).expect("move the cursor back");
+    let exporter = Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("restart the exporter");
+    wait_for("the resend", || exporter.status().acked_seq == last, || format!("{:?}", exporter.status()));
+    exporter.stop();
+    assert_eq!(stream_messages(&nats, "MONITOR_EVENTS"), 3_000, "duplicates are dropped by message id");
+
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    wait_for(
+        "every event in ClickHouse",
+        || fleet_count(&clickhouse) == 3_000,
+        || format!("{} rows, {:?}", fleet_count(&clickhouse), ingest.counts()),
+    );
+    let counts = ingest.counts();
+    assert_eq!(counts.dead_lettered, 0, "{counts:?}");
+    ingest.stop().expect("the ingest stops cleanly");
+    assert_fleet_matches_store(&clickhouse, &store, &seqs);
+}
+
+#[test]
+fn a_malformed_message_is_dead_lettered_and_counted() {
+    let nats = NatsServer::start().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    // The ingest creates the streams and the tables when it starts.
+    wait_for(
+        "the tables",
+        || clickhouse.query_rows("SELECT count() AS n FROM fleet.DeviceEvents").is_ok(),
+        String::new,
+    );
+    nats_runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        for payload in [b"{not json".to_vec(), serde_json::to_vec(&event(7, "agent-2")).expect("JSON")] {
+            js.publish("monitor.events.DeviceEvents.agent-2", payload.into())
+                .await
+                .expect("publish")
+                .await
+                .expect("acknowledged by JetStream");
+        }
+    });
+    wait_for(
+        "the valid event in ClickHouse",
+        || fleet_count(&clickhouse) == 1,
+        || format!("{:?}", ingest.counts()),
+    );
+    wait_for(
+        "the dead letter counted",
+        || ingest.counts().dead_lettered == 1,
+        || format!("{:?}", ingest.counts()),
+    );
+    let counts = ingest.counts();
+    assert_eq!(counts.ingested, 1, "{counts:?}");
+    ingest.stop().expect("the ingest stops cleanly");
+
+    let (payload, reason) = nats_runtime().block_on(async {
+        let client = async_nats::connect(nats.url()).await.expect("connect to NATS");
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("MONITOR_DEADLETTER").await.expect("the dead-letter stream");
+        let message = stream.get_raw_message(1).await.expect("the first dead letter");
+        let reason = message
+            .headers
+            .get(monitor_fleet::ingest::REASON_HEADER)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        (message.payload, reason)
+    });
+    assert_eq!(&payload[..], b"{not json", "the dead letter is the message as it came");
+    assert!(reason.starts_with("not JSON"), "the reason says what is wrong: {reason}");
+    assert_eq!(stream_messages(&nats, "MONITOR_DEADLETTER"), 1);
+}
+
+#[test]
+fn nats_down_at_agent_start_then_up_everything_ships() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut nats = NatsServer::not_started().unwrap_or_else(|e| panic!("pick a port for nats-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 2_000);
+    let last = *seqs.last().expect("events");
+
+    let exporter =
+        Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("the agent starts without NATS");
+    wait_for(
+        "the failure in the status",
+        || exporter.status().errors > 0,
+        || format!("{:?}", exporter.status()),
+    );
+    let status = exporter.status();
+    assert!(!status.connected, "{status:?}");
+    assert!(status.last_error.as_deref().is_some_and(|e| e.contains("connect")), "says why: {status:?}");
+    assert_eq!((status.lag_rows, status.acked_seq), (2_000, 0), "everything waits in the spool: {status:?}");
+    assert!(status.lag_seconds > 0.0, "{status:?}");
+
+    nats.restart().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    wait_for(
+        "the export after NATS came up",
+        || exporter.status().acked_seq == last,
+        || format!("{:?}", exporter.status()),
+    );
+    let status = exporter.status();
+    assert!(status.connected && status.last_error.is_none() && status.lag_rows == 0, "{status:?}");
+    exporter.stop();
+
+    let clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    wait_for(
+        "every event in ClickHouse",
+        || fleet_count(&clickhouse) == 2_000,
+        || format!("{} rows", fleet_count(&clickhouse)),
+    );
+    ingest.stop().expect("the ingest stops cleanly");
+    assert_fleet_matches_store(&clickhouse, &store, &seqs);
+}
+
+#[test]
+fn clickhouse_down_while_ingesting_loses_nothing() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nats = NatsServer::start().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let mut clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 1_500);
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    wait_for(
+        "the tables",
+        || clickhouse.query_rows("SELECT count() AS n FROM fleet.DeviceEvents").is_ok(),
+        String::new,
+    );
+    clickhouse_server.kill();
+
+    let exporter = Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("start the exporter");
+    wait_for(
+        "the export",
+        || exporter.status().acked_seq == *seqs.last().expect("events"),
+        || format!("{:?}", exporter.status()),
+    );
+    exporter.stop();
+    wait_for(
+        "the ingest to notice",
+        || ingest.counts().clickhouse_failures > 0,
+        || format!("{:?}", ingest.counts()),
+    );
+    assert_eq!(ingest.counts().ingested, 0, "nothing counted as ingested while ClickHouse is down");
+
+    clickhouse_server.restart().unwrap_or_else(|e| panic!("restart clickhouse-server: {e}"));
+    wait_for(
+        "every event in ClickHouse",
+        || fleet_count(&clickhouse) == 1_500,
+        || format!("{} rows, {:?}", fleet_count(&clickhouse), ingest.counts()),
+    );
+    ingest.stop().expect("the ingest stops cleanly");
+    assert_fleet_matches_store(&clickhouse, &store, &seqs);
+}
+
+/// Queries of the subset that `hunt --fleet` runs in ClickHouse; each gives the same answer there as over
+/// the local store holding the same events. `sort` decides the order where a query has one; elsewhere
+/// rows are compared as sets.
+const FLEET_QUERIES: &[&str] = &[
+    r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" | count"#,
+    r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" and RemoteIP != "10.0.0.5" | project Seq, RemoteIP | sort by Seq desc | take 10"#,
+    r#"DeviceNetworkEvents | where RemoteUrl has "site3" | summarize count() by InitiatingProcessFileName"#,
+    r#"DeviceNetworkEvents | where RemoteUrl has "example" | summarize count() by RemoteUrl"#,
+    r#"DeviceNetworkEvents | where RemoteUrl has "exam" | count"#,
+    r#"DeviceNetworkEvents | where RemoteUrl !has "site1" | count"#,
+    r#"DeviceEvents | summarize count() by DeviceName"#,
+    r#"DeviceNetworkEvents | where RemoteUrl contains "SITE1" | project Seq, RemoteUrl | sort by Seq desc | take 5"#,
+    r#"DeviceNetworkEvents | where RemoteUrl contains_cs "SITE1" | count"#,
+    r#"DeviceNetworkEvents | where LocalPort between (40100 .. 40200) | count"#,
+    r#"DeviceNetworkEvents | where Timestamp > ago(9s) | count"#,
+    r#"DeviceNetworkEvents | where Timestamp between (ago(9500ms) .. ago(8500ms)) | summarize count() by bin(Timestamp, 100ms)"#,
+    r#"DeviceNetworkEvents | where Timestamp < now() - 9s | summarize min(Timestamp), max(Timestamp)"#,
+    r#"DeviceNetworkEvents | summarize dcount(RemoteUrl), min(LocalPort), max(LocalPort), sum(RemotePort) by InitiatingProcessFileName"#,
+    r#"DeviceNetworkEvents | where tostring(AdditionalFields.Sni) == "site2.example.com" | count"#,
+    r#"DeviceNetworkEvents | where AdditionalFields.Sni == "site2.example.com" | count"#,
+    r#"DeviceNetworkEvents | where RemoteUrl startswith "SITE4" and RemoteUrl endswith ".COM" | count"#,
+    r#"DeviceNetworkEvents | where RemoteUrl startswith_cs "SITE4" | count"#,
+    r#"DeviceNetworkEvents | where InitiatingProcessFileName in~ ("CURL") | summarize count() by RemoteIP"#,
+    r#"DeviceNetworkEvents | where InitiatingProcessFileName !in ("curl") | count"#,
+    r#"DeviceEvents | where ActionType =~ "exploitguardnetworkprotectionblocked" | extend Port2 = RemotePort * 2 | project Seq, Port2 | sort by Seq asc | take 3"#,
+    r#"DeviceNetworkEvents | where RemoteUrl matches regex "site[12]" | count"#,
+    r#"DeviceNetworkEvents | distinct RemoteUrl"#,
+    r#"DeviceNetworkEvents | where isnotempty(InitiatingProcessFileName) | summarize countif(LocalPort > 40500) by InitiatingProcessFileName"#,
+    r#"DeviceNetworkEvents | where isempty(InitiatingProcessParentId) | count"#,
+    r#"DeviceNetworkEvents | top 3 by Seq desc | project Seq, LocalPort, Timestamp, DeviceId"#,
+    r#"DeviceNetworkEvents | summarize n = count() by InitiatingProcessFileName | where n > 100 | sort by n desc"#,
+    r#"DeviceNetworkEvents | where tolower(RemoteUrl) == "site5.example.com" and strlen(RemoteUrl) == 17 | count"#,
+];
+
+/// What `hunt --fleet` does not push down yet, and why (each gives an error naming it).
+const NOT_PUSHED_DOWN: &[(&str, &str)] = &[
+    ("union DeviceNetworkEvents, DeviceEvents | count", "`union`: not translated yet"),
+    ("DeviceEvents | join kind=inner (DeviceNetworkEvents) on Seq", "`join`: not translated yet"),
+    ("DeviceNetworkEvents | summarize arg_max(Timestamp, *) by DeviceName", "arg_max(): not translated yet"),
+    ("DeviceNetworkEvents | project-away AdditionalFields", "`project-away`: needs the column list"),
+    ("DeviceNetworkEvents | where RemoteUrl has_any (\"site1\", \"site2\")", "`has_any`: not translated yet"),
+];
+
+fn rows_text(result: &monitor_hunt::QueryResult, sorted: bool) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> =
+        result.rows.iter().map(|r| r.iter().map(|v| v.to_text()).collect()).collect();
+    if !sorted {
+        rows.sort();
+    }
+    rows
+}
+
+#[test]
+fn fleet_hunting_answers_as_the_local_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nats = NatsServer::start().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 2_000);
+    let exporter = Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("start the exporter");
+    wait_for(
+        "the export",
+        || exporter.status().acked_seq == *seqs.last().expect("events"),
+        || format!("{:?}", exporter.status()),
+    );
+    exporter.stop();
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    wait_for(
+        "every event in ClickHouse",
+        || fleet_count(&clickhouse) == 2_000,
+        || format!("{:?}", ingest.counts()),
+    );
+    ingest.stop().expect("the ingest stops cleanly");
+
+    let local = monitor_hunt::Store::open(&store).expect("open the store");
+    let now = base_time();
+    let mut differ = Vec::new();
+    for query in FLEET_QUERIES {
+        let expected = local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
+        let got = monitor_fleet::hunt::query_at(&clickhouse, query, now)
+            .unwrap_or_else(|e| panic!("fleet {query}: {e:#}"));
+        assert!(!expected.rows.is_empty(), "the query finds something, so that it tests something: {query}");
+        let sorted = query.contains("sort by") || query.contains("top ");
+        if expected.columns != got.columns || rows_text(&expected, sorted) != rows_text(&got, sorted) {
+            differ.push(format!(
+                "{query}\n  local {:?} {:?}\n  fleet {:?} {:?}",
+                expected.columns,
+                rows_text(&expected, sorted),
+                got.columns,
+                rows_text(&got, sorted)
+            ));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} queries differ:\n{}",
+        differ.len(),
+        FLEET_QUERIES.len(),
+        differ.join("\n")
+    );
+    for (query, why) in NOT_PUSHED_DOWN {
+        local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
+        let err = monitor_fleet::hunt::query_at(&clickhouse, query, now).expect_err(query).to_string();
+        let construct = why.split(':').next().unwrap_or_default();
+        assert!(err.contains(construct) && err.contains("--fleet"), "{query} ({why}): {err}");
+    }
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_and_right_ones_ship() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let nats = NatsServer::start_with_config("authorization {\n  user: agent\n  password: s3cret\n}")
+        .unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let (store, seqs) = write_store(dir.path(), 100);
+    let with = |password: &str| ExportOptions {
+        nats: NatsOptions {
+            servers: vec![nats.url()],
+            user: Some("agent".into()),
+            password: Some(password.into()),
+            ..NatsOptions::default()
+        },
+        replicas: 1,
+    };
+    let exporter = Exporter::start(&store, DEVICE_ID, with("wrong")).expect("start the exporter");
+    wait_for(
+        "the refusal in the status",
+        || exporter.status().errors > 0,
+        || format!("{:?}", exporter.status()),
+    );
+    let status = exporter.status();
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(error.to_lowercase().contains("authorization"), "says the credentials were refused: {error}");
+    assert_eq!((status.connected, status.acked_seq), (false, 0), "{status:?}");
+    exporter.stop();
+    let exporter = Exporter::start(&store, DEVICE_ID, with("s3cret")).expect("start the exporter");
+    wait_for(
+        "the export",
+        || exporter.status().acked_seq == *seqs.last().expect("events"),
+        || format!("{:?}", exporter.status()),
+    );
+    exporter.stop();
+}

@@ -1,0 +1,728 @@
+//! The KQL subset compiled to ClickHouse SQL, for `monitor hunt --fleet`: filters, aggregations, sorting
+//! and limits run on the server, not by pulling rows.
+//!
+//! The SQL runs on every ClickHouse from 18.16 on: time is integer microseconds (`TimestampMicros`), so
+//! `ago()`, `bin()` and comparisons are integer arithmetic (no DateTime64, no toStartOfInterval);
+//! `AdditionalFields` is JSON text read with `visitParamExtract*` (no JSONExtract). Every table is read
+//! with `FINAL`, so a redelivered event counts once. Each operator is one nested SELECT. What has no
+//! translation yet is a [`QueryError`] at the construct that names it.
+
+use super::ast::{
+    BinaryOp, Expr, ExprKind, NamedExpr, Operator, OperatorKind, Query, SortKey, Source, StringOp,
+};
+use super::compile::{default_name, unique_name};
+use super::error::{QueryError, Span};
+use super::parse;
+use super::value::Value;
+use crate::schema::{COLUMNS, ColumnType, TABLES};
+
+/// How a result column's cells are read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlType {
+    /// Integer microseconds since the epoch.
+    DateTime,
+    /// Integer microseconds.
+    Timespan,
+    Long,
+    Real,
+    /// 0 or 1.
+    Bool,
+    String,
+    /// JSON text (or, from `make_set`, an array).
+    Dynamic,
+}
+
+/// A query as ClickHouse SQL, and the names and types of its columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlQuery {
+    pub sql: String,
+    pub columns: Vec<(String, SqlType)>,
+}
+
+type Result<T> = std::result::Result<T, QueryError>;
+/// A result column: its name and type.
+type Column = (String, SqlType);
+
+fn not_pushed_down(span: Span, what: &str) -> QueryError {
+    QueryError::new(
+        span,
+        format!("{what} is not supported by `hunt --fleet` yet (it runs over a local store)"),
+    )
+}
+
+/// Compiles `query` for the tables of `database`, with `now` (microseconds) as `now()` and the reference
+/// of `ago()`.
+pub fn to_clickhouse(query: &str, database: &str, now: i64) -> Result<SqlQuery> {
+    let ast = parse(query)?;
+    compile(&ast, database, now).map_err(|e| e.locate(query))
+}
+
+fn compile(query: &Query, database: &str, now: i64) -> Result<SqlQuery> {
+    if let Some(first) = query.lets.first() {
+        return Err(not_pushed_down(first.span, "`let`"));
+    }
+    let tabular = &query.body;
+    let mut relation = match &tabular.source {
+        Source::Name { name, span } => table(name, *span, database)?,
+        Source::Union(union) => return Err(not_pushed_down(union.span, "`union`")),
+        Source::Nested(inner) => {
+            let nested = Query { lets: Vec::new(), body: (**inner).clone() };
+            let q = compile(&nested, database, now)?;
+            Relation { sql: q.sql, columns: q.columns, sorted: false }
+        }
+    };
+    for op in &tabular.ops {
+        relation = operator(relation, op, now)?;
+    }
+    Ok(SqlQuery { sql: relation.sql, columns: relation.columns })
+}
+
+/// The SQL so far and its columns.
+struct Relation {
+    sql: String,
+    columns: Vec<(String, SqlType)>,
+    /// Its last clause is ORDER BY (so that a following `take` adds LIMIT to the same SELECT and keeps the
+    /// order).
+    sorted: bool,
+}
+
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn table(name: &str, span: Span, database: &str) -> Result<Relation> {
+    let Some(table) = TABLES.iter().find(|t| **t == name) else {
+        return Err(QueryError::new(
+            span,
+            format!("unknown table '{name}'; expected {}", TABLES.join(" or ")),
+        ));
+    };
+    let mut select = Vec::with_capacity(COLUMNS.len());
+    let mut columns = Vec::with_capacity(COLUMNS.len());
+    for (column, ty) in COLUMNS {
+        let (expr, sql_type) = match ty {
+            ColumnType::DateTime => ("TimestampMicros".to_string(), SqlType::DateTime),
+            // KQL strings are never null: a missing one is empty, as in the local store.
+            ColumnType::String => (format!("ifNull({}, '')", ident(column)), SqlType::String),
+            ColumnType::Long => (ident(column), SqlType::Long),
+            ColumnType::Dynamic => (format!("ifNull({}, '')", ident(column)), SqlType::Dynamic),
+        };
+        select.push(format!("{expr} AS {}", ident(column)));
+        columns.push((column.to_string(), sql_type));
+    }
+    Ok(Relation {
+        sql: format!("SELECT {} FROM {}.{} FINAL", select.join(", "), ident(database), ident(table)),
+        columns,
+        sorted: false,
+    })
+}
+
+fn column_list(columns: &[(String, SqlType)]) -> String {
+    columns.iter().map(|(name, _)| ident(name)).collect::<Vec<_>>().join(", ")
+}
+
+fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
+    let wrap = |select: String, rest: &str, columns: Vec<(String, SqlType)>, sorted: bool| Relation {
+        sql: format!("SELECT {select} FROM ({}){rest}", input.sql),
+        columns,
+        sorted,
+    };
+    let all = column_list(&input.columns);
+    Ok(match &op.kind {
+        OperatorKind::Where(predicate) => {
+            let (sql, ty) = expr(predicate, &input.columns, now)?;
+            if ty != SqlType::Bool {
+                return Err(QueryError::new(predicate.span, "`where` needs a condition (true or false)"));
+            }
+            wrap(all, &format!(" WHERE {sql}"), input.columns.clone(), false)
+        }
+        OperatorKind::Project(items) => {
+            let (select, columns) = items_sql(items, &input.columns, now, &[])?;
+            wrap(select.join(", "), "", columns, false)
+        }
+        OperatorKind::Extend(items) => {
+            let (select, added) = items_sql(items, &input.columns, now, &[])?;
+            // An extended name that exists replaces that column in place, as in KQL.
+            let mut parts = Vec::new();
+            let mut columns = Vec::new();
+            for (name, ty) in &input.columns {
+                match added.iter().position(|(n, _)| n == name) {
+                    Some(i) => {
+                        parts.push(select[i].clone());
+                        columns.push(added[i].clone());
+                    }
+                    None => {
+                        parts.push(ident(name));
+                        columns.push((name.clone(), *ty));
+                    }
+                }
+            }
+            for (i, column) in added.iter().enumerate() {
+                if !input.columns.iter().any(|(n, _)| *n == column.0) {
+                    parts.push(select[i].clone());
+                    columns.push(column.clone());
+                }
+            }
+            wrap(parts.join(", "), "", columns, false)
+        }
+        OperatorKind::Summarize { aggregates, by } => {
+            let (by_select, by_columns) = items_sql(by, &input.columns, now, &[])?;
+            let taken: Vec<String> = by_columns.iter().map(|(n, _)| n.clone()).collect();
+            let mut select = by_select;
+            let mut columns = by_columns.clone();
+            for item in aggregates {
+                let (sql, ty, base) = aggregate(&item.expr, &input.columns, now)?;
+                let mut names: Vec<String> = taken.clone();
+                names.extend(columns.iter().map(|(n, _)| n.clone()));
+                let name = match &item.name {
+                    Some((name, _)) => name.clone(),
+                    None => unique_name(&names, &base),
+                };
+                select.push(format!("{sql} AS {}", ident(&name)));
+                columns.push((name, ty));
+            }
+            let group = if by_columns.is_empty() {
+                String::new()
+            } else {
+                format!(" GROUP BY {}", column_list(&by_columns))
+            };
+            wrap(select.join(", "), &group, columns, false)
+        }
+        OperatorKind::Take(count) => {
+            let n = row_count(count, now)?;
+            if input.sorted {
+                return Ok(Relation {
+                    sql: format!("{} LIMIT {n}", input.sql),
+                    columns: input.columns,
+                    sorted: false,
+                });
+            }
+            wrap(all, &format!(" LIMIT {n}"), input.columns.clone(), false)
+        }
+        OperatorKind::Sort(keys) => {
+            let order = keys.iter().map(|k| sort_key(k, &input.columns, now)).collect::<Result<Vec<_>>>()?;
+            wrap(all, &format!(" ORDER BY {}", order.join(", ")), input.columns.clone(), true)
+        }
+        OperatorKind::Top { count, key } => {
+            let n = row_count(count, now)?;
+            let order = sort_key(key, &input.columns, now)?;
+            wrap(all, &format!(" ORDER BY {order} LIMIT {n}"), input.columns.clone(), false)
+        }
+        OperatorKind::Count => {
+            wrap("count() AS `Count`".into(), "", vec![("Count".into(), SqlType::Long)], false)
+        }
+        OperatorKind::Distinct(Some(items)) => {
+            let (select, columns) = items_sql(items, &input.columns, now, &[])?;
+            wrap(format!("DISTINCT {}", select.join(", ")), "", columns, false)
+        }
+        OperatorKind::Distinct(None) => wrap(format!("DISTINCT {all}"), "", input.columns.clone(), false),
+        OperatorKind::ProjectAway(_) => return Err(not_pushed_down(op.span, "`project-away`")),
+        OperatorKind::ProjectRename(_) => return Err(not_pushed_down(op.span, "`project-rename`")),
+        OperatorKind::Join { .. } => return Err(not_pushed_down(op.span, "`join`")),
+        OperatorKind::Union(_) => return Err(not_pushed_down(op.span, "`union`")),
+    })
+}
+
+/// `name = expr, ...` as SELECT items and the columns they make.
+fn items_sql(
+    items: &[NamedExpr],
+    input: &[(String, SqlType)],
+    now: i64,
+    taken: &[String],
+) -> Result<(Vec<String>, Vec<Column>)> {
+    let mut select = Vec::with_capacity(items.len());
+    let mut columns: Vec<(String, SqlType)> = Vec::with_capacity(items.len());
+    for item in items {
+        let (sql, ty) = expr(&item.expr, input, now)?;
+        let mut names: Vec<String> = taken.to_vec();
+        names.extend(columns.iter().map(|(n, _)| n.clone()));
+        let name = match (&item.name, default_name(&item.expr)) {
+            (Some((name, _)), _) => name.clone(),
+            (None, Some(name)) => name,
+            (None, None) => {
+                (1..).map(|i| format!("Column{i}")).find(|n| !names.contains(n)).unwrap_or_default()
+            }
+        };
+        select.push(format!("{sql} AS {}", ident(&name)));
+        columns.push((name, ty));
+    }
+    Ok((select, columns))
+}
+
+fn row_count(count: &Expr, now: i64) -> Result<u64> {
+    match expr(count, &[], now) {
+        Ok((sql, SqlType::Long)) => sql
+            .parse::<u64>()
+            .map_err(|_| QueryError::new(count.span, "expected a constant, non-negative whole number")),
+        _ => Err(QueryError::new(count.span, "expected a constant, non-negative whole number")),
+    }
+}
+
+fn sort_key(key: &SortKey, input: &[(String, SqlType)], now: i64) -> Result<String> {
+    let (sql, _) = expr(&key.expr, input, now)?;
+    // KQL's default: nulls last when descending, first when ascending.
+    let nulls_first = key.nulls_first.unwrap_or(!key.descending);
+    Ok(format!(
+        "{sql} {} NULLS {}",
+        if key.descending { "DESC" } else { "ASC" },
+        if nulls_first { "FIRST" } else { "LAST" }
+    ))
+}
+
+/// An aggregate call, its type and its default name.
+fn aggregate(e: &Expr, input: &[(String, SqlType)], now: i64) -> Result<(String, SqlType, String)> {
+    let ExprKind::Call { name, name_span, args } = &e.kind else {
+        return Err(QueryError::new(e.span, "expected an aggregate such as count() or dcount(Column)"));
+    };
+    let arity = |min: usize, max: usize| -> Result<()> {
+        if args.len() < min || args.len() > max {
+            return Err(QueryError::new(
+                e.span,
+                format!("{name}() takes {min} to {max} argument(s), found {}", args.len()),
+            ));
+        }
+        Ok(())
+    };
+    let base = args.first().and_then(default_name);
+    let named = |prefix: &str| match &base {
+        Some(b) => format!("{prefix}_{b}"),
+        None => format!("{prefix}_"),
+    };
+    let arg = |i: usize| expr(&args[i], input, now);
+    Ok(match name.as_str() {
+        "count" => {
+            arity(0, 0)?;
+            ("count()".into(), SqlType::Long, "count_".into())
+        }
+        "countif" => {
+            arity(1, 1)?;
+            let (sql, ty) = arg(0)?;
+            if ty != SqlType::Bool {
+                return Err(QueryError::new(args[0].span, "countif() needs a condition"));
+            }
+            (format!("countIf({sql})"), SqlType::Long, "countif_".into())
+        }
+        "dcount" => {
+            arity(1, 1)?;
+            (format!("uniqExact({})", arg(0)?.0), SqlType::Long, named("dcount"))
+        }
+        "min" | "max" => {
+            arity(1, 1)?;
+            let (sql, ty) = arg(0)?;
+            (format!("{name}({sql})"), ty, named(name))
+        }
+        "sum" => {
+            arity(1, 1)?;
+            let (sql, ty) = arg(0)?;
+            (format!("sum({sql})"), ty, named("sum"))
+        }
+        "avg" => {
+            arity(1, 1)?;
+            (format!("avg({})", arg(0)?.0), SqlType::Real, named("avg"))
+        }
+        "make_set" => {
+            arity(1, 1)?;
+            (format!("groupUniqArray({})", arg(0)?.0), SqlType::Dynamic, named("set"))
+        }
+        "make_list" => {
+            arity(1, 1)?;
+            (format!("groupArray({})", arg(0)?.0), SqlType::Dynamic, named("list"))
+        }
+        "arg_max" | "arg_min" => return Err(not_pushed_down(*name_span, &format!("{name}()"))),
+        _ => return Err(QueryError::new(*name_span, format!("unknown aggregate '{name}'"))),
+    })
+}
+
+/// An escaped RE2 literal.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn string_literal(e: &Expr) -> Option<&str> {
+    match &e.kind {
+        ExprKind::Literal(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// A scalar expression as SQL, with its type.
+fn expr(e: &Expr, input: &[(String, SqlType)], now: i64) -> Result<(String, SqlType)> {
+    let sub = |x: &Expr| expr(x, input, now);
+    // A dynamic value compared or used as a string is read as one.
+    let as_string = |x: &Expr| -> Result<String> {
+        let (sql, ty) = sub(x)?;
+        Ok(match (ty, &x.kind) {
+            (SqlType::Dynamic, ExprKind::Member { .. } | ExprKind::Index { .. }) => dynamic_string(&sql),
+            (SqlType::String | SqlType::Dynamic, _) => sql,
+            (SqlType::Long | SqlType::Real, _) => format!("toString({sql})"),
+            (SqlType::Bool, _) => format!("if({sql}, 'true', 'false')"),
+            (SqlType::DateTime | SqlType::Timespan, _) => {
+                return Err(not_pushed_down(x.span, "a time as text"));
+            }
+        })
+    };
+    Ok(match &e.kind {
+        ExprKind::Literal(value) => match value {
+            Value::Null => ("NULL".into(), SqlType::Dynamic),
+            Value::Bool(b) => ((if *b { "1" } else { "0" }).into(), SqlType::Bool),
+            Value::Long(n) => (n.to_string(), SqlType::Long),
+            Value::Real(r) => (format!("{r:?}"), SqlType::Real),
+            Value::DateTime(t) => (t.to_string(), SqlType::DateTime),
+            Value::Timespan(t) => (t.to_string(), SqlType::Timespan),
+            Value::String(s) => (quote(s), SqlType::String),
+            Value::Dynamic(_) => return Err(not_pushed_down(e.span, "a dynamic literal")),
+        },
+        ExprKind::Name(name) => match input.iter().find(|(n, _)| n == name) {
+            Some((_, ty)) => (ident(name), *ty),
+            None => {
+                let names: Vec<&str> = input.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(QueryError::new(
+                    e.span,
+                    format!("unknown column '{name}'; the columns here are {}", names.join(", ")),
+                ));
+            }
+        },
+        ExprKind::Star => {
+            return Err(QueryError::new(e.span, "'*' is only an argument of arg_max() and arg_min()"));
+        }
+        ExprKind::Neg(inner) => {
+            let (sql, ty) = sub(inner)?;
+            (format!("(-{sql})"), ty)
+        }
+        ExprKind::Binary { op, lhs, rhs } => binary(*op, lhs, rhs, input, now)?,
+        ExprKind::StringOp { op, negated, lhs, rhs } => {
+            let hay = as_string(lhs)?;
+            let needle_sql = as_string(rhs)?;
+            let test = match op {
+                StringOp::Contains => format!("positionCaseInsensitiveUTF8({hay}, {needle_sql}) > 0"),
+                StringOp::ContainsCs => format!("position({hay}, {needle_sql}) > 0"),
+                StringOp::StartsWith => format!("positionCaseInsensitiveUTF8({hay}, {needle_sql}) = 1"),
+                StringOp::StartsWithCs => format!("position({hay}, {needle_sql}) = 1"),
+                StringOp::EndsWith => {
+                    format!("positionCaseInsensitiveUTF8(reverseUTF8({hay}), reverseUTF8({needle_sql})) = 1")
+                }
+                StringOp::EndsWithCs => format!("position(reverse({hay}), reverse({needle_sql})) = 1"),
+                StringOp::Has | StringOp::HasCs => {
+                    let Some(needle) = string_literal(rhs) else {
+                        return Err(not_pushed_down(
+                            rhs.span,
+                            "`has` with a term that is not a string literal",
+                        ));
+                    };
+                    if needle.is_empty() {
+                        "1".into()
+                    } else {
+                        // Whole terms: not glued to more letters or digits where the term itself starts or
+                        // ends with one.
+                        let alnum = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+                        let before = if alnum(needle.chars().next()) { "(^|[^[:alnum:]])" } else { "" };
+                        let after = if alnum(needle.chars().next_back()) { "($|[^[:alnum:]])" } else { "" };
+                        let flags = if *op == StringOp::Has { "(?i)" } else { "" };
+                        let pattern = format!("{flags}{before}{}{after}", regex_escape(needle));
+                        format!("match({hay}, {})", quote(&pattern))
+                    }
+                }
+            };
+            (if *negated { format!("NOT ({test})") } else { format!("({test})") }, SqlType::Bool)
+        }
+        ExprKind::In { lhs, list, negated, case_insensitive } => {
+            let (mut value, ty) = sub(lhs)?;
+            if ty == SqlType::Dynamic {
+                value = as_string(lhs)?;
+            }
+            let mut items = Vec::with_capacity(list.len());
+            for item in list {
+                let (sql, _) = sub(item)?;
+                items.push(if *case_insensitive { format!("lowerUTF8({sql})") } else { sql });
+            }
+            if *case_insensitive {
+                value = format!("lowerUTF8({value})");
+            }
+            let keyword = if *negated { "NOT IN" } else { "IN" };
+            (format!("({value} {keyword} ({}))", items.join(", ")), SqlType::Bool)
+        }
+        ExprKind::HasAny { .. } => return Err(not_pushed_down(e.span, "`has_any` and `has_all`")),
+        ExprKind::Between { lhs, low, high, negated } => {
+            let (value, _) = sub(lhs)?;
+            let (low, _) = sub(low)?;
+            let (high, _) = sub(high)?;
+            let test = format!("({value} >= {low} AND {value} <= {high})");
+            (if *negated { format!("NOT {test}") } else { test }, SqlType::Bool)
+        }
+        ExprKind::MatchesRegex { lhs, pattern } => {
+            let hay = as_string(lhs)?;
+            let Some(pattern) = string_literal(pattern) else {
+                return Err(not_pushed_down(
+                    pattern.span,
+                    "`matches regex` with a pattern that is not a literal",
+                ));
+            };
+            (format!("match({hay}, {})", quote(pattern)), SqlType::Bool)
+        }
+        ExprKind::Call { name, name_span, args } => call(name, *name_span, args, e.span, input, now)?,
+        ExprKind::Member { base, name } => member(base, name, input, now)?,
+        ExprKind::Index { base, index } => match string_literal(index) {
+            Some(key) => member(base, key, input, now)?,
+            None => return Err(not_pushed_down(index.span, "an index that is not a string literal")),
+        },
+    })
+}
+
+/// `AdditionalFields.Key`: the raw JSON value of the key.
+fn member(base: &Expr, key: &str, input: &[(String, SqlType)], now: i64) -> Result<(String, SqlType)> {
+    let (sql, ty) = expr(base, input, now)?;
+    if ty != SqlType::Dynamic || !matches!(base.kind, ExprKind::Name(_)) {
+        return Err(not_pushed_down(base.span, "a member of anything but a dynamic column"));
+    }
+    Ok((format!("visitParamExtractRaw({sql}, {})", quote(key)), SqlType::Dynamic))
+}
+
+/// A raw JSON value (from `visitParamExtractRaw`) as text: a JSON string unquoted, anything else as it is.
+fn dynamic_string(raw: &str) -> String {
+    let inner = raw.strip_prefix("visitParamExtractRaw(").and_then(|r| r.strip_suffix(')'));
+    match inner {
+        Some(args) => format!(
+            "if(substring(visitParamExtractRaw({args}), 1, 1) = '\"', visitParamExtractString({args}), visitParamExtractRaw({args}))"
+        ),
+        None => raw.to_string(),
+    }
+}
+
+fn binary(
+    op: BinaryOp,
+    lhs: &Expr,
+    rhs: &Expr,
+    input: &[(String, SqlType)],
+    now: i64,
+) -> Result<(String, SqlType)> {
+    let (mut l, lt) = expr(lhs, input, now)?;
+    let (mut r, rt) = expr(rhs, input, now)?;
+    // A dynamic member compared with a string is read as text, with a number as a number.
+    let member = |x: &Expr| matches!(x.kind, ExprKind::Member { .. } | ExprKind::Index { .. });
+    if lt == SqlType::Dynamic && member(lhs) {
+        l = match rt {
+            SqlType::String => dynamic_string(&l),
+            SqlType::Long | SqlType::Real => l.replacen("visitParamExtractRaw", "visitParamExtractFloat", 1),
+            SqlType::Bool => l.replacen("visitParamExtractRaw", "visitParamExtractBool", 1),
+            _ => l,
+        };
+    }
+    if rt == SqlType::Dynamic && member(rhs) {
+        r = match lt {
+            SqlType::String => dynamic_string(&r),
+            SqlType::Long | SqlType::Real => r.replacen("visitParamExtractRaw", "visitParamExtractFloat", 1),
+            _ => r,
+        };
+    }
+    let comparison = |sql_op: &str| (format!("({l} {sql_op} {r})"), SqlType::Bool);
+    Ok(match op {
+        BinaryOp::And => (format!("({l} AND {r})"), SqlType::Bool),
+        BinaryOp::Or => (format!("({l} OR {r})"), SqlType::Bool),
+        BinaryOp::Eq => comparison("="),
+        BinaryOp::NotEq => comparison("!="),
+        BinaryOp::Lt => comparison("<"),
+        BinaryOp::Le => comparison("<="),
+        BinaryOp::Gt => comparison(">"),
+        BinaryOp::Ge => comparison(">="),
+        BinaryOp::EqCi => (format!("(lowerUTF8({l}) = lowerUTF8({r}))"), SqlType::Bool),
+        BinaryOp::NotEqCi => (format!("(lowerUTF8({l}) != lowerUTF8({r}))"), SqlType::Bool),
+        BinaryOp::Add | BinaryOp::Sub => {
+            let ty = match (lt, rt, op) {
+                (SqlType::DateTime, SqlType::Timespan, _)
+                | (SqlType::Timespan, SqlType::DateTime, BinaryOp::Add) => SqlType::DateTime,
+                (SqlType::DateTime, SqlType::DateTime, BinaryOp::Sub) => SqlType::Timespan,
+                (SqlType::Timespan, SqlType::Timespan, _) => SqlType::Timespan,
+                (SqlType::Long, SqlType::Long, _) => SqlType::Long,
+                (SqlType::Long | SqlType::Real, SqlType::Long | SqlType::Real, _) => SqlType::Real,
+                _ => {
+                    return Err(QueryError::new(
+                        lhs.span.to(rhs.span),
+                        "these values cannot be added or subtracted",
+                    ));
+                }
+            };
+            (format!("({l} {} {r})", if op == BinaryOp::Add { "+" } else { "-" }), ty)
+        }
+        BinaryOp::Mul => (
+            format!("({l} * {r})"),
+            if lt == SqlType::Long && rt == SqlType::Long { SqlType::Long } else { SqlType::Real },
+        ),
+        BinaryOp::Div => match (lt, rt) {
+            (SqlType::Long, SqlType::Long) => (format!("intDiv({l}, {r})"), SqlType::Long),
+            _ => (format!("({l} / {r})"), SqlType::Real),
+        },
+        BinaryOp::Mod => (format!("({l} % {r})"), SqlType::Long),
+    })
+}
+
+fn call(
+    name: &str,
+    name_span: Span,
+    args: &[Expr],
+    span: Span,
+    input: &[(String, SqlType)],
+    now: i64,
+) -> Result<(String, SqlType)> {
+    let arity = |n: usize| -> Result<()> {
+        if args.len() != n {
+            return Err(QueryError::new(
+                span,
+                format!("{name}() takes {n} argument(s), found {}", args.len()),
+            ));
+        }
+        Ok(())
+    };
+    let arg = |i: usize| expr(&args[i], input, now);
+    Ok(match name {
+        "now" if args.is_empty() => (now.to_string(), SqlType::DateTime),
+        "now" => {
+            arity(1)?;
+            let (offset, _) = arg(0)?;
+            (format!("({now} + {offset})"), SqlType::DateTime)
+        }
+        "ago" => {
+            arity(1)?;
+            let (span_sql, ty) = arg(0)?;
+            if ty != SqlType::Timespan {
+                return Err(QueryError::new(args[0].span, "ago() takes a timespan such as 1h"));
+            }
+            (format!("({now} - {span_sql})"), SqlType::DateTime)
+        }
+        "bin" | "floor" => {
+            arity(2)?;
+            let (value, ty) = arg(0)?;
+            let (size, _) = arg(1)?;
+            // Integer arithmetic: 18.16 has no toStartOfInterval, and time is integer microseconds.
+            (format!("(intDiv({value}, {size}) * {size})"), ty)
+        }
+        "tolower" | "toupper" => {
+            arity(1)?;
+            let (value, _) = arg(0)?;
+            (
+                format!("{}({value})", if name == "tolower" { "lowerUTF8" } else { "upperUTF8" }),
+                SqlType::String,
+            )
+        }
+        "strlen" => {
+            arity(1)?;
+            (format!("lengthUTF8({})", arg(0)?.0), SqlType::Long)
+        }
+        "tostring" => {
+            arity(1)?;
+            let (value, ty) = arg(0)?;
+            let sql = match ty {
+                SqlType::String => value,
+                SqlType::Dynamic => dynamic_string(&value),
+                SqlType::Long | SqlType::Real => format!("ifNull(toString({value}), '')"),
+                SqlType::Bool => format!("if({value}, 'true', 'false')"),
+                SqlType::DateTime | SqlType::Timespan => {
+                    return Err(not_pushed_down(name_span, "tostring() of a time"));
+                }
+            };
+            (sql, SqlType::String)
+        }
+        "tolong" | "toint" => {
+            arity(1)?;
+            (format!("toInt64OrNull(toString({}))", arg(0)?.0), SqlType::Long)
+        }
+        "isempty" | "isnotempty" => {
+            arity(1)?;
+            let (value, ty) = arg(0)?;
+            let empty = match ty {
+                SqlType::String | SqlType::Dynamic => format!("({value} = '')"),
+                _ => format!("isNull({value})"),
+            };
+            (if name == "isempty" { empty } else { format!("NOT {empty}") }, SqlType::Bool)
+        }
+        "isnull" | "isnotnull" => {
+            arity(1)?;
+            (
+                format!("{name}({})", arg(0)?.0)
+                    .replace("isnotnull(", "isNotNull(")
+                    .replace("isnull(", "isNull("),
+                SqlType::Bool,
+            )
+        }
+        "not" => {
+            arity(1)?;
+            (format!("NOT ({})", arg(0)?.0), SqlType::Bool)
+        }
+        "strcat" => {
+            let parts =
+                args.iter().map(|a| expr(a, input, now).map(|(s, _)| s)).collect::<Result<Vec<_>>>()?;
+            (format!("concat({})", parts.join(", ")), SqlType::String)
+        }
+        "iff" | "iif" => {
+            arity(3)?;
+            let (cond, _) = arg(0)?;
+            let (then, ty) = arg(1)?;
+            let (otherwise, _) = arg(2)?;
+            (format!("if({cond}, {then}, {otherwise})"), ty)
+        }
+        _ => return Err(not_pushed_down(name_span, &format!("{name}()"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_932_000_000_000;
+
+    fn sql(query: &str) -> SqlQuery {
+        to_clickhouse(query, "fleet", NOW).unwrap_or_else(|e| panic!("{query}: {}\n{}", e.message, e.excerpt))
+    }
+
+    #[test]
+    fn filters_aggregations_and_limits_run_in_clickhouse() {
+        let q = sql(
+            r#"DeviceNetworkEvents | where RemoteUrl has "example" and Timestamp > ago(1h) | summarize count() by DeviceName | top 5 by count_"#,
+        );
+        assert!(q.sql.contains("FROM `fleet`.`DeviceNetworkEvents` FINAL"), "{}", q.sql);
+        assert!(q.sql.contains(&format!("({NOW} - 3600000000)")), "ago() is integer arithmetic: {}", q.sql);
+        assert!(q.sql.contains("GROUP BY `DeviceName`") && q.sql.contains("LIMIT 5"), "{}", q.sql);
+        assert_eq!(q.columns, vec![("DeviceName".into(), SqlType::String), ("count_".into(), SqlType::Long)]);
+        assert!(
+            !q.sql.contains("toStartOfInterval") && !q.sql.contains("JSONExtract"),
+            "runs on 18.16: {}",
+            q.sql
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_pushed_down_is_named_at_its_place() {
+        for (query, what) in [
+            ("DeviceEvents | join (DeviceNetworkEvents) on ReportId", "`join`"),
+            ("union DeviceEvents, DeviceNetworkEvents", "`union`"),
+            ("DeviceEvents | summarize arg_max(Timestamp, *) by DeviceName", "arg_max()"),
+            ("DeviceEvents | project-away Seq", "`project-away`"),
+        ] {
+            let err = to_clickhouse(query, "fleet", NOW).expect_err(query);
+            assert!(
+                err.message.contains(what) && err.message.contains("--fleet"),
+                "{query}: {}",
+                err.message
+            );
+            assert!(err.excerpt.contains('^'), "points at the place: {}", err.excerpt);
+        }
+        let err = to_clickhouse("DeviceEvents | where Nope == 1", "fleet", NOW).expect_err("unknown column");
+        assert!(err.message.contains("unknown column 'Nope'"), "{}", err.message);
+    }
+
+    #[test]
+    fn literals_are_quoted() {
+        let q = sql(r#"DeviceEvents | where RemoteUrl == "a'b\\c""#);
+        assert!(q.sql.contains(r"'a\'b\\c'"), "{}", q.sql);
+    }
+}
