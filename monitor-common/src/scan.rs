@@ -286,26 +286,39 @@ pub fn scan_http(buf: &Scratch, len: u32) -> Scan {
         Ok(t) => t,
         Err(scan) => return scan,
     };
-    if is_connect {
-        return authority(buf, len, target, SOURCE_CONNECT);
-    }
-    // Absolute form: a scheme (`http`, `https`, `ftp`, ... in any case) and `://`.
-    if buf.at_opaque(target).is_ascii_alphabetic() {
-        let end = match skip(buf, len, target, SCHEME_MAX, scheme_chars) {
-            Ok(end) => Some(end),
-            Err(scan) if scan.kind == SCAN_NEED_BYTES => return scan,
-            Err(_) => None,
-        };
-        if let Some(p) = end {
-            if len < p + 3 {
-                return Scan::need(p + 3);
-            }
-            if buf.at_opaque(p) == b':' && buf.at_opaque(p + 1) == b'/' && buf.at_opaque(p + 2) == b'/' {
-                return authority(buf, len, p + 3, SOURCE_ABSOLUTE_FORM);
-            }
+    // One authority read for the three sources: the verifier then walks it once, not once per source.
+    let (start, source) = if is_connect {
+        (target, SOURCE_CONNECT)
+    } else {
+        match absolute_form(buf, len, target) {
+            Ok(Some(p)) => (p, SOURCE_ABSOLUTE_FORM),
+            Ok(None) => match host_value(buf, len, target) {
+                Ok(v) => (v, SOURCE_HTTP_HOST),
+                Err(scan) => return scan,
+            },
+            Err(scan) => return scan,
         }
+    };
+    authority(buf, len, start, source)
+}
+
+/// Absolute form: a scheme (`http`, `https`, `ftp`, ... in any case) and `://` at `target`; `Ok(Some)`
+/// is where its authority starts.
+#[inline(always)]
+fn absolute_form(buf: &Scratch, len: u32, target: u32) -> Result<Option<u32>, Scan> {
+    if !buf.at_opaque(target).is_ascii_alphabetic() {
+        return Ok(None);
     }
-    host_header(buf, len, target)
+    let p = match skip(buf, len, target, SCHEME_MAX, scheme_chars) {
+        Ok(p) => p,
+        Err(scan) if scan.kind == SCAN_NEED_BYTES => return Err(scan),
+        Err(_) => return Ok(None),
+    };
+    if len < p + 3 {
+        return Err(Scan::need(p + 3));
+    }
+    let slashes = buf.at_opaque(p) == b':' && buf.at_opaque(p + 1) == b'/' && buf.at_opaque(p + 2) == b'/';
+    Ok(if slashes { Some(p + 3) } else { None })
 }
 
 /// Where an authority's host lies: after its last `@` (userinfo is dropped, as squid does), up to its
@@ -532,21 +545,18 @@ extern "C" fn nul_byte(_: u64, c: *mut Cursor<'_>) -> i64 {
     0
 }
 
-/// The Host header of a request head, searched from `from`.
+/// Where the value of the Host header of a request head starts, searched from `from`.
 #[inline(always)]
-fn host_header(buf: &Scratch, len: u32, from: u32) -> Scan {
+fn host_value(buf: &Scratch, len: u32, from: u32) -> Result<u32, Scan> {
     let mut scan = Cursor { buf, len, pos: from, found: 0 };
     bounded_loop(HEAD_MAX, host_line, &mut scan);
     match scan.found {
         // Any run of blanks may come before the value (tinyproxy takes `Host:   name`).
-        1 => match skip(buf, len, scan.pos + 6, BLANKS_MAX, blanks) {
-            Ok(v) => authority(buf, len, v, SOURCE_HTTP_HOST),
-            Err(scan) => scan,
-        },
+        1 => skip(buf, len, scan.pos + 6, BLANKS_MAX, blanks),
         // End of the head without a Host header.
-        2 => Scan::UNNAMED,
-        _ if len < HEAD_MAX => Scan::need(len + 1),
-        _ => Scan::UNNAMED,
+        2 => Err(Scan::UNNAMED),
+        _ if len < HEAD_MAX => Err(Scan::need(len + 1)),
+        _ => Err(Scan::UNNAMED),
     }
 }
 

@@ -259,6 +259,12 @@ pub fn first_word(stream: &[u8]) -> String {
 pub const NOT_A_HOST: &str = "the kernel judges a string user space does not take for a host name \
     (percent-encoding, `@` in a SOCKS name, bytes no DNS name has): squid and tinyproxy refuse such \
     names (checked), and the kernel still matches its label suffixes, so it fails closed";
+pub const BAD_HOST_LINE: &str = "a Host line whose value is no host (a control byte, words after \
+    the name): user space ignores the invalid line (naming nothing, or a later Host line), the kernel judges the \
+    value's first word; tinyproxy takes the first Host line and fails on such a value, nginx refuses two";
+pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
+    server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
+    (fail closed)";
 pub const USER_MALFORMED: &str = "user space finds the message malformed and names nothing; the kernel's \
     name is judged (fail closed)";
 pub const IPV6_LITERAL: &str = "an IPv6 literal: the kernel judges it by the connect-time address only, \
@@ -305,6 +311,9 @@ pub fn explain(
                     return Ok(Some(SOCKS_AFTER_REPEATED_GREETING));
                 }
             }
+            if layer == Layer::Outer && host_line_is_no_host(stream) {
+                return Ok(Some(BAD_HOST_LINE));
+            }
             Err(format!("the kernel judges {k:?}, user space names {u:?}"))
         }
         (Kernel::Named(k), None) => {
@@ -312,6 +321,10 @@ pub fn explain(
                 Ok(Some(NOT_A_HOST))
             } else if found.malformed.is_some() {
                 Ok(Some(USER_MALFORMED))
+            } else if host_line_is_no_host(stream) {
+                Ok(Some(BAD_HOST_LINE))
+            } else if stream.first() == Some(&0x16) && !matches!(stream.get(1..3), Some([3, 0..=4])) {
+                Ok(Some(NOT_TLS_RECORD))
             } else if layer == Layer::Outer && matches!(stream.first(), Some(4 | 5)) {
                 Ok(Some(SOCKS_ODD_COMMAND))
             } else {
@@ -450,4 +463,17 @@ pub fn compare(stream: &[u8]) -> Result<Vec<LayerOutcome>, String> {
             LayerOutcome { layer, kernel: k, user, result }
         })
         .collect())
+}
+
+/// Whether the stream's first Host line carries a value that is no host name: bytes past the name (a
+/// blank, a control byte) that neither httparse nor a proxy takes as part of one.
+pub fn host_line_is_no_host(stream: &[u8]) -> bool {
+    let Some(at) = stream.windows(6).position(|w| w.eq_ignore_ascii_case(b"\nhost:")) else { return false };
+    let value = &stream[at + 6..];
+    let end = value.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(value.len());
+    let text = String::from_utf8_lossy(&value[..end]);
+    let text = text.trim_matches(|c| c == ' ' || c == '\t');
+    let host = text.rsplit_once('@').map_or(text, |(_, h)| h);
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    request_host(host).is_none()
 }
