@@ -262,6 +262,9 @@ pub const NOT_A_HOST: &str = "the kernel judges a string user space does not tak
 pub const BAD_HOST_LINE: &str = "a Host line whose value is no host (a control byte, words after \
     the name): user space ignores the invalid line (naming nothing, or a later Host line), the kernel judges the \
     value's first word; tinyproxy takes the first Host line and fails on such a value, nginx refuses two";
+/// Found by fuzzing: the kernel finds a Host line in a head whose other lines user space's HTTP parser refuses
+/// (so it names nothing). The kernel judges more than user space there: it blocks more, never less.
+pub const KERNEL_READS_REFUSED_HEAD: &str = "the kernel reads a Host line in a head user space refuses";
 pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
     server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
     (fail closed)";
@@ -327,6 +330,8 @@ pub fn explain(
                 Ok(Some(NOT_TLS_RECORD))
             } else if layer == Layer::Outer && matches!(stream.first(), Some(4 | 5)) {
                 Ok(Some(SOCKS_ODD_COMMAND))
+            } else if http && layer == Layer::Outer && found.source.is_none() && found.host.is_none() {
+                Ok(Some(KERNEL_READS_REFUSED_HEAD))
             } else {
                 Err(format!("the kernel judges {k:?}, user space names nothing ({found:?})"))
             }
