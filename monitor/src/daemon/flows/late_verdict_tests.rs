@@ -45,7 +45,8 @@ impl Run {
         let events =
             std::env::temp_dir().join(format!("monitor-late-verdict-{name}-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&events);
-        let sink = Sink::open(events.to_str().expect("utf-8 temp path"), None).expect("open events file");
+        let sink = Sink::open(events.to_str().expect("utf-8 temp path"), None, "test-device".into())
+            .expect("open events file");
         let block = [Indicator::parse("denied.example.test").expect("indicator")];
         let set = Arc::new(IndicatorSet::from_lists(&[], &block));
         let flows = Flows::new(
@@ -67,7 +68,7 @@ impl Run {
         data[..request.len()].copy_from_slice(request);
         let payload =
             PayloadRecord { header: header(KIND_PAYLOAD), offset: 0, len: request.len() as u32, data };
-        self.flows.on_payload(&payload);
+        self.flows.on_payload(&payload, &mut self.sink);
         let verdict = VerdictRecord {
             header: header(KIND_VERDICT),
             verdict: outcome,
