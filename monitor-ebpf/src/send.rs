@@ -151,8 +151,12 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         return Ok(SK_PASS);
     }
 
+    // Before the proxy has answered, the rest of a judged CONNECT or SOCKS request is never held: the client
+    // is bound to send it, and holding it gains nothing (a new request in it is named by user space, which
+    // aborts the connection if it is denied).
+    let continuation = tunnel && state.awaiting_reply != 0 && first != 0x16;
     let mut expired = false;
-    if need != 0 {
+    if need != 0 && !continuation {
         if config.mode != MODE_BLOCK {
             // Audit never holds traffic: user space reads the request across sends.
             capture(state, data, size, window);
