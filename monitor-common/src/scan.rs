@@ -691,7 +691,83 @@ pub fn head_framing(buf: &Scratch, len: u32) -> Framing {
     }
 }
 
-/// A TLS handshake message already stripped of its record headers (see `send::copy_handshake`):
+/// TLS records of one message the kernel walks to gather a fragmented ClientHello.
+pub const TLS_RECORDS_MAX: u32 = 8;
+
+/// A message that starts with a TLS handshake record, as sk_msg reads it: the ClientHello's SNI, the
+/// bytes it still needs (a hold), or [`Scan::DEFER`] when it goes on past what the kernel can read (its
+/// window, or the records it walks), so that user space judges it. `read(dst, len, at)` copies `len` bytes
+/// of the message from offset `at`; `size` bytes of it are readable.
+#[inline(always)]
+pub fn scan_tls_message(scratch: &mut Scratch, read: impl Fn(*mut u8, u32, u32), size: u32) -> Scan {
+    match copy_handshake(scratch, &read, size) {
+        Ok(n) => {
+            let scan = scan_client_hello(scratch, n);
+            if scan.kind != SCAN_NAME && hello_truncated(scratch, n) { Scan::DEFER } else { scan }
+        }
+        // Longer than the window can hold: user space reads it.
+        Err(need) if need > WINDOW => Scan::DEFER,
+        Err(need) => Scan::need(need),
+    }
+}
+
+/// Copy the TLS handshake bytes of the records at the start of the message into `scratch`, without
+/// their record headers, so a ClientHello fragmented over several records reads as one message.
+/// `Err(n)`: the message must hold `n` bytes before the ClientHello is whole.
+#[inline(always)]
+fn copy_handshake(scratch: &mut Scratch, read: &impl Fn(*mut u8, u32, u32), size: u32) -> Result<u32, u32> {
+    let mut src = 0u32;
+    let mut dst = 0u32;
+    let mut header = [0u8; 5];
+    for _ in 0..TLS_RECORDS_MAX {
+        if src + 5 > size {
+            return Err(src + 5);
+        }
+        read(header.as_mut_ptr(), 5, src);
+        if header[0] != 0x16 {
+            break;
+        }
+        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
+        let available = size - src - 5;
+        let mut n = if record_len < available { record_len } else { available };
+        if dst + n > WINDOW {
+            n = WINDOW - dst;
+        }
+        let n = n & (WINDOW * 2 - 1);
+        if n > WINDOW {
+            break;
+        }
+        let at = dst & MASK;
+        // `at` is masked into the window and `n` is at most a window: inside the buffer, twice as long.
+        read(unsafe { scratch.bytes.as_mut_ptr().add(at as usize) }, n, src + 5);
+        dst += n;
+        src += 5 + record_len;
+        if dst >= 4 {
+            let handshake_len =
+                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+            if dst >= handshake_len + 4 || dst >= WINDOW {
+                return Ok(dst);
+            }
+        }
+        if src > size {
+            return Err(src);
+        }
+    }
+    Ok(dst)
+}
+
+/// Whether the ClientHello in `scratch` (its first `n` handshake bytes) goes on past them: the window,
+/// or the records the kernel walks, ended before it did.
+#[inline(always)]
+fn hello_truncated(scratch: &Scratch, n: u32) -> bool {
+    if n < 4 || scratch.at(0) != 1 {
+        return false;
+    }
+    let length = ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
+    length + 4 > n
+}
+
+/// A TLS handshake message already stripped of its record headers (see [`scan_tls_message`]):
 /// the SNI of a ClientHello.
 #[inline(always)]
 pub fn scan_client_hello(buf: &Scratch, len: u32) -> Scan {

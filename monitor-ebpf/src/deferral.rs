@@ -8,18 +8,18 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, sk_msg_md},
-    helpers::generated::{bpf_msg_pull_data, bpf_probe_read_kernel},
+    helpers::generated::bpf_msg_pull_data,
     programs::SkMsgContext,
 };
 use monitor_common::{
-    record::{DEFER_LIMIT, DeferRecord, FlowState, KIND_DEFER, KIND_PAYLOAD, PAYLOAD_CHUNK, PayloadRecord},
+    record::{DEFER_LIMIT, DeferRecord, FlowState, KIND_DEFER},
     verdict::{DROP_PULL_FAILED, DROP_RINGBUF_FULL},
 };
 
 use crate::{
     maps::{EVENTS, count_drop},
     parse::{WINDOW, bounded_loop},
-    send::header,
+    send::{header, submit_payload},
 };
 
 #[inline(always)]
@@ -72,33 +72,11 @@ extern "C" fn window(_: u64, w: *mut Windows) -> i64 {
         count_drop(DROP_PULL_FAILED);
         return 1;
     }
-    // After the pull, `data` is the window's first byte.
+    // After the pull, `data` is the window's first byte. User space answers before TCP sends the held
+    // segments again: wake it at once.
     let data = unsafe { (*w.msg).__bindgen_anon_1.data } as *const u8;
-    let mut at = 0u32;
-    for _ in 0..(WINDOW / PAYLOAD_CHUNK as u32) {
-        if at >= len {
-            break;
-        }
-        let remaining = len - at;
-        let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
-        let n = core::hint::black_box(n);
-        if n > PAYLOAD_CHUNK as u32 {
-            break;
-        }
-        let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
-            count_drop(DROP_RINGBUF_FULL);
-            return 1;
-        };
-        let rec = entry.as_mut_ptr();
-        unsafe {
-            (*rec).header = header(KIND_PAYLOAD, w.cookie);
-            (*rec).offset = w.base + w.off + at;
-            (*rec).len = n;
-            bpf_probe_read_kernel((*rec).data.as_mut_ptr().cast(), n, data.add(at as usize).cast());
-        }
-        // User space answers before TCP sends the held segments again: wake it now.
-        entry.submit(BPF_RB_FORCE_WAKEUP as u64);
-        at += PAYLOAD_CHUNK as u32;
+    if !submit_payload(w.cookie, w.base + w.off, data, len, w.limit, true) {
+        return 1;
     }
     w.off += len;
     0

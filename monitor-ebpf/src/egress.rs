@@ -41,8 +41,9 @@ pub fn tcp_egress(ctx: SkBuffContext) -> i32 {
 }
 
 fn try_tcp_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
-    let l4 = match ctx.load::<u8>(0)? >> 4 {
-        4 if ctx.load::<u8>(9)? == IPPROTO_TCP => ((ctx.load::<u8>(0)? & 0x0f) as u32) * 4,
+    let first = ctx.load::<u8>(0)?;
+    let l4 = match first >> 4 {
+        4 if ctx.load::<u8>(9)? == IPPROTO_TCP => ((first & 0x0f) as u32) * 4,
         6 if ctx.load::<u8>(6)? == IPPROTO_TCP => 40,
         _ => return Ok(1),
     };
@@ -51,8 +52,9 @@ fn try_tcp_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
         return Ok(1);
     };
     let phase = state.phase;
-    // Most segments belong to connections already judged: leave at once.
-    if phase == PHASE_DONE {
+    // Most segments belong to connections already judged, or that sk_msg is reading: leave at once. The
+    // SYN (whose sequence number places the stream) is sent in `PHASE_FIRST`.
+    if phase != PHASE_FIRST && phase != PHASE_EGRESS && phase != PHASE_BLOCKED {
         return Ok(1);
     }
     let flags = ctx.load::<u8>((l4 + 13) as usize)?;
@@ -69,9 +71,6 @@ fn try_tcp_egress(ctx: &SkBuffContext) -> Result<i32, i64> {
     }
     if phase == PHASE_BLOCKED {
         return Ok(0);
-    }
-    if phase != PHASE_FIRST && phase != PHASE_EGRESS {
-        return Ok(1);
     }
     let Some(config) = config() else { return Ok(1) };
     if config.mode == MODE_OFF || state.isn_known == 0 {

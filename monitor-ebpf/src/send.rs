@@ -7,7 +7,10 @@
 //! which the connection is uninspectable and `--uninspectable` decides.
 
 use aya_ebpf::{
-    bindings::sk_action::{SK_DROP, SK_PASS},
+    bindings::{
+        BPF_RB_FORCE_WAKEUP,
+        sk_action::{SK_DROP, SK_PASS},
+    },
     helpers::generated::{
         bpf_ktime_get_ns, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel,
     },
@@ -34,12 +37,10 @@ use crate::{
     maps::{EVENTS, SCRATCH, config, count_drop, flow_state, resolve_deferred, wakeup},
     parse::{
         Framing, MASK, SCAN_DEFER, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, Scan, Scratch,
-        WINDOW, head_framing, scan_client_hello, scan_http, scan_socks,
+        WINDOW, head_framing, scan_http, scan_socks, scan_tls_message,
     },
     policy::{domain_bits, ipv4_bits, verdict},
 };
-
-const TLS_RECORDS_MAX: u32 = 8;
 
 #[sk_msg]
 pub fn inspect_send(ctx: SkMsgContext) -> u32 {
@@ -93,15 +94,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
     let mut first = 0u8;
     read(&mut first as *mut u8, 1, data);
     let scan = if first == 0x16 && (state.phase == PHASE_FIRST || state.phase == PHASE_TUNNEL) {
-        match copy_handshake(scratch, data, window) {
-            Ok(n) => {
-                let scan = scan_client_hello(scratch, n);
-                if scan.kind != SCAN_NAME && hello_truncated(scratch, n) { Scan::DEFER } else { scan }
-            }
-            // Longer than the window can hold: user space reads it.
-            Err(need) if need > WINDOW => Scan::DEFER,
-            Err(need) => Scan::need(need),
-        }
+        scan_tls_message(scratch, |dst, len, at| read(dst, len, unsafe { data.add(at as usize) }), window)
     } else {
         read(scratch.bytes.as_mut_ptr(), window, data);
         match state.phase {
@@ -142,10 +135,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
         state.phase = PHASE_EGRESS;
         state.defer_from = state.seen;
         state.egress_capture = 0;
-        if state.hold_since != 0 {
-            unsafe { bpf_msg_cork_bytes(ctx.msg, 0) };
-        }
-        state.hold_since = 0;
+        end_hold(ctx, state);
         report_defer(state, state.seen, DEFER_LARGE_HELLO);
         capture_send(ctx, state);
         return Ok(SK_PASS);
@@ -182,12 +172,7 @@ fn try_inspect_send(ctx: &SkMsgContext) -> Result<u32, ()> {
             expired = true;
         }
     }
-    if state.hold_since != 0 {
-        // The kernel keeps a corked message's byte count for the sends after it: without this, they would
-        // be held until that many bytes had come again.
-        unsafe { bpf_msg_cork_bytes(ctx.msg, 0) };
-    }
-    state.hold_since = 0;
+    end_hold(ctx, state);
 
     if !keep_alive {
         capture(state, data, size, window);
@@ -282,6 +267,17 @@ fn settle(
     }
 }
 
+/// This send is not held: a hold that was on ends here.
+#[inline(always)]
+fn end_hold(ctx: &SkMsgContext, state: &mut FlowState) {
+    if state.hold_since != 0 {
+        // The kernel keeps a corked message's byte count for the sends after it: without this, they would
+        // be held until that many bytes had come again.
+        unsafe { bpf_msg_cork_bytes(ctx.msg, 0) };
+    }
+    state.hold_since = 0;
+}
+
 #[inline(always)]
 fn uninspectable(config: &Config) -> u32 {
     if config.mode == MODE_BLOCK && config.uninspectable == UNINSPECTABLE_BLOCK {
@@ -296,74 +292,32 @@ fn read(dst: *mut u8, len: u32, src: *const u8) {
     unsafe { bpf_probe_read_kernel(dst.cast(), len, src.cast()) };
 }
 
-/// Copy the TLS handshake bytes of the records at the start of the message into `scratch`, without
-/// their record headers, so a ClientHello fragmented over several records reads as one message.
-/// `Err(n)`: the message must hold `n` bytes before the ClientHello is whole.
-#[inline(always)]
-fn copy_handshake(scratch: &mut Scratch, data: *const u8, size: u32) -> Result<u32, u32> {
-    let mut src = 0u32;
-    let mut dst = 0u32;
-    let mut header = [0u8; 5];
-    for _ in 0..TLS_RECORDS_MAX {
-        if src + 5 > size {
-            return Err(src + 5);
-        }
-        read(header.as_mut_ptr(), 5, unsafe { data.add(src as usize) });
-        if header[0] != 0x16 {
-            break;
-        }
-        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
-        let available = size - src - 5;
-        let mut n = if record_len < available { record_len } else { available };
-        if dst + n > WINDOW {
-            n = WINDOW - dst;
-        }
-        let n = n & (WINDOW * 2 - 1);
-        if n > WINDOW {
-            break;
-        }
-        let at = dst & MASK;
-        read(unsafe { scratch.bytes.as_mut_ptr().add(at as usize) }, n, unsafe {
-            data.add((src + 5) as usize)
-        });
-        dst += n;
-        src += 5 + record_len;
-        if dst >= 4 {
-            let handshake_len =
-                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
-            if dst >= handshake_len + 4 || dst >= WINDOW {
-                return Ok(dst);
-            }
-        }
-        if src > size {
-            return Err(src);
-        }
-    }
-    Ok(dst)
-}
-
-/// Whether the ClientHello in `scratch` (its first `n` handshake bytes) goes on past them: the window,
-/// or the records the kernel walks, ended before it did.
-#[inline(always)]
-fn hello_truncated(scratch: &Scratch, n: u32) -> bool {
-    if n < 4 || scratch.at(0) != 1 {
-        return false;
-    }
-    let length = ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
-    length + 4 > n
-}
-
 /// Hand this send's bytes to user space, up to `CAPTURE_LIMIT` per connection.
 #[inline(always)]
 fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
     let base = state.seen;
     state.seen = base.saturating_add(size);
+    submit_payload(state.cookie, base, data, window, CAPTURE_LIMIT, false);
+}
+
+/// Copy `len` bytes at `data` (at most one window) to the ring as payload records at stream offset `base`,
+/// none at or past stream offset `limit`. `force_wake` wakes the reader at once (someone waits on it).
+/// False when the ring is full.
+#[inline(always)]
+pub fn submit_payload(
+    cookie: u64,
+    base: u32,
+    data: *const u8,
+    len: u32,
+    limit: u32,
+    force_wake: bool,
+) -> bool {
     let mut off = 0u32;
     for _ in 0..(WINDOW / PAYLOAD_CHUNK as u32) {
-        if off >= window || base + off >= CAPTURE_LIMIT {
+        if off >= len || base + off >= limit {
             break;
         }
-        let remaining = window - off;
+        let remaining = len - off;
         let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
         // The 6.1 verifier walks a path of the unrolled loop that cannot happen, where `n` looks negative;
         // a bound on an opaque copy holds on every path.
@@ -373,18 +327,19 @@ fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
         }
         let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
             count_drop(DROP_RINGBUF_FULL);
-            return;
+            return false;
         };
         let rec = entry.as_mut_ptr();
         unsafe {
-            (*rec).header = header(KIND_PAYLOAD, state.cookie);
+            (*rec).header = header(KIND_PAYLOAD, cookie);
             (*rec).offset = base + off;
             (*rec).len = n;
             bpf_probe_read_kernel((*rec).data.as_mut_ptr().cast(), n, data.add(off as usize).cast());
         }
-        entry.submit(wakeup());
+        entry.submit(if force_wake { BPF_RB_FORCE_WAKEUP as u64 } else { wakeup() });
         off += PAYLOAD_CHUNK as u32;
     }
+    true
 }
 
 #[inline(always)]

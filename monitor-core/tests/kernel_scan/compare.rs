@@ -6,8 +6,9 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use monitor_common::scan::{
-    BLANKS_MAX, Framing, HEAD_MAX, MASK, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES, SCAN_UNKNOWN,
-    Scan, Scratch, TLS_EXTENSIONS_MAX, WINDOW, head_framing, scan_client_hello, scan_http, scan_socks,
+    BLANKS_MAX, Framing, HEAD_MAX, SCAN_DEFER, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES,
+    SCAN_UNKNOWN, Scan, Scratch, TLS_EXTENSIONS_MAX, WINDOW, head_framing, scan_http, scan_socks,
+    scan_tls_message,
 };
 use monitor_common::verdict::{SOURCE_CONNECT, SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5};
 use monitor_core::extract::{FlowInspector, Inspection, normalize_host, request_host};
@@ -24,6 +25,9 @@ pub enum Kernel {
     Unnamed,
     /// Not a protocol it reads.
     Unknown,
+    /// Left to user space (a ClientHello past the kernel's window): tcp_egress holds it until user space
+    /// has judged it.
+    Deferred,
 }
 
 /// The kernel's reading of a connection: its first message, and the first one inside a tunnel.
@@ -55,6 +59,7 @@ pub fn kernel_view(scratch: &Scratch, scan: Scan) -> Kernel {
         }
         SCAN_IPV4 => Kernel::Named(Ipv4Addr::from(scan.a.to_ne_bytes()).to_string()),
         SCAN_NEED_BYTES => Kernel::Short,
+        SCAN_DEFER => Kernel::Deferred,
         SCAN_UNKNOWN => Kernel::Unknown,
         _ => Kernel::Unnamed,
     }
@@ -80,48 +85,16 @@ pub fn scan_twice(bytes: &[u8], scan: impl Fn(&Scratch, u32) -> Scan) -> Result<
     Ok(views[0].clone())
 }
 
-pub const TLS_RECORDS_MAX: u32 = 8;
-
-/// `send::copy_handshake`, transcribed for a byte slice (the kernel reads the message with
-/// bpf_probe_read_kernel): the handshake bytes of the records at the start, without their headers.
-pub fn copy_handshake(scratch: &mut Scratch, data: &[u8], size: u32) -> Result<u32, u32> {
-    let mut src = 0u32;
-    let mut dst = 0u32;
-    for _ in 0..TLS_RECORDS_MAX {
-        if src + 5 > size {
-            return Err(src + 5);
-        }
-        let header = &data[src as usize..src as usize + 5];
-        if header[0] != 0x16 {
-            break;
-        }
-        let record_len = ((header[3] as u32) << 8) | header[4] as u32;
-        let available = size - src - 5;
-        let mut n = if record_len < available { record_len } else { available };
-        if dst + n > WINDOW {
-            n = WINDOW - dst;
-        }
-        let n = n & (WINDOW * 2 - 1);
-        if n > WINDOW {
-            break;
-        }
-        let at = (dst & MASK) as usize;
-        let from = (src + 5) as usize;
-        scratch.bytes[at..at + n as usize].copy_from_slice(&data[from..from + n as usize]);
-        dst += n;
-        src += 5 + record_len;
-        if dst >= 4 {
-            let handshake_len =
-                ((scratch.at(1) as u32) << 16) | ((scratch.at(2) as u32) << 8) | scratch.at(3) as u32;
-            if dst >= handshake_len + 4 || dst >= WINDOW {
-                return Ok(dst);
-            }
-        }
-        if src > size {
-            return Err(if src < WINDOW { src } else { WINDOW });
-        }
-    }
-    Ok(dst)
+/// `scan_tls_message` as sk_msg runs it, over a byte slice: its reads stay within `size` bytes of the
+/// message (a read past them is a bug in the kernel's code, and panics here).
+fn scan_tls(scratch: &mut Scratch, data: &[u8], size: u32) -> Scan {
+    let read = |dst: *mut u8, len: u32, at: u32| {
+        let (at, len) = (at as usize, len as usize);
+        assert!(at + len <= size as usize, "the kernel reads {len} bytes at {at} of a {size}-byte message");
+        // `dst` is the scratch buffer or a 5-byte header, and the kernel's code bounds `len` for both.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().add(at), dst, len) };
+    };
+    scan_tls_message(scratch, read, size)
 }
 
 pub fn kernel_tls(bytes: &[u8]) -> Result<Kernel, String> {
@@ -131,10 +104,8 @@ pub fn kernel_tls(bytes: &[u8]) -> Result<Kernel, String> {
         .map(|&fill| {
             let mut scratch = Box::new(Scratch::zeroed());
             scratch.bytes.fill(fill);
-            match copy_handshake(&mut scratch, bytes, size) {
-                Ok(n) => kernel_view(&scratch, scan_client_hello(&scratch, n)),
-                Err(_) => Kernel::Short,
-            }
+            let scan = scan_tls(&mut scratch, bytes, size);
+            kernel_view(&scratch, scan)
         })
         .collect();
     if views[0] != views[1] {
@@ -264,6 +235,16 @@ pub const BAD_HOST_LINE: &str = "a Host line whose value is no host (a control b
     value's first word; tinyproxy takes the first Host line and fails on such a value, nginx refuses two";
 /// Found by fuzzing: the kernel finds a Host line in a head whose other lines user space's HTTP parser refuses
 /// (so it names nothing). The kernel judges more than user space there: it blocks more, never less.
+pub const DEFERRED: &str = "a ClientHello past the kernel's window or its record walk: the kernel leaves it \
+    to user space, which judges it while tcp_egress holds its segments";
+/// Found by fuzzing: a stream user space reads as no protocol at all (a SOCKS5 greeting it refuses),
+/// whose tunnel the kernel still reads: the kernel judges more, never less.
+pub const USER_READS_NO_PROTOCOL: &str = "user space reads no protocol in the stream, the kernel still reads \
+    a tunnel in it (fail closed)";
+/// Found by fuzzing: user space reads a tunnel after a CONNECT whose request line carries no HTTP version;
+/// squid answers 400 to such a line, so no tunnel opens.
+pub const CONNECT_NO_VERSION: &str = "a CONNECT line without an HTTP version: the proxy refuses it (400), no \
+    tunnel opens";
 pub const KERNEL_READS_REFUSED_HEAD: &str = "the kernel reads a Host line in a head user space refuses";
 pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
     server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
@@ -306,6 +287,8 @@ pub fn explain(
 ) -> Result<Option<&'static str>, String> {
     let http = found.protocol == Some(monitor_core::extract::WireProtocol::Http) || layer == Layer::Tunnel;
     match (kernel, user) {
+        // Deferred to user space, whose reading is then the verdict.
+        (Kernel::Deferred, _) => Ok(Some(DEFERRED)),
         (Kernel::Named(k), Some(u)) if k == u => Ok(None),
         (Kernel::Named(k), Some(u)) => {
             if layer == Layer::Outer && stream.first() == Some(&5) && found.protocol.is_some() {
@@ -316,6 +299,9 @@ pub fn explain(
             }
             if layer == Layer::Outer && host_line_is_no_host(stream) {
                 return Ok(Some(BAD_HOST_LINE));
+            }
+            if request_host(k).is_none() && normalize_host(k).is_none() {
+                return Ok(Some(NOT_A_HOST));
             }
             Err(format!("the kernel judges {k:?}, user space names {u:?}"))
         }
@@ -332,6 +318,8 @@ pub fn explain(
                 Ok(Some(SOCKS_ODD_COMMAND))
             } else if http && layer == Layer::Outer && found.source.is_none() && found.host.is_none() {
                 Ok(Some(KERNEL_READS_REFUSED_HEAD))
+            } else if layer == Layer::Tunnel && found.protocol.is_none() {
+                Ok(Some(USER_READS_NO_PROTOCOL))
             } else {
                 Err(format!("the kernel judges {k:?}, user space names nothing ({found:?})"))
             }
@@ -342,6 +330,9 @@ pub fn explain(
                 Ok(Some(PROXY_HEADER))
             } else if layer == Layer::Tunnel && !matches!(outer, Kernel::Named(_)) {
                 Ok(Some(TUNNEL_AFTER_UNNAMED))
+            } else if layer == Layer::Tunnel && stream.starts_with(b"CONNECT ") && !http_version_line(stream)
+            {
+                Ok(Some(CONNECT_NO_VERSION))
             } else if u.parse::<Ipv6Addr>().is_ok() {
                 Ok(Some(IPV6_LITERAL))
             } else if found.malformed.is_some_and(|m| m.contains("cut short")) || *kernel == Kernel::Short {
@@ -360,6 +351,13 @@ pub fn explain(
             }
         }
     }
+}
+
+/// Whether the request line ends in an HTTP version a proxy accepts (`HTTP/1.0`, `HTTP/1.1`).
+pub fn http_version_line(stream: &[u8]) -> bool {
+    let line_end = stream.windows(2).position(|w| w == b"\r\n").unwrap_or(stream.len());
+    let line = &stream[..line_end];
+    line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
 }
 
 pub fn repeated_socks5_greeting(stream: &[u8]) -> bool {
