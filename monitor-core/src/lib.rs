@@ -6,3 +6,4 @@ pub mod event;
 pub mod extract;
 pub mod policy;
 pub mod replay;
+pub mod stream;

@@ -23,7 +23,9 @@ use serde_json::Value;
 use crate::event::{ActionType, DeviceEvent, rfc3339_utc};
 use crate::extract::quic::looks_like_quic;
 use decode::{Decoded, Decoder, TcpSegment, UdpDatagram};
-use flow::{FlowReport, QuicFlow, Stream, TcpFlow, Transport};
+use flow::{FlowReport, QuicFlow, TcpFlow, Transport};
+
+use crate::stream::Stream;
 
 /// Why a capture could not be replayed at all. Damage after the file header only ends the replay
 /// early (see [`ReplayStats::truncated_capture`]).

@@ -7,7 +7,7 @@
 //! its 4-tuple) is the same without a process.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -30,6 +30,7 @@ use monitor_core::{
     event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc},
     extract::{FlowInspector, QuicInspector, TargetSource, WireProtocol},
     policy::{Decision, IndicatorSet},
+    stream::Stream,
 };
 use serde_json::{Map, Value};
 
@@ -53,7 +54,6 @@ const TUNNEL_OPEN_WAIT: Duration = Duration::from_millis(1500);
 const VERDICT_GRACE: Duration = Duration::from_millis(250);
 /// Reported flows whose close was never seen are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
-const WIRE_REORDER_MAX: usize = 64;
 /// User space acts on a stalled hold this long after the kernel's bound.
 const TICK_SLACK: Duration = Duration::from_millis(200);
 const SOCK_DGRAM: u32 = 2;
@@ -85,11 +85,8 @@ struct SocketFlow {
     kernel_follows: bool,
     /// The kernel left the verdict to user space (its bytes are read at egress).
     deferred: Option<Deferral>,
-    /// Deferred bytes that arrived ahead of the ones before them (egress sees TCP's own order,
-    /// retransmissions included), by stream offset.
-    pending: BTreeMap<u32, Vec<u8>>,
     /// Refused before its handshake completed (Fast Open data in the SYN): aborted once established.
-    abort_when_established: bool,
+    abort_when_established: Option<AbortReason>,
     deadline: Option<Instant>,
     touched: Instant,
 }
@@ -113,21 +110,19 @@ impl SocketFlow {
 struct Deferral {
     /// Stream offset the deferred bytes start at.
     from: u32,
-    /// `DEFER_*`.
-    reason: u32,
+    /// The bytes handed over from `from` on, in order: tcp_egress sees TCP's own order, retransmissions
+    /// included.
+    stream: Stream,
     /// User space has answered (the kernel's next phase is written, or the socket aborted).
     answered: bool,
 }
-
-/// Deferred chunks kept while an earlier one is missing.
-const DEFER_REORDER_MAX: usize = 128;
 
 struct WireFlow {
     opened_ns: u64,
     established: bool,
     inspector: FlowInspector,
-    next_offset: u32,
-    pending: BTreeMap<u32, Vec<u8>>,
+    /// The client's bytes in order (offsets from the kernel: sequence number minus ISN minus one).
+    stream: Stream,
     reported: bool,
     /// Block mode: the kernel could not read what names the target, and let the flow through.
     uninspectable: bool,
@@ -286,8 +281,7 @@ impl Flows {
             late_verdict: false,
             kernel_follows: false,
             deferred: None,
-            pending: BTreeMap::new(),
-            abort_when_established: false,
+            abort_when_established: None,
             deadline: None,
             touched: Instant::now(),
         })
@@ -364,16 +358,8 @@ impl Flows {
         flow.local = Some(tuple.0);
         flow.remote = Some(tuple.1);
         flow.touched = Instant::now();
-        if flow.abort_when_established {
-            flow.abort_when_established = false;
-            let pid = flow.process.as_ref().map(|p| p.pid);
-            self.aborts.push(Abort {
-                cookie,
-                why: AbortReason::Deferred,
-                pid,
-                local: tuple.0,
-                remote: tuple.1,
-            });
+        if let Some(why) = flow.abort_when_established.take() {
+            self.abort(cookie, why);
             return;
         }
         if inspect {
@@ -443,22 +429,10 @@ impl Flows {
         let flow = self.socket(cookie, rec.header.ktime_ns);
         let len = (rec.len as usize).min(rec.data.len());
         let data = &rec.data[..len];
-        if flow.deferred.is_some() {
-            // Read at egress: TCP's own order, with retransmissions.
-            if rec.offset > flow.next_offset {
-                if flow.pending.len() < DEFER_REORDER_MAX {
-                    flow.pending.entry(rec.offset).or_insert_with(|| data.to_vec());
-                }
-                return;
-            }
-            Self::feed_from(flow, rec.offset, data);
-            while let Some(entry) = flow.pending.first_entry() {
-                if *entry.key() > flow.next_offset {
-                    break;
-                }
-                let (offset, bytes) = entry.remove_entry();
-                Self::feed_from(flow, offset, &bytes);
-            }
+        if let Some(deferral) = &mut flow.deferred {
+            let ready = deferral.stream.on_data(rec.offset, data);
+            flow.inspector.client_bytes(&ready);
+            flow.next_offset += ready.len() as u32;
             flow.touched = Instant::now();
             self.consider_deferred(cookie, false, sink);
             return;
@@ -481,15 +455,6 @@ impl Flows {
             Some(Instant::now() + if flow.inspector.is_complete() { VERDICT_GRACE } else { TUNNEL_WAIT });
     }
 
-    /// Feed the part of `data` (at stream `offset`, not after `next_offset`) the inspector has not had.
-    fn feed_from(flow: &mut SocketFlow, offset: u32, data: &[u8]) {
-        let skip = (flow.next_offset - offset) as usize;
-        if skip < data.len() {
-            flow.inspector.client_bytes(&data[skip..]);
-            flow.next_offset += (data.len() - skip) as u32;
-        }
-    }
-
     /// The kernel left this connection's verdict to user space (block mode: its bytes wait at egress).
     pub fn on_defer(&mut self, rec: &DeferRecord) {
         let timeout = self.hold_timeout;
@@ -499,7 +464,9 @@ impl Flows {
             self.counters.deferred_large_hello += 1;
         }
         let flow = self.socket(rec.header.cookie, rec.header.ktime_ns);
-        flow.deferred = Some(Deferral { from: rec.from, reason: rec.reason, answered: false });
+        // Bytes before `from` came from sk_msg's records; the stream goes on from where they end.
+        let stream = Stream::starting_at(flow.next_offset);
+        flow.deferred = Some(Deferral { from: rec.from, stream, answered: false });
         // Bytes before `from` were judged by sk_msg and fed from its records; a gap there is a loss.
         let lost = flow.next_offset < rec.from && !flow.lost_bytes;
         flow.lost_bytes |= lost;
@@ -522,7 +489,6 @@ impl Flows {
         if deferral.answered {
             return;
         }
-        let reason = deferral.reason;
         let read_all = flow.next_offset >= deferral.from.saturating_add(DEFER_LIMIT);
         if timed_out || read_all {
             flow.inspector.finish();
@@ -539,10 +505,7 @@ impl Flows {
         if !ready {
             return;
         }
-        let denied = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
-            Decision::Blocked(_) => Some(name.to_string()),
-            _ => None,
-        });
+        let denied = denied_name(&self.set, inspection);
         let named = !inspection.names().is_empty();
         let source = denied.as_deref().map(|name| user_source(inspection, name)).unwrap_or(SOURCE_NONE);
         let next = if greeting && !flow.inspector.is_complete() {
@@ -559,23 +522,10 @@ impl Flows {
             deferral.answered = true;
         }
         flow.deadline = None;
-        if reason == DEFER_EARLY_DATA {
-            flow.held = None;
-        }
         let refuse = block && (denied.is_some() || (uninspectable && refuse_uninspectable));
         if refuse {
             flow.blocked = true;
             self.deferred_answers.push((cookie, PHASE_BLOCKED));
-            let target = match (flow.local, flow.remote) {
-                (Some(local), Some(remote)) => Some(Abort {
-                    cookie,
-                    why: AbortReason::Deferred,
-                    pid: flow.process.as_ref().map(|p| p.pid),
-                    local,
-                    remote,
-                }),
-                _ => None,
-            };
             let verdict = match &denied {
                 Some(name) => Verdict { outcome: VERDICT_BLOCKED, source, name: name.clone() },
                 None => Verdict {
@@ -585,14 +535,7 @@ impl Flows {
                 },
             };
             self.protection_event(cookie, &verdict, sink);
-            match target {
-                Some(target) => self.aborts.push(target),
-                None => {
-                    if let Some(flow) = self.sockets.get_mut(&cookie) {
-                        flow.abort_when_established = true;
-                    }
-                }
-            }
+            self.abort(cookie, AbortReason::Deferred);
             return;
         }
         self.deferred_answers.push((cookie, next));
@@ -800,6 +743,23 @@ impl Flows {
         }
     }
 
+    /// Abort the socket of `cookie` (SOCK_DESTROY, by the daemon's loop); one whose handshake has not
+    /// completed yet is aborted once it is established. Whether it was queued now.
+    fn abort(&mut self, cookie: u64, why: AbortReason) -> bool {
+        let Some(flow) = self.sockets.get_mut(&cookie) else { return false };
+        match (flow.local, flow.remote) {
+            (Some(local), Some(remote)) => {
+                let pid = flow.process.as_ref().map(|p| p.pid);
+                self.aborts.push(Abort { cookie, why, pid, local, remote });
+                true
+            }
+            _ => {
+                flow.abort_when_established = Some(why);
+                false
+            }
+        }
+    }
+
     /// A hold ran out and the client wrote nothing more: the kernel will not look again until it does.
     /// The connection is uninspectable: refused (the socket is aborted, its held bytes never leave) or
     /// reported and left to the kernel, which lets the bytes through at the client's next write.
@@ -814,25 +774,14 @@ impl Flows {
         }
         flow.blocked = true;
         flow.deadline = None;
-        let target = match (flow.local, flow.remote) {
-            (Some(local), Some(remote)) => Some(Abort {
-                cookie,
-                why: AbortReason::HoldExpired,
-                pid: flow.process.as_ref().map(|p| p.pid),
-                local,
-                remote,
-            }),
-            _ => None,
-        };
         let verdict = Verdict {
             outcome: VERDICT_UNINSPECTABLE_BLOCKED,
             source: SOURCE_HOLD_EXPIRED,
             name: String::new(),
         };
         self.protection_event(cookie, &verdict, sink);
-        if let Some(target) = target {
+        if self.abort(cookie, AbortReason::HoldExpired) {
             self.counters.holds_aborted += 1;
-            self.aborts.push(target);
         }
     }
 
@@ -896,11 +845,7 @@ impl Flows {
             return false;
         }
         let inspection = flow.inspector.inspection();
-        let hit = inspection.names().into_iter().find_map(|name| match self.set.judge_host(name) {
-            Decision::Blocked(_) => Some(name.to_string()),
-            _ => None,
-        });
-        let Some(name) = hit else { return false };
+        let Some(name) = denied_name(&self.set, inspection) else { return false };
         let kernel_source = flow.verdicts.iter().rev().find(|v| v.name == name).map(|v| v.source);
         let source = kernel_source.unwrap_or_else(|| user_source(inspection, &name));
         if !self.block {
@@ -912,22 +857,10 @@ impl Flows {
         flow.blocked = true;
         flow.late_verdict = true;
         flow.deadline = None;
-        let target = match (flow.local, flow.remote) {
-            (Some(local), Some(remote)) => Some(Abort {
-                cookie,
-                why: AbortReason::LateVerdict,
-                pid: flow.process.as_ref().map(|p| p.pid),
-                local,
-                remote,
-            }),
-            _ => None,
-        };
         self.counters.late_verdicts += 1;
         let verdict = Verdict { outcome: VERDICT_BLOCKED, source, name };
         self.protection_event(cookie, &verdict, sink);
-        if let Some(target) = target {
-            self.aborts.push(target);
-        }
+        self.abort(cookie, AbortReason::LateVerdict);
         true
     }
 
@@ -1021,8 +954,7 @@ impl Flows {
                     opened_ns: rec.header.ktime_ns,
                     established: false,
                     inspector: FlowInspector::new(),
-                    next_offset: 0,
-                    pending: BTreeMap::new(),
+                    stream: Stream::starting_at(0),
                     reported: false,
                     uninspectable: false,
                     deadline: Some(Instant::now() + FIRST_BYTES_WAIT),
@@ -1037,22 +969,8 @@ impl Flows {
         let len = (rec.len as usize).min(rec.data.len());
         if len > 0 {
             flow.established = true;
-            if flow.pending.len() < WIRE_REORDER_MAX && rec.offset >= flow.next_offset {
-                flow.pending.insert(rec.offset, rec.data[..len].to_vec());
-            }
-            while let Some(entry) = flow.pending.first_entry() {
-                let offset = *entry.key();
-                if offset > flow.next_offset {
-                    break;
-                }
-                let bytes = entry.remove();
-                // A retransmission may overlap what was already fed.
-                let skip = (flow.next_offset - offset) as usize;
-                if skip < bytes.len() {
-                    flow.inspector.client_bytes(&bytes[skip..]);
-                    flow.next_offset += (bytes.len() - skip) as u32;
-                }
-            }
+            let ready = flow.stream.on_data(rec.offset, &rec.data[..len]);
+            flow.inspector.client_bytes(&ready);
             flow.deadline = Some(Instant::now() + TUNNEL_OPEN_WAIT);
         }
         let ended = rec.tcp_flags & (FIN | RST) != 0;
@@ -1229,6 +1147,15 @@ impl Flows {
             self.report_success(cookie, sink);
         }
     }
+}
+
+/// The first name (or address) the connection carried that a block indicator matches.
+fn denied_name(set: &IndicatorSet, inspection: &monitor_core::extract::Inspection) -> Option<String> {
+    inspection
+        .names()
+        .into_iter()
+        .find(|name| matches!(set.judge_host(name), Decision::Blocked(_)))
+        .map(String::from)
 }
 
 /// The kernel's name for what named `name` in user space's reading, for a verdict the kernel did not make.
