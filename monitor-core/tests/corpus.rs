@@ -7,6 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+#[path = "common/corpus_dir.rs"]
+mod corpus_dir;
+
+use corpus_dir::corpus_dir;
 use std::path::{Path, PathBuf};
 
 use monitor_core::event::DeviceEvent;
@@ -52,23 +56,6 @@ struct Row {
     kind: String,
     domain: String,
     port: String,
-}
-
-fn corpus_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MONITOR_CORPUS") {
-        return PathBuf::from(dir);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|dir| dir.join("shared").join("corpus"))
-        .find(|dir| dir.join("expected.tsv").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no shared/corpus/expected.tsv in any directory above {}; set MONITOR_CORPUS to the corpus directory",
-                manifest.display()
-            )
-        })
 }
 
 fn read_rows(corpus: &Path) -> Vec<Row> {

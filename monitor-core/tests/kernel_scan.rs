@@ -12,6 +12,10 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
+#[path = "common/corpus_dir.rs"]
+mod corpus_dir;
+
+use corpus_dir::corpus_dir;
 use std::path::{Path, PathBuf};
 
 #[path = "kernel_scan/compare.rs"]
@@ -90,23 +94,6 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         out.push((format!("fixture {name}"), unhex(&text)));
     }
     out
-}
-
-fn corpus_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MONITOR_CORPUS") {
-        return PathBuf::from(dir);
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .ancestors()
-        .map(|dir| dir.join("shared").join("corpus"))
-        .find(|dir| dir.join("expected.tsv").is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no shared/corpus/expected.tsv in any directory above {}; set MONITOR_CORPUS to the corpus directory",
-                manifest.display()
-            )
-        })
 }
 
 fn corpus_streams() -> Vec<(String, Vec<u8>)> {

@@ -112,6 +112,30 @@ def hello_bytes(o):
     return hello
 
 
+def connected(host, port, result):
+    """A TCP connection with Nagle off (each write its own segment), its local port in `result`."""
+    result["step"] = "connect"
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    result["local_port"] = sock.getsockname()[1]
+    return sock
+
+
+def send_hello(sock, o, result):
+    """The ClientHello `o` asks for (if any), then a short wait for the server's first byte."""
+    if not o["sni"]:
+        return
+    hello = hello_bytes(o)
+    result["step"] = "send-hello"
+    result["written"] += send_in(sock, hello, o["chunk"] or len(hello), o["split-at"])
+    result["step"] = "read-hello-reply"
+    sock.settimeout(2)
+    try:
+        sock.recv(1)
+    except socket.timeout:
+        pass
+
+
 def run(kind, args):
     result = {"step": None, "errno": None, "status": None, "written": 0}
     sock = None
@@ -119,10 +143,7 @@ def run(kind, args):
         if kind == "connect":
             host, port, target = args[0], int(args[1]), args[2]
             o = opts(args[3:])
-            result["step"] = "connect"
-            sock = socket.create_connection((host, port), timeout=5)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            result["local_port"] = sock.getsockname()[1]
+            sock = connected(host, port, result)
             head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
             result["step"] = "send-connect"
             result["written"] += send_in(sock, head, o["connect-chunk"] or len(head), 0)
@@ -137,20 +158,8 @@ def run(kind, args):
         else:
             host, port = args[0], int(args[1])
             o = opts(args[2:])
-            result["step"] = "connect"
-            sock = socket.create_connection((host, port), timeout=5)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            result["local_port"] = sock.getsockname()[1]
-        if o["sni"]:
-            hello = hello_bytes(o)
-            result["step"] = "send-hello"
-            result["written"] += send_in(sock, hello, o["chunk"] or len(hello), o["split-at"])
-            result["step"] = "read-hello-reply"
-            sock.settimeout(2)
-            try:
-                sock.recv(1)
-            except socket.timeout:
-                pass
+            sock = connected(host, port, result)
+        send_hello(sock, o, result)
         result["step"] = "done"
     except OSError as e:
         result["errno"] = e.errno
@@ -189,9 +198,7 @@ def reconnect(args):
     result = {"step": "connect", "errno": None, "statuses": [], "written": 0}
     sock = None
     try:
-        sock = socket.create_connection((host, port), timeout=5)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        result["local_port"] = sock.getsockname()[1]
+        sock = connected(host, port, result)
         result["step"] = "first-connect"
         sock.sendall(f"CONNECT {first} HTTP/1.1\r\nHost: {first}\r\n\r\n".encode())
         result["statuses"].append(read_head(sock))
@@ -200,15 +207,7 @@ def reconnect(args):
         sock.sendall(f"CONNECT {second} HTTP/1.1\r\nHost: {second}\r\n{auth}\r\n".encode())
         result["step"] = "second-reply"
         result["statuses"].append(read_head(sock))
-        if o["sni"]:
-            result["step"] = "send-hello"
-            sock.sendall(hello_bytes(o))
-            result["step"] = "read-hello-reply"
-            sock.settimeout(2)
-            try:
-                sock.recv(1)
-            except socket.timeout:
-                pass
+        send_hello(sock, o, result)
         result["step"] = "done"
     except OSError as e:
         result["errno"] = e.errno
