@@ -104,9 +104,16 @@ for target in "${targets[@]}"; do
     esac
     budget=(-max_total_time="$seconds")
     # The kernel/user-space differential still finds differences in long runs (each is a finding: fix it or
-    # write it down in monitor-core/tests/kernel_scan/compare.rs); the bounded run is a fixed, seeded walk
-    # from the seeds, so it fails only on a regression.
-    [ "$target" = kernel_scan ] && budget=(-seed=1 -runs="${KERNEL_SCAN_RUNS:-10000}")
+    # write it down in monitor-core/tests/kernel_scan/compare.rs). The bounded run is a seeded walk from the
+    # seeds; libFuzzer's walk is not exactly repeatable, so a difference it happens on is kept and reported
+    # (fuzz/artifacts/kernel_scan/findings, which the differential test reads back until each is fixed or
+    # written down, and removed) rather than failing the run. An unsound kernel reading still crashes.
+    # KERNEL_SCAN_STRICT=1 makes every difference a crash.
+    findings="$here/artifacts/kernel_scan/findings"
+    if [ "$target" = kernel_scan ]; then
+        budget=(-seed=1 -runs="${KERNEL_SCAN_RUNS:-10000}")
+        [ "${KERNEL_SCAN_STRICT:-0}" = 1 ] || export KERNEL_SCAN_FINDINGS="$findings"
+    fi
     mkdir -p "artifacts/$target"
     echo "=== $target: ${budget[*]}"
     # -timeout: one input that takes this long is a hang; -rss_limit_mb bounds memory per input run.
@@ -116,11 +123,17 @@ for target in "${targets[@]}"; do
         passed=$((passed + 1))
         runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "artifacts/$target/log.txt" | grep -o '[0-9]*$')"
         echo "ok $target: ${runs:-?} executions, no crash"
+        if [ "$target" = kernel_scan ] && [ -d "$findings" ]; then
+            echo "FINDINGS kernel_scan: $(find "$findings" -type f | wc -l) inputs on which the kernel and user" \
+                "space disagree for no written-down reason, kept in $findings:"
+            grep -h '^kernel_scan finding' "artifacts/$target/log.txt" | sort -u | head -n 8
+        fi
     else
         failed+=("$target")
         echo "FAILED $target: see fuzz/artifacts/$target/ (log.txt and crash-*)"
         grep -E 'panicked|ERROR|SUMMARY|Test unit written' "artifacts/$target/log.txt" | head -n 8
     fi
+    unset KERNEL_SCAN_FINDINGS
 done
 
 echo "fuzz: ${passed} passed, ${#failed[@]} failed${failed[*]:+ (${failed[*]})}"

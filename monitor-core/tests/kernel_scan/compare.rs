@@ -245,6 +245,11 @@ pub const USER_READS_NO_PROTOCOL: &str = "user space reads no protocol in the st
 /// squid answers 400 to such a line, so no tunnel opens.
 pub const CONNECT_NO_VERSION: &str = "a CONNECT line without an HTTP version: the proxy refuses it (400), no \
     tunnel opens";
+/// Found by fuzzing: a CONNECT inside a tunnel (through a SOCKS server or a CONNECT to a second proxy, or
+/// a CONNECT sent again on the same connection after a 407).
+pub const CHAINED_CONNECT: &str = "a CONNECT inside the tunnel (a chained proxy, or the request sent again \
+    after a 407): the kernel judges its name, user space keeps the first request's target and reads on to \
+    the message after it, which a late verdict judges (both names are judged)";
 pub const KERNEL_READS_REFUSED_HEAD: &str = "the kernel reads a Host line in a head user space refuses";
 pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
     server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
@@ -300,6 +305,9 @@ pub fn explain(
             if layer == Layer::Outer && host_line_is_no_host(stream) {
                 return Ok(Some(BAD_HOST_LINE));
             }
+            if layer == Layer::Tunnel && chained_connect(stream, k) {
+                return Ok(Some(CHAINED_CONNECT));
+            }
             if request_host(k).is_none() && normalize_host(k).is_none() {
                 return Ok(Some(NOT_A_HOST));
             }
@@ -320,6 +328,8 @@ pub fn explain(
                 Ok(Some(KERNEL_READS_REFUSED_HEAD))
             } else if layer == Layer::Tunnel && found.protocol.is_none() {
                 Ok(Some(USER_READS_NO_PROTOCOL))
+            } else if layer == Layer::Tunnel && chained_connect(stream, k) {
+                Ok(Some(CHAINED_CONNECT))
             } else {
                 Err(format!("the kernel judges {k:?}, user space names nothing ({found:?})"))
             }
@@ -351,6 +361,12 @@ pub fn explain(
             }
         }
     }
+}
+
+/// Whether `name` is the authority of a CONNECT line after the stream's first byte: a CONNECT in the tunnel.
+pub fn chained_connect(stream: &[u8], name: &str) -> bool {
+    let line = format!("CONNECT {name}");
+    stream.get(1..).and_then(|rest| find_ci(rest, line.as_bytes())).is_some()
 }
 
 /// Whether the request line ends in an HTTP version a proxy accepts (`HTTP/1.0`, `HTTP/1.1`).
