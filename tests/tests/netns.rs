@@ -77,19 +77,23 @@ fn describe(events: &[Value]) -> String {
     events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
 }
 
-/// The ConnectionSuccess of `run`'s process to `remote`, naming `url`.
-fn expect_success(mon: &Monitor, run: &ClientRun, remote: (&str, u16), url: &str, file_name: &str) -> Value {
+/// The first event of `run`'s process with `action` and `RemoteUrl` `target`, waited for up to 10 s.
+fn expect_event(mon: &Monitor, run: &ClientRun, action: &str, target: &str) -> Value {
     let found = mon.wait_events(10, |e| {
-        e["InitiatingProcessId"] == run.pid && e["ActionType"] == "ConnectionSuccess" && e["RemoteUrl"] == url
+        e["InitiatingProcessId"] == run.pid && e["ActionType"] == action && e["RemoteUrl"] == target
     });
-    let all = of_pid(&mon.events(), run.pid);
     assert!(
         !found.is_empty(),
-        "no ConnectionSuccess naming {url} for pid {} ({run:?}); its events:\n{}",
+        "no {action} naming {target} for pid {} ({run:?}); its events:\n{}",
         run.pid,
-        describe(&all)
+        describe(&of_pid(&mon.events(), run.pid))
     );
-    let e = &found[0];
+    found[0].clone()
+}
+
+/// The ConnectionSuccess of `run`'s process to `remote`, naming `url`.
+fn expect_success(mon: &Monitor, run: &ClientRun, remote: (&str, u16), url: &str, file_name: &str) -> Value {
+    let e = &expect_event(mon, run, "ConnectionSuccess", url);
     assert_eq!(e["Table"], "DeviceNetworkEvents");
     assert_eq!(e["RemoteIP"], remote.0, "RemoteIP: {e}");
     assert_eq!(e["RemotePort"], remote.1, "RemotePort: {e}");
@@ -839,16 +843,7 @@ fn write_lists(bed: &Bed, name: &str) -> (String, String) {
 
 /// A protection event (Blocked or Audited) of `run`'s process naming `target`.
 fn expect_protection(mon: &Monitor, run: &ClientRun, action: &str, target: &str) -> Value {
-    let found = mon.wait_events(10, |e| {
-        e["InitiatingProcessId"] == run.pid && e["ActionType"] == action && e["RemoteUrl"] == target
-    });
-    assert!(
-        !found.is_empty(),
-        "no {action} naming {target} for pid {} ({run:?}); its events:\n{}",
-        run.pid,
-        describe(&of_pid(&mon.events(), run.pid))
-    );
-    let e = found[0].clone();
+    let e = expect_event(mon, run, action, target);
     assert_eq!(e["Table"], "DeviceEvents");
     let file_name = e["InitiatingProcessFileName"].as_str().unwrap_or("");
     assert!(file_name == "curl" || file_name.starts_with("python3"), "{e}");
@@ -1254,29 +1249,11 @@ fn evasion_cases(r: &mut Runner, bed: &Bed, block: bool) {
         if block {
             assert_eq!(result["errno"], 13, "the send must fail with EACCES: {result} {run:?}");
             assert!(run.elapsed < Duration::from_secs(2), "fails at once: {run:?}");
-            let found = mon.wait_events(10, |e| {
-                e["InitiatingProcessId"] == run.pid
-                    && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
-                    && e["RemoteUrl"] == target
-            });
-            assert!(
-                !found.is_empty(),
-                "no Blocked event naming {target}:\n{}",
-                describe(&of_pid(&mon.events(), run.pid))
-            );
+            expect_event(&mon, run, "ExploitGuardNetworkProtectionBlocked", target);
             assert!(!delivered(), "bytes of the blocked request were delivered");
         } else {
             assert_eq!(result["step"], "done", "audit mode blocks nothing: {result}");
-            let found = mon.wait_events(10, |e| {
-                e["InitiatingProcessId"] == run.pid
-                    && e["ActionType"] == "ExploitGuardNetworkProtectionAudited"
-                    && e["RemoteUrl"] == target
-            });
-            assert!(
-                !found.is_empty(),
-                "no Audited event naming {target}:\n{}",
-                describe(&of_pid(&mon.events(), run.pid))
-            );
+            expect_event(&mon, run, "ExploitGuardNetworkProtectionAudited", target);
             assert!(delivered(), "audit mode delivers the request");
         }
     };
@@ -1756,13 +1733,8 @@ fn quic_cases(r: &mut Runner, bed: &Bed) {
             } else {
                 "ExploitGuardNetworkProtectionAudited"
             };
-            let found = mon.wait_events(10, |e| {
-                e["InitiatingProcessId"] == run.pid
-                    && e["ActionType"] == action
-                    && e["RemoteUrl"] == "blocked.test"
-            });
-            assert!(!found.is_empty(), "no {action} for QUIC:\n{}", describe(&mon.events()));
-            assert_eq!(found[0]["Protocol"], "Udp");
+            let e = expect_event(&mon, &run, action, "blocked.test");
+            assert_eq!(e["Protocol"], "Udp", "{e}");
             if block {
                 assert_eq!(
                     result["errno"], 1,
@@ -2375,17 +2347,7 @@ fn late_verdict_cases(r: &mut Runner, bed: &Bed) {
             assert_eq!(res["ended"], 103, "the connection is aborted: {res} {run:?}");
             assert!(res["after_ms"].as_u64().is_some_and(|ms| ms < 2000), "aborted at once: {res}");
             assert!(res["again"].is_number(), "nothing more goes out on it: {res}");
-            let found = mon.wait_events(10, |e| {
-                e["InitiatingProcessId"] == run.pid
-                    && e["ActionType"] == "ExploitGuardNetworkProtectionBlocked"
-                    && e["RemoteUrl"] == target
-            });
-            assert!(
-                !found.is_empty(),
-                "no Blocked event naming {target}:\n{}",
-                describe(&of_pid(&mon.events(), run.pid))
-            );
-            let e = &found[0];
+            let e = &expect_event(&mon, &run, "ExploitGuardNetworkProtectionBlocked", target);
             assert_eq!(e["AdditionalFields"]["LateVerdict"], true, "{e}");
             assert_eq!(e["AdditionalFields"]["IsAudit"], false, "{e}");
             assert_eq!(e["AdditionalFields"]["MatchedIndicator"], indicator, "{e}");

@@ -7,13 +7,13 @@ use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use tests::{
-    Bed, Cgroup, ClientRun, Monitor, Runner,
+    Bed, Cgroup, ClientRun, Runner,
     bed::{ORIGIN_V4, ROUTER_V4, SQUID_AUTH_PORT, SQUID_PORT, sh},
     monitor::of_pid,
 };
 
 use super::{
-    SINK_PORT, SOCKS, SQUID, curl, describe, expect_blocked, expect_protection, expect_success,
+    SINK_PORT, SOCKS, SQUID, curl, describe, expect_blocked, expect_event, expect_protection, expect_success,
     policy_monitor, rawclient,
 };
 
@@ -39,19 +39,6 @@ fn expect_aborted(run: &ClientRun, result: &Value) {
         "the connection must be aborted (ECONNABORTED/ECONNRESET/EPIPE): {result} {run:?}"
     );
     assert!(run.elapsed < Duration::from_secs(2), "refused at once: {run:?}");
-}
-
-fn expect_event(mon: &Monitor, run: &ClientRun, action: &str, target: &str) -> Value {
-    let found = mon.wait_events(10, |e| {
-        e["InitiatingProcessId"] == run.pid && e["ActionType"] == action && e["RemoteUrl"] == target
-    });
-    assert!(
-        !found.is_empty(),
-        "no {action} naming {target} for pid {}:\n{}",
-        run.pid,
-        describe(&of_pid(&mon.events(), run.pid))
-    );
-    found[0].clone()
 }
 
 pub fn cases(r: &mut Runner, bed: &mut Bed) {
