@@ -619,7 +619,7 @@ impl Flows {
                 sink.next_report_id(),
                 fields,
             );
-            sink.emit(&event);
+            sink.emit(event);
         };
         if let Decision::Blocked(indicator) = decision {
             let blocking = self.block;
@@ -826,7 +826,7 @@ impl Flows {
             sink.next_report_id(),
             fields,
         );
-        sink.emit(&event);
+        sink.emit(event);
         if let Some(flow) = self.sockets.get_mut(&cookie) {
             flow.reported = true;
             flow.deadline = None;
@@ -929,7 +929,7 @@ impl Flows {
             sink.next_report_id(),
             fields,
         );
-        sink.emit(&event);
+        sink.emit(event);
     }
 
     pub fn on_wire(&mut self, rec: &WireRecord, sink: &mut Sink) {
@@ -1010,7 +1010,7 @@ impl Flows {
             sink.next_report_id(),
             fields,
         );
-        sink.emit(&event);
+        sink.emit(event);
         if let Some(flow) = self.wires.get_mut(&key) {
             flow.reported = true;
             flow.deadline = None;
@@ -1079,7 +1079,7 @@ impl Flows {
             sink.next_report_id(),
             fields,
         );
-        sink.emit(&event);
+        sink.emit(event);
     }
 
     /// Report flows whose wait ran out; forget ones whose close was lost.

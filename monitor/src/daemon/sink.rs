@@ -104,8 +104,9 @@ impl Sink {
     }
 
     /// Writes `event` with this device's `DeviceId` and the next `Seq`.
-    pub fn emit(&mut self, event: &DeviceEvent) {
-        let event = DeviceEvent { device_id: self.device_id.clone(), seq: self.next_seq, ..event.clone() };
+    pub fn emit(&mut self, mut event: DeviceEvent) {
+        event.device_id.clone_from(&self.device_id);
+        event.seq = self.next_seq;
         self.next_seq += 1;
         let line = event.to_json_line();
         let ok = writeln!(self.out, "{line}").and_then(|_| self.out.flush()).is_ok();
