@@ -186,12 +186,22 @@ pub fn parse_request_head(buf: &[u8]) -> Step<RequestHead> {
 
 /// A CONNECT whose request line has extra words (`CONNECT host:25 / HTTP/1.0`, sent by spam tools and
 /// accepted by proxies): the authority is still the second word. `None` when `buf` is not such a CONNECT.
+/// The words are split by spaces and tabs only, no other control byte is in the line, and it still ends in
+/// an HTTP/1.x version: a line without one (`CONNECT \rhost x`) is refused by squid (400) and opens no
+/// tunnel, so it names nothing.
 fn lenient_connect(buf: &[u8]) -> Option<Step<RequestHead>> {
     let line_end = buf.iter().position(|&b| b == b'\n')?;
     let line = std::str::from_utf8(&buf[..line_end]).ok()?;
-    let mut words = line.split_ascii_whitespace();
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        return None;
+    }
+    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
     let method = words.next().filter(|m| m.eq_ignore_ascii_case("CONNECT"))?;
     let (host, port) = authority_host(words.next()?)?;
+    if !matches!(words.next_back(), Some("HTTP/1.0" | "HTTP/1.1")) {
+        return None;
+    }
     let head_len = [&b"\r\n\r\n"[..], b"\n\n"]
         .iter()
         .filter_map(|end| buf.windows(end.len()).position(|w| w == *end).map(|at| at + end.len()))
@@ -244,9 +254,16 @@ fn parse_host_header(value: &[u8]) -> Result<HostHeader, ()> {
 
 /// The host and port of an authority (CONNECT target, absolute URI, Host value). Userinfo
 /// (`user:pass@`) is not part of the target: squid and tinyproxy drop it (up to the last `@`, as squid
-/// reads it), and it must not end up in events.
+/// reads it), and it must not end up in events. "Userinfo" with a blank, a control byte or a URI delimiter
+/// (`/`, `?`, `#`, which end an authority) in it is none (`Host: a / @b` is words, not an authority): such an
+/// authority names nothing.
 fn authority_host(authority: &str) -> Option<(String, Option<u16>)> {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let not_userinfo = |b: u8| matches!(b, b' ' | b'/' | b'?' | b'#') || b.is_ascii_control();
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.bytes().any(not_userinfo) => return None,
+        Some((_, host)) => host,
+        None => authority,
+    };
     let (host, port) = split_authority(authority)?;
     Some((request_host(host)?, port))
 }
@@ -341,6 +358,24 @@ mod tests {
         assert!(req.quirk.is_some());
         assert!(matches!(parse_request_head(&head[..50]), Step::NeedMore(_)));
         assert!(matches!(parse_request_head(b"GET a b c\r\n\r\n"), Step::Malformed(_)));
+        // Found by fuzzing: no version, or a CR among the words, is no CONNECT a proxy takes.
+        for line in [
+            &b"CONNECT \rq4 m\n\n"[..],
+            b"CONNECT q4:443 m\r\n\r\n",
+            b"CONNECT q4:443 /\rHTTP/1.1\r\n\r\n",
+            b"CONNECT q4:443 \x0c/ HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_request_head(line), Step::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let tab = b"CONNECT\tq4:443\t/\tHTTP/1.1\r\n\r\n";
+        assert_eq!(
+            done(parse_request_head(tab)).0.target,
+            RequestTarget::Authority { host: "q4".into(), port: Some(443) }
+        );
     }
 
     #[test]
@@ -350,6 +385,14 @@ mod tests {
         assert_eq!(req.host_header, Some(Ok(HostHeader { host: "toni.lan".into(), port: Some(31337) })));
         let (req, _) = done(parse_request_head(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"));
         assert_eq!(req.host_header, Some(Err(())));
+        // Found by fuzzing: words before an `@` are no userinfo; real userinfo is still dropped.
+        for head in
+            [&b"GET / HTTP/1.1\r\nHost: gET / @t\r\n\r\n"[..], b"GET / HTTP/1.1\r\nHost: a//b:8@t\r\n\r\n"]
+        {
+            assert_eq!(done(parse_request_head(head)).0.host_header, Some(Err(())));
+        }
+        let (req, _) = done(parse_request_head(b"GET / HTTP/1.1\r\nHost: u:p@t.example\r\n\r\n"));
+        assert_eq!(req.host_header, Some(Ok(HostHeader { host: "t.example".into(), port: None })));
     }
 
     #[test]
