@@ -639,3 +639,46 @@ fn a_chained_connect_is_judged_by_the_kernel() {
         assert!(explain(Layer::Tunnel, &other, &kernel.outer, user.as_deref(), &stream, &found).is_err());
     }
 }
+
+#[test]
+fn what_fuzzing_found_stays_explained() {
+    // The smallest forms of what the fuzz walks found (the corpora that found them are not in git).
+    let mut repeated_sni = client_hello(Some(DENIED.as_bytes()), 1, 1);
+    let first =
+        repeated_sni.windows(6).position(|w| w == [0x10, 0, 0, 2, 0, 0]).expect("the extension before");
+    repeated_sni[first] = 0; // server_name, with an empty list, before the real one
+    let mut socks4_then_hello = vec![4, 1, 1, 0xbb, 10, 0, 0, 1, b'u', 0];
+    socks4_then_hello.extend_from_slice(&repeated_sni);
+    let cases: [(&str, Vec<u8>, &str); 7] = [
+        ("words before an @ in Host", b"GET / HTTP/1.1\r\nHost:gET / @t\n\r\n".to_vec(), USER_MALFORMED),
+        ("a / before an @ in Host", b"GET / HTTP/1.1\r\nHost: a//b:8@t\r\n\r\n".to_vec(), USER_MALFORMED),
+        ("CONNECT without a version", b"CONNECT \rq4 m\n\n\n".to_vec(), ""),
+        (
+            "a second Host line after one that is no host",
+            b"GET / HTTP/1.1\r\nHost:\xdf\xdf\xdf@ t: g\x02.1\r\nHost: alpha.example.test\r\n\r\n".to_vec(),
+            SECOND_HOST_LINE,
+        ),
+        ("server_name twice", repeated_sni.clone(), REPEATED_SERVER_NAME),
+        ("server_name twice in a SOCKS4 tunnel", socks4_then_hello, REPEATED_SERVER_NAME),
+        (
+            "a CONNECT in a SOCKS4 tunnel",
+            [
+                &[4u8, 1, 1, 0xbb, 10, 0, 0, 1, b'u', 0][..],
+                b"CONNECT denied.example.test:443 HTTP/1.1\r\n\r\n",
+            ]
+            .concat(),
+            CHAINED_CONNECT,
+        ),
+    ];
+    for (what, stream, reason) in cases {
+        let outcomes = compare(&stream).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let reasons: Vec<_> =
+            outcomes.iter().map(|o| o.result.clone().unwrap_or_else(|e| panic!("{what}: {e}"))).collect();
+        if reason.is_empty() {
+            assert!(reasons.iter().all(Option::is_none), "{what}: agreed, not explained: {reasons:?}");
+            assert!(outcomes.iter().all(|o| o.user.is_none()), "{what}: user space names nothing");
+        } else {
+            assert!(reasons.contains(&Some(reason)), "{what}: {reasons:?}");
+        }
+    }
+}

@@ -36,6 +36,8 @@ pub struct KernelReading {
     pub outer: Kernel,
     pub outer_source: u32,
     pub tunnel: Option<Kernel>,
+    /// Where the tunnel's first message starts in the stream, when the kernel reads one.
+    pub tunnel_at: Option<usize>,
 }
 
 /// One scan over `bytes` copied into a scratch buffer whose other bytes are `fill`.
@@ -118,7 +120,7 @@ pub fn kernel_tls(bytes: &[u8]) -> Result<Kernel, String> {
 /// message, and after a CONNECT or SOCKS request the tunnel's first.
 pub fn kernel_read(stream: &[u8]) -> Result<KernelReading, String> {
     let Some(&first) = stream.first() else {
-        return Ok(KernelReading { outer: Kernel::Short, outer_source: 0, tunnel: None });
+        return Ok(KernelReading { outer: Kernel::Short, outer_source: 0, tunnel: None, tunnel_at: None });
     };
     let (outer, source, rest): (Kernel, u32, Option<&[u8]>) = match first {
         0x16 => (kernel_tls(stream)?, 0, None),
@@ -164,12 +166,14 @@ pub fn kernel_read(stream: &[u8]) -> Result<KernelReading, String> {
         }
     };
     let opens_tunnel = matches!(source, SOURCE_CONNECT | SOURCE_SOCKS5 | SOURCE_SOCKS4A | SOURCE_SOCKS_IP);
-    let tunnel = match rest.filter(|r| !r.is_empty() && opens_tunnel) {
+    let rest = rest.filter(|r| !r.is_empty() && opens_tunnel);
+    let tunnel = match rest {
         Some(inner) if inner[0] == 0x16 => Some(kernel_tls(inner)?),
         Some(inner) => Some(scan_twice(inner, scan_http)?.1),
         None => None,
     };
-    Ok(KernelReading { outer, outer_source: source, tunnel })
+    let tunnel_at = rest.map(|inner| stream.len() - inner.len());
+    Ok(KernelReading { outer, outer_source: source, tunnel, tunnel_at })
 }
 
 pub fn socks4_end(stream: &[u8]) -> Option<usize> {
@@ -250,6 +254,14 @@ pub const CONNECT_NO_VERSION: &str = "a CONNECT line without an HTTP version: th
 pub const CHAINED_CONNECT: &str = "a CONNECT inside the tunnel (a chained proxy, or the request sent again \
     after a 407): the kernel judges its name, user space keeps the first request's target and reads on to \
     the message after it, which a late verdict judges (both names are judged)";
+/// Found by fuzzing: the kernel stops at a first Host line that is no host, user space names a second one.
+pub const SECOND_HOST_LINE: &str = "two Host lines, the first no host: user space skips it and names the second \
+    (a late verdict judges it), the kernel stops at the first; nginx refuses two Host lines (400), tinyproxy \
+    takes the first and fails on it";
+/// Found by fuzzing: a ClientHello whose server_name extension comes twice.
+pub const REPEATED_SERVER_NAME: &str = "a ClientHello with server_name twice: the kernel reads the first, user \
+    space a later one (a late verdict judges it); TLS servers refuse a repeated extension (RFC 8446 4.2, \
+    OpenSSL aborts the handshake)";
 pub const KERNEL_READS_REFUSED_HEAD: &str = "the kernel reads a Host line in a head user space refuses";
 pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
     server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
@@ -320,7 +332,7 @@ pub fn explain(
                 Ok(Some(USER_MALFORMED))
             } else if host_line_is_no_host(stream) {
                 Ok(Some(BAD_HOST_LINE))
-            } else if stream.first() == Some(&0x16) && !matches!(stream.get(1..3), Some([3, 0..=4])) {
+            } else if not_tls_record(stream) {
                 Ok(Some(NOT_TLS_RECORD))
             } else if layer == Layer::Outer && matches!(stream.first(), Some(4 | 5)) {
                 Ok(Some(SOCKS_ODD_COMMAND))
@@ -354,6 +366,10 @@ pub fn explain(
                 Ok(Some(OTHER_METHOD))
             } else if beyond_bounds(stream) {
                 Ok(Some(BEYOND_BOUNDS))
+            } else if layer == Layer::Outer && http && second_host_line(stream) {
+                Ok(Some(SECOND_HOST_LINE))
+            } else if layer == Layer::Outer && repeated_server_name(stream) {
+                Ok(Some(REPEATED_SERVER_NAME))
             } else if repeated_socks5_greeting(stream) {
                 Ok(Some(SOCKS_AFTER_REPEATED_GREETING))
             } else {
@@ -361,6 +377,18 @@ pub fn explain(
             }
         }
     }
+}
+
+/// Whether `message` is a handshake record whose version is not TLS's.
+pub fn not_tls_record(message: &[u8]) -> bool {
+    message.first() == Some(&0x16) && !matches!(message.get(1..3), Some([3, 0..=4]))
+}
+
+/// Whether the stream has two Host lines and the first is no host: user space skips the first and names
+/// the second, the kernel stops at the first.
+pub fn second_host_line(stream: &[u8]) -> bool {
+    let lines = stream.windows(6).filter(|w| w.eq_ignore_ascii_case(b"\nhost:")).count();
+    lines >= 2 && host_line_is_no_host(stream)
 }
 
 /// Whether `name` is the authority of a CONNECT line after the stream's first byte: a CONNECT in the tunnel.
@@ -378,7 +406,13 @@ pub fn http_version_line(stream: &[u8]) -> bool {
 
 pub fn repeated_socks5_greeting(stream: &[u8]) -> bool {
     let Some(&n) = stream.get(1) else { return false };
-    let second = &stream[(2 + usize::from(n)).min(stream.len())..];
+    let mut second = &stream[(2 + usize::from(n)).min(stream.len())..];
+    // Past a username/password sub-negotiation, which the kernel skips as well.
+    if second.first() == Some(&1)
+        && let Some(len) = socks_userpass_len(second)
+    {
+        second = &second[len.min(second.len())..];
+    }
     second.first() == Some(&5)
         && second.get(3).is_none_or(|&atyp| !matches!(atyp, 1 | 3 | 4) || second.get(2) != Some(&0))
         || second.len() >= 3 && second[0] == 5 && second[2] == 0 && second.get(1).is_some_and(|&m| m > 3)
@@ -428,8 +462,9 @@ pub fn tls_records(stream: &[u8]) -> usize {
     n
 }
 
-/// How many extensions come before server_name in a single-record ClientHello.
-pub fn tls_extensions_before_sni(stream: &[u8]) -> Option<usize> {
+/// The extension types of the ClientHello in `stream` (its records joined), in order; `None` when the
+/// stream is no ClientHello that far.
+pub fn client_hello_extensions(stream: &[u8]) -> Option<Vec<u16>> {
     let mut hs = Vec::new();
     let mut at = 0;
     while let Some(h) = stream.get(at..at + 5) {
@@ -445,15 +480,23 @@ pub fn tls_extensions_before_sni(stream: &[u8]) -> Option<usize> {
     p += 2 + usize::from(u16::from_be_bytes([*hs.get(p)?, *hs.get(p + 1)?]));
     p += 1 + usize::from(*hs.get(p)?);
     p += 2;
-    let mut count = 0;
+    let mut types = Vec::new();
     while let (Some(&a), Some(&b)) = (hs.get(p), hs.get(p + 1)) {
-        if a == 0 && b == 0 {
-            return Some(count);
-        }
-        count += 1;
-        p += 4 + usize::from(u16::from_be_bytes([*hs.get(p + 2)?, *hs.get(p + 3)?]));
+        types.push(u16::from_be_bytes([a, b]));
+        let Some(len) = hs.get(p + 2..p + 4) else { break };
+        p += 4 + usize::from(u16::from_be_bytes([len[0], len[1]]));
     }
-    None
+    Some(types)
+}
+
+/// How many extensions come before server_name in a ClientHello.
+pub fn tls_extensions_before_sni(stream: &[u8]) -> Option<usize> {
+    client_hello_extensions(stream)?.iter().position(|&t| t == 0)
+}
+
+/// Whether the ClientHello carries server_name more than once.
+pub fn repeated_server_name(stream: &[u8]) -> bool {
+    client_hello_extensions(stream).is_some_and(|types| types.iter().filter(|&&t| t == 0).count() > 1)
 }
 
 /// One layer of one input, compared.
@@ -478,10 +521,28 @@ pub fn compare(stream: &[u8]) -> Result<Vec<LayerOutcome>, String> {
         .into_iter()
         .map(|(layer, k, user)| {
             let k = k.unwrap_or(Kernel::Unnamed);
-            let result = explain(layer, &k, &kernel.outer, user.as_deref(), stream, &found);
+            let mut result = explain(layer, &k, &kernel.outer, user.as_deref(), stream, &found);
+            if result.is_err()
+                && layer == Layer::Tunnel
+                && let Some(message) = kernel.tunnel_at.and_then(|at| stream.get(at..))
+                && let Some(reason) = explain_tunnel_message(&k, user.as_deref(), message)
+            {
+                result = Ok(Some(reason));
+            }
             LayerOutcome { layer, kernel: k, user, result }
         })
         .collect())
+}
+
+/// The reasons that apply to the tunnel's first message itself, as they would outside a tunnel.
+fn explain_tunnel_message(kernel: &Kernel, user: Option<&str>, message: &[u8]) -> Option<&'static str> {
+    match (kernel, user) {
+        // A ClientHello the kernel reads in a record that is not TLS's: fail closed.
+        (Kernel::Named(_), None) if not_tls_record(message) => Some(NOT_TLS_RECORD),
+        (_, Some(_)) if repeated_server_name(message) => Some(REPEATED_SERVER_NAME),
+        (Kernel::Unnamed, Some(_)) if second_host_line(message) => Some(SECOND_HOST_LINE),
+        _ => None,
+    }
 }
 
 /// Whether the stream's first Host line carries a value that is no host name: bytes past the name (a
@@ -492,7 +553,15 @@ pub fn host_line_is_no_host(stream: &[u8]) -> bool {
     let end = value.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(value.len());
     let text = String::from_utf8_lossy(&value[..end]);
     let text = text.trim_matches(|c| c == ' ' || c == '\t');
-    let host = text.rsplit_once('@').map_or(text, |(_, h)| h);
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    request_host(host).is_none()
+    let host = match text.rsplit_once('@') {
+        // Words before an `@` are no userinfo (user space refuses such a value).
+        Some((userinfo, _)) if userinfo.bytes().any(|b| b == b' ' || b.is_ascii_control()) => return true,
+        Some((_, h)) => h,
+        None => text,
+    };
+    // A port that is not all digits makes the whole value no host (httparse or the host parser refuses it).
+    match monitor_core::extract::split_authority(host) {
+        Some((host, _)) => request_host(host).is_none(),
+        None => true,
+    }
 }
