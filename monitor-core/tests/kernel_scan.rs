@@ -649,7 +649,10 @@ fn what_fuzzing_found_stays_explained() {
     repeated_sni[first] = 0; // server_name, with an empty list, before the real one
     let mut socks4_then_hello = vec![4, 1, 1, 0xbb, 10, 0, 0, 1, b'u', 0];
     socks4_then_hello.extend_from_slice(&repeated_sni);
-    let cases: [(&str, Vec<u8>, &str); 7] = [
+    let mut blank_tunnel = b"CONNECT alpha.example.test:443 HTTP/1.1\r\n\r\n".to_vec();
+    blank_tunnel.extend_from_slice(&[b'\r'; 90]);
+    blank_tunnel.extend_from_slice(b"GET / HTTP/1.1\r\nHost: denied.example.test\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("words before an @ in Host", b"GET / HTTP/1.1\r\nHost:gET / @t\n\r\n".to_vec(), USER_MALFORMED),
         ("a / before an @ in Host", b"GET / HTTP/1.1\r\nHost: a//b:8@t\r\n\r\n".to_vec(), USER_MALFORMED),
         ("CONNECT without a version", b"CONNECT \rq4 m\n\n\n".to_vec(), ""),
@@ -669,6 +672,18 @@ fn what_fuzzing_found_stays_explained() {
             .concat(),
             CHAINED_CONNECT,
         ),
+        (
+            "a userinfo-only CONNECT in a CONNECT tunnel",
+            b"CONNECT alpha.example.test:443 HTTP/1.1\r\n\r\nCONNECT @denied.example.test:443 HTTP/1.1\r\n\r\n"
+                .to_vec(),
+            CHAINED_CONNECT,
+        ),
+        (
+            "a scheme longer than the kernel reads",
+            b"GET hddddddddddddttp://denied.example.test/ HTTP/1.1\r\nHost: alpha.example.test\r\n\r\n".to_vec(),
+            BEYOND_BOUNDS,
+        ),
+        ("a tunnel's request after 90 line ends", blank_tunnel, BEYOND_BOUNDS),
     ];
     for (what, stream, reason) in cases {
         let outcomes = compare(&stream).unwrap_or_else(|e| panic!("{what}: {e}"));

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use monitor_common::scan::{
     BLANKS_MAX, Framing, HEAD_MAX, SCAN_DEFER, SCAN_GREETING, SCAN_IPV4, SCAN_NAME, SCAN_NEED_BYTES,
-    SCAN_UNKNOWN, Scan, Scratch, TLS_EXTENSIONS_MAX, WINDOW, head_framing, scan_http, scan_socks,
+    SCAN_UNKNOWN, SCHEME_MAX, Scan, Scratch, TLS_EXTENSIONS_MAX, WINDOW, head_framing, scan_http, scan_socks,
     scan_tls_message,
 };
 use monitor_common::verdict::{SOURCE_CONNECT, SOURCE_SOCKS_IP, SOURCE_SOCKS4A, SOURCE_SOCKS5};
@@ -273,7 +273,7 @@ pub const IPV6_LITERAL: &str = "an IPv6 literal: the kernel judges it by the con
 pub const OTHER_METHOD: &str = "a method the kernel does not read (WebDAV, PURGE, ...): user space names \
     the target and, in block mode, a late verdict aborts the connection";
 pub const BEYOND_BOUNDS: &str = "past a kernel bound (a Host line after 2 KiB of head, more than 64 \
-    blanks or empty lines, more than 48 TLS extensions before server_name, a message past the 8 KiB \
+    blanks or empty lines, a URI scheme of 16 letters or more, more than 48 TLS extensions before server_name, a message past the 8 KiB \
     window): user space names the target and a late verdict judges it";
 pub const CUT_SHORT: &str = "the stream ends inside the message: the kernel holds the send until its \
     timeout (then uninspectable), user space names what the cut-short message carries";
@@ -319,6 +319,10 @@ pub fn explain(
             }
             if layer == Layer::Tunnel && chained_connect(stream, k) {
                 return Ok(Some(CHAINED_CONNECT));
+            }
+            if layer == Layer::Outer && long_scheme(stream) {
+                // The kernel judges the Host line of a request whose long scheme it does not read.
+                return Ok(Some(BEYOND_BOUNDS));
             }
             if request_host(k).is_none() && normalize_host(k).is_none() {
                 return Ok(Some(NOT_A_HOST));
@@ -391,6 +395,12 @@ pub fn second_host_line(stream: &[u8]) -> bool {
     lines >= 2 && host_line_is_no_host(stream)
 }
 
+/// Whether `message` is a CONNECT request (after the line ends a proxy skips).
+pub fn connect_line(message: &[u8]) -> bool {
+    let start = message.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(message.len());
+    message[start..].get(..8).is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT "))
+}
+
 /// Whether `name` is the authority of a CONNECT line after the stream's first byte: a CONNECT in the tunnel.
 pub fn chained_connect(stream: &[u8], name: &str) -> bool {
     let line = format!("CONNECT {name}");
@@ -432,6 +442,15 @@ pub fn beyond_bounds(stream: &[u8]) -> bool {
     host_at + 6 >= HEAD_MAX as usize
         || leading >= BLANKS_MAX as usize
         || longest_blank_run(stream) >= BLANKS_MAX as usize
+        || long_scheme(stream)
+}
+
+/// Whether the request target is an absolute URI whose scheme is longer than the kernel reads.
+pub fn long_scheme(stream: &[u8]) -> bool {
+    let line_end = stream.iter().position(|&b| b == b'\n').unwrap_or(stream.len());
+    let line = String::from_utf8_lossy(&stream[..line_end]);
+    let target = line.split([' ', '\t']).filter(|w| !w.is_empty()).nth(1).unwrap_or_default();
+    target.split_once("://").is_some_and(|(scheme, _)| scheme.len() >= SCHEME_MAX as usize)
 }
 
 pub fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -541,6 +560,9 @@ fn explain_tunnel_message(kernel: &Kernel, user: Option<&str>, message: &[u8]) -
         (Kernel::Named(_), None) if not_tls_record(message) => Some(NOT_TLS_RECORD),
         (_, Some(_)) if repeated_server_name(message) => Some(REPEATED_SERVER_NAME),
         (Kernel::Unnamed, Some(_)) if second_host_line(message) => Some(SECOND_HOST_LINE),
+        (Kernel::Named(_), _) if connect_line(message) => Some(CHAINED_CONNECT),
+        (Kernel::Named(_), _) if host_line_is_no_host(message) => Some(BAD_HOST_LINE),
+        (_, Some(_)) if beyond_bounds(message) => Some(BEYOND_BOUNDS),
         _ => None,
     }
 }
