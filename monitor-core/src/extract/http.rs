@@ -202,7 +202,8 @@ fn lenient_connect(buf: &[u8]) -> Option<Step<RequestHead>> {
     if !matches!(words.next_back(), Some("HTTP/1.0" | "HTTP/1.1")) {
         return None;
     }
-    let head_len = [&b"\r\n\r\n"[..], b"\n\n"]
+    // The head ends at an empty line, as httparse (and the kernel) end it: `\n\n` or `\n\r\n`.
+    let head_len = [&b"\n\r\n"[..], b"\n\n"]
         .iter()
         .filter_map(|end| buf.windows(end.len()).position(|w| w == *end).map(|at| at + end.len()))
         .min();
@@ -371,6 +372,9 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+        // The head ends at the first empty line, `\n\r\n` included.
+        let head = b"CONNECT q4:443 / HTTP/1.1\r\nX: y\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(done(parse_request_head(head)).1, head.len() - 18);
         let tab = b"CONNECT\tq4:443\t/\tHTTP/1.1\r\n\r\n";
         assert_eq!(
             done(parse_request_head(tab)).0.target,
