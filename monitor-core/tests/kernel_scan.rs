@@ -649,6 +649,8 @@ fn what_fuzzing_found_stays_explained() {
     repeated_sni[first] = 0; // server_name, with an empty list, before the real one
     let mut socks4_then_hello = vec![4, 1, 1, 0xbb, 10, 0, 0, 1, b'u', 0];
     socks4_then_hello.extend_from_slice(&repeated_sni);
+    let socks4_connect = [4u8, 1, 1, 0xbb, 10, 0, 0, 1, b'u', 0];
+    let repeated_sni_free = client_hello(Some(DENIED.as_bytes()), 0, 1);
     let mut blank_tunnel = b"CONNECT alpha.example.test:443 HTTP/1.1\r\n\r\n".to_vec();
     blank_tunnel.extend_from_slice(&[b'\r'; 90]);
     blank_tunnel.extend_from_slice(b"GET / HTTP/1.1\r\nHost: denied.example.test\r\n\r\n");
@@ -684,6 +686,12 @@ fn what_fuzzing_found_stays_explained() {
             BEYOND_BOUNDS,
         ),
         ("a tunnel's request after 90 line ends", blank_tunnel, BEYOND_BOUNDS),
+        (
+            "a long scheme after empty lines",
+            b"\n\n\nGET hddddddddddddttp://denied.example.test/ HTTP/1.1\r\nHost: alpha.example.test\r\n\r\n".to_vec(),
+            BEYOND_BOUNDS,
+        ),
+        ("line ends before a tunnel's ClientHello", [&socks4_connect[..], b"\r\r", &repeated_sni_free].concat(), LINE_ENDS_BEFORE_TUNNEL),
     ];
     for (what, stream, reason) in cases {
         let outcomes = compare(&stream).unwrap_or_else(|e| panic!("{what}: {e}"));

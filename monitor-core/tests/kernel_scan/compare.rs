@@ -262,6 +262,10 @@ pub const SECOND_HOST_LINE: &str = "two Host lines, the first no host: user spac
 pub const REPEATED_SERVER_NAME: &str = "a ClientHello with server_name twice: the kernel reads the first, user \
     space a later one (a late verdict judges it); TLS servers refuse a repeated extension (RFC 8446 4.2, \
     OpenSSL aborts the handshake)";
+/// Found by fuzzing: line ends, then a ClientHello, as a tunnel's first bytes.
+pub const LINE_ENDS_BEFORE_TUNNEL: &str = "line ends before a tunnel's ClientHello: user space reads past them (a \
+    proxy skips them after a CONNECT head) and a late verdict judges the name, the kernel reads only an HTTP \
+    request after line ends";
 pub const KERNEL_READS_REFUSED_HEAD: &str = "the kernel reads a Host line in a head user space refuses";
 pub const NOT_TLS_RECORD: &str = "a handshake record whose version is not TLS (3.0 to 3.4): no TLS \
     server reads it and user space does not take it for TLS, while the kernel reads the ClientHello in it \
@@ -395,6 +399,12 @@ pub fn second_host_line(stream: &[u8]) -> bool {
     lines >= 2 && host_line_is_no_host(stream)
 }
 
+/// Whether `message` is line ends, then a TLS record.
+pub fn line_ends_then_tls(message: &[u8]) -> bool {
+    let start = message.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(message.len());
+    start > 0 && message.get(start) == Some(&0x16)
+}
+
 /// Whether `message` is a CONNECT request (after the line ends a proxy skips).
 pub fn connect_line(message: &[u8]) -> bool {
     let start = message.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(message.len());
@@ -447,6 +457,8 @@ pub fn beyond_bounds(stream: &[u8]) -> bool {
 
 /// Whether the request target is an absolute URI whose scheme is longer than the kernel reads.
 pub fn long_scheme(stream: &[u8]) -> bool {
+    let start = stream.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(stream.len());
+    let stream = &stream[start..];
     let line_end = stream.iter().position(|&b| b == b'\n').unwrap_or(stream.len());
     let line = String::from_utf8_lossy(&stream[..line_end]);
     let target = line.split([' ', '\t']).filter(|w| !w.is_empty()).nth(1).unwrap_or_default();
@@ -563,6 +575,7 @@ fn explain_tunnel_message(kernel: &Kernel, user: Option<&str>, message: &[u8]) -
         (Kernel::Named(_), _) if connect_line(message) => Some(CHAINED_CONNECT),
         (Kernel::Named(_), _) if host_line_is_no_host(message) => Some(BAD_HOST_LINE),
         (_, Some(_)) if beyond_bounds(message) => Some(BEYOND_BOUNDS),
+        (_, Some(_)) if line_ends_then_tls(message) => Some(LINE_ENDS_BEFORE_TUNNEL),
         _ => None,
     }
 }
