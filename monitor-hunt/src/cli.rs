@@ -38,29 +38,50 @@ pub enum ColourChoice {
     Never,
 }
 
-/// Run a KQL query over the event store.
+/// The fleet store, read instead of the local one: ClickHouse, filled by `monitor ingest`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// Read the fleet store instead of the local one: http://HOST:8123/DATABASE (ClickHouse, filled by
+    /// `monitor ingest`).
+    #[arg(id = "fleet", long = "fleet", value_name = "URL", conflicts_with = "store")]
+    pub url: Option<String>,
+    /// The ClickHouse user.
+    #[arg(id = "fleet_user", long = "fleet-user", value_name = "NAME", requires = "fleet")]
+    pub user: Option<String>,
+    /// The ClickHouse user's password; also from the environment, which `ps` does not show.
+    #[arg(
+        id = "fleet_password",
+        long = "fleet-password",
+        value_name = "PASSWORD",
+        requires = "fleet",
+        env = "MONITOR_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+/// Which store to read (the local one, or the fleet's) and how to print its rows: `monitor devices`, and
+/// the first arguments of `monitor hunt`.
 #[derive(clap::Args, Debug, Clone)]
-pub struct HuntArgs {
+pub struct ReadArgs {
     /// The event store [default: /var/lib/monitor/events.db].
     #[arg(long)]
     pub store: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// Run the query on the fleet store instead: http://HOST:8123/DATABASE (ClickHouse, filled by
-    /// `monitor ingest`).
-    #[arg(long, value_name = "URL", conflicts_with = "store")]
-    pub fleet: Option<String>,
-    #[arg(long, value_name = "NAME", requires = "fleet")]
-    pub fleet_user: Option<String>,
-    #[arg(
-        long,
-        value_name = "PASSWORD",
-        requires = "fleet",
-        env = "MONITOR_CLICKHOUSE_PASSWORD",
-        hide_env_values = true
-    )]
-    pub fleet_password: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// List the devices: name, id, first and last seen, events, blocked connections, mode.
+pub type DevicesArgs = ReadArgs;
+
+/// Run a KQL query over the event store.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HuntArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// The query, e.g. 'DeviceNetworkEvents | where RemoteUrl has "example" | take 10'.
     pub query: String,
 }
@@ -86,6 +107,12 @@ pub struct TimelineArgs {
     /// Colour the lines.
     #[arg(long, value_enum, default_value = "auto")]
     pub colour: ColourChoice,
+    /// The device whose timeline the fleet store shows (its DeviceName; `monitor devices --fleet URL`
+    /// lists them).
+    #[arg(long, value_name = "NAME", requires = "fleet")]
+    pub device: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// A positive duration in KQL's timespan syntax: `90s`, `30m`, `1h`, `2d`, `1.5h`.
@@ -100,10 +127,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn hunt(args: &HuntArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // A query error is reported even where there is no store yet.
     kql::check(&args.query)?;
-    let path = args.store.clone().unwrap_or_else(crate::default_store_path);
+    let path = args.read.store.clone().unwrap_or_else(crate::default_store_path);
     let store = Store::open(&path)?;
     let result = store.query(&args.query)?;
-    write_result(&result, args.format, out)
+    write_result(&result, args.read.format, out)
 }
 
 /// Prints `result` in `format` (local and fleet hunting alike).
@@ -120,9 +147,30 @@ pub fn write_result(result: &kql::QueryResult, format: Format, out: &mut dyn Wri
 pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = args.store.clone().unwrap_or_else(crate::default_store_path);
     let store = Store::open(&path)?;
-    let filter = TimelineFilter { since: args.since, process: args.process.clone(), limit: args.limit };
     let now = now_micros();
-    let events = store.timeline(&filter, now)?;
+    let events = store.timeline(&timeline_filter(args), now)?;
+    write_timeline(&events, args, now, out)
+}
+
+/// The filter `args` asks for.
+pub fn timeline_filter(args: &TimelineArgs) -> TimelineFilter {
+    TimelineFilter { since: args.since, process: args.process.clone(), limit: args.limit }
+}
+
+/// `monitor devices`: the store's devices (one, locally), in `args.format`.
+pub fn devices(args: &DevicesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let path = args.store.clone().unwrap_or_else(crate::default_store_path);
+    let store = Store::open(&path)?;
+    write_result(&crate::devices::devices_result(&store.devices()?), args.format, out)
+}
+
+/// Prints `events` as lines, or writes them as the HTML page `args.html` (local and fleet timelines alike).
+pub fn write_timeline(
+    events: &[crate::TimelineEvent],
+    args: &TimelineArgs,
+    now: i64,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     if let Some(html) = &args.html {
         let mut options = OpenOptions::new();
         options.write(true).create(true).truncate(true);
@@ -131,7 +179,7 @@ pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> 
         #[cfg(unix)]
         options.mode(0o600);
         let mut file = options.open(html).with_context(|| format!("create {}", html.display()))?;
-        file.write_all(render_html(&events, now).as_bytes())
+        file.write_all(render_html(events, now).as_bytes())
             .with_context(|| format!("write {}", html.display()))?;
         return finish_output(writeln!(out, "wrote {} events to {}", events.len(), html.display()));
     }
@@ -140,7 +188,7 @@ pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> 
         ColourChoice::Never => false,
         ColourChoice::Auto => io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
     };
-    finish_output(write_text(&events, out, colour).and_then(|()| out.flush()))
+    finish_output(write_text(events, out, colour).and_then(|()| out.flush()))
 }
 
 /// A reader that stops early (`monitor hunt ... | head`) is not an error.
@@ -160,6 +208,7 @@ mod tests {
     enum Command {
         Hunt(HuntArgs),
         Timeline(TimelineArgs),
+        Devices(DevicesArgs),
     }
 
     #[test]
@@ -169,7 +218,7 @@ mod tests {
         else {
             panic!("expected hunt");
         };
-        assert_eq!(hunt.format, Format::Json);
+        assert_eq!(hunt.read.format, Format::Json);
         assert_eq!(hunt.query, "DeviceEvents | take 1");
         let Command::Timeline(timeline) =
             Command::parse_from(["monitor", "timeline", "--since", "1h", "--process", "curl"])
@@ -179,5 +228,25 @@ mod tests {
         assert_eq!(timeline.since, Some(Duration::from_secs(3600)));
         assert_eq!(timeline.colour, ColourChoice::Auto);
         assert!(Command::try_parse_from(["monitor", "timeline", "--since", "soon"]).is_err());
+        let Command::Devices(devices) =
+            Command::parse_from(["monitor", "devices", "--fleet", "http://ch:8123/fleet", "--format", "csv"])
+        else {
+            panic!("expected devices");
+        };
+        assert_eq!(devices.fleet.url.as_deref(), Some("http://ch:8123/fleet"));
+        assert_eq!(devices.format, Format::Csv);
+        // --device is the fleet's; the local and the fleet store are one or the other.
+        assert!(Command::try_parse_from(["monitor", "timeline", "--device", "a"]).is_err());
+        assert!(
+            Command::try_parse_from(["monitor", "devices", "--store", "x.db", "--fleet", "http://ch/f"])
+                .is_err()
+        );
+        assert!(Command::try_parse_from(["monitor", "hunt", "--fleet-user", "u", "DeviceEvents"]).is_err());
+        let Command::Timeline(timeline) =
+            Command::parse_from(["monitor", "timeline", "--fleet", "http://ch:8123/fleet", "--device", "a"])
+        else {
+            panic!("expected timeline");
+        };
+        assert_eq!(timeline.device.as_deref(), Some("a"));
     }
 }

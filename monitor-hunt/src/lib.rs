@@ -5,9 +5,11 @@
 //!   the disk; [`Retention`] bounds the store by age and size.
 //! - [`Store`]: the readers' side, which may run while the daemon writes: [`Store::query`] runs a subset
 //!   of KQL ([`kql`]), [`Store::timeline`] lists the events newest first.
-//! - [`cli`]: the `monitor hunt` and `monitor timeline` subcommands.
+//!   [`Store::devices`] sums them up by device.
+//! - [`cli`]: the `monitor hunt`, `monitor timeline` and `monitor devices` subcommands.
 
 pub mod cli;
+pub mod devices;
 pub mod kql;
 mod output;
 pub mod schema;
@@ -17,6 +19,7 @@ pub mod timeline;
 
 use std::path::PathBuf;
 
+pub use devices::DeviceSummary;
 pub use kql::{HuntError, QueryError, QueryResult, Value};
 pub use output::{write_csv, write_json_lines, write_table};
 pub use store::{

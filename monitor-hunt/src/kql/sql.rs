@@ -90,7 +90,8 @@ fn ident(name: &str) -> String {
     format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
 }
 
-fn quote(text: &str) -> String {
+/// `text` as a ClickHouse string literal.
+pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 

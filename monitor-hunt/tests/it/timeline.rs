@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use monitor_hunt::TimelineFilter;
-use monitor_hunt::cli::{self, ColourChoice, Format, HuntArgs, TimelineArgs};
+use monitor_hunt::cli::{self, ColourChoice, Format, HuntArgs, ReadArgs, TimelineArgs};
 
 use crate::common::{fixture, fixture_events, fixture_now};
 
@@ -19,6 +19,8 @@ fn timeline_args(store: &Path) -> TimelineArgs {
         html: None,
         limit: None,
         colour: ColourChoice::Never,
+        device: None,
+        fleet: Default::default(),
     }
 }
 
@@ -83,11 +85,7 @@ fn hunt_cli_prints_table_json_and_csv() {
     let run = |format: Format| {
         let mut out = Vec::new();
         let args = HuntArgs {
-            store: Some(fixture.path.clone()),
-            format,
-            fleet: None,
-            fleet_user: None,
-            fleet_password: None,
+            read: ReadArgs { store: Some(fixture.path.clone()), format, fleet: Default::default() },
             query: query.to_string(),
         };
         cli::hunt(&args, &mut out).expect("hunt runs");
@@ -112,11 +110,11 @@ fn hunt_cli_prints_table_json_and_csv() {
          2026-11-29T05:02:00.000000Z,python3,api.github.com\r\n"
     );
     let args = HuntArgs {
-        store: Some(fixture.path.clone()),
-        format: Format::Table,
-        fleet: None,
-        fleet_user: None,
-        fleet_password: None,
+        read: ReadArgs {
+            store: Some(fixture.path.clone()),
+            format: Format::Table,
+            fleet: Default::default(),
+        },
         query: "DeviceEvents | wher".into(),
     };
     let error = cli::hunt(&args, &mut Vec::new()).expect_err("a bad query fails");
