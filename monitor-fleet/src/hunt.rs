@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::Context as _;
+use monitor_hunt::cli::FleetArgs;
 use monitor_hunt::kql::sql::{SqlType, to_clickhouse};
 use monitor_hunt::{QueryResult, Value};
 use serde_json::Value as Json;
@@ -54,9 +55,14 @@ fn cell(json: &Json, ty: SqlType) -> Value {
 }
 
 /// `monitor hunt --fleet URL QUERY`.
-pub fn hunt(args: &monitor_hunt::cli::HuntArgs, url: &str, out: &mut dyn Write) -> anyhow::Result<()> {
-    let clickhouse =
-        ClickHouse::new(url, args.fleet_user.clone(), args.fleet_password.clone()).context("--fleet")?;
+pub fn hunt(args: &monitor_hunt::cli::HuntArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let clickhouse = connect(&args.read.fleet)?;
     let result = query_at(&clickhouse, &args.query, monitor_hunt::time::now_micros())?;
-    monitor_hunt::cli::write_result(&result, args.format, out)
+    monitor_hunt::cli::write_result(&result, args.read.format, out)
+}
+
+/// The fleet store `--fleet` names, with its credentials.
+pub fn connect(fleet: &FleetArgs) -> anyhow::Result<ClickHouse> {
+    let url = fleet.url.as_deref().context("--fleet URL")?;
+    ClickHouse::new(url, fleet.user.clone(), fleet.password.clone()).context("--fleet")
 }

@@ -4,6 +4,7 @@
 //!   JetStream (stream `MONITOR_EVENTS`), at least once, from the store as its spool.
 //! - [`ingest`]: the central side. `monitor ingest` reads the stream with a durable pull consumer and
 //!   inserts batches into ClickHouse ([`clickhouse`]), acknowledging only what ClickHouse accepted.
+//! - [`hunt`] and [`views`]: `monitor hunt`, `monitor devices` and `monitor timeline` over the fleet store.
 //! - [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
 
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod hunt;
 pub mod ingest;
 pub mod nats;
 pub mod servers;
+pub mod views;
 
 pub use export::{ExportOptions, ExportStatus, Exporter};
 pub use nats::NatsOptions;

@@ -483,3 +483,115 @@ fn wrong_credentials_are_a_clear_error_and_right_ones_ship() {
     );
     exporter.stop();
 }
+
+/// A store of `count` events of one device, named and numbered as its daemon would.
+fn write_device_store(dir: &Path, name: &str, id: &str, count: u64, audit_last: bool) -> PathBuf {
+    let path = dir.join(format!("{name}.db"));
+    let writer = StoreWriter::open(&path, Retention::default()).expect("open the store");
+    let first = writer.first_seq();
+    for seq in first..first + count {
+        let mut event = event(seq, name);
+        event["DeviceId"] = json!(id);
+        if audit_last && seq == first + count - 1 {
+            event["Table"] = json!("DeviceEvents");
+            event["ActionType"] = json!("ExploitGuardNetworkProtectionAudited");
+        }
+        writer.send(&event);
+    }
+    assert_eq!(writer.dropped(), 0, "the store keeps every event");
+    writer.close().expect("close the store");
+    path
+}
+
+#[test]
+fn fleet_devices_and_timelines_answer_as_each_local_store() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let clickhouse = fleet(&server);
+    clickhouse.ensure_schema().expect("create the fleet tables");
+    let agents = [
+        ("agent-a.example", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", 300, false),
+        ("agent-b.example", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb", 120, true),
+    ];
+    let mut stores = Vec::new();
+    for (name, id, count, audit_last) in agents {
+        let store = write_device_store(dir.path(), name, id, count, audit_last);
+        // Every event twice, as a redelivery would insert it: the views count it once.
+        let spooled =
+            Spool::open(&store).expect("open the spool").after(0, usize::MAX).expect("read the store");
+        for _ in 0..2 {
+            for table in monitor_hunt::schema::TABLES {
+                let rows: Vec<_> = spooled
+                    .iter()
+                    .filter(|e| e.table == table)
+                    .map(|e| {
+                        monitor_fleet::clickhouse::to_row(e.event.to_string().as_bytes()).expect("a row").1
+                    })
+                    .collect();
+                clickhouse.insert(table, &rows).unwrap_or_else(|e| panic!("insert into {table}: {e}"));
+            }
+        }
+        stores.push(monitor_hunt::Store::open(&store).expect("open the store"));
+    }
+
+    let fleet_devices = monitor_fleet::views::devices(&clickhouse).expect("the fleet's devices");
+    let local_devices: Vec<_> = stores.iter().flat_map(|s| s.devices().expect("a store's devices")).collect();
+    assert_eq!(fleet_devices, local_devices, "the fleet lists each device as its own store does");
+    assert_eq!(fleet_devices.len(), 2);
+    assert_eq!(fleet_devices[0].events, 300, "each event once: {:?}", fleet_devices[0]);
+    assert_eq!(fleet_devices[0].mode(), "block", "{:?}", fleet_devices[0]);
+    assert_eq!(fleet_devices[1].mode(), "audit", "{:?}", fleet_devices[1]);
+
+    let now = base_time();
+    let filters = [
+        monitor_hunt::TimelineFilter::default(),
+        monitor_hunt::TimelineFilter { since: Some(Duration::from_millis(9_900)), ..Default::default() },
+        monitor_hunt::TimelineFilter { process: Some("CURL".into()), limit: Some(7), ..Default::default() },
+    ];
+    for ((name, ..), store) in agents.iter().zip(&stores) {
+        for filter in &filters {
+            let local = store.timeline(filter, now).expect("the local timeline");
+            let remote =
+                monitor_fleet::views::timeline(&clickhouse, name, filter, now).expect("the fleet timeline");
+            assert!(!local.is_empty(), "{name} {filter:?}: the filter finds something");
+            assert_eq!(remote, local, "{name} {filter:?}");
+        }
+    }
+    let unknown = monitor_fleet::views::timeline(&clickhouse, "nobody' OR '1'='1", &filters[0], now)
+        .expect("a name is a literal, never SQL");
+    assert!(unknown.is_empty(), "{unknown:?}");
+
+    // The commands: devices in a format, and a fleet timeline names its device.
+    let fleet_args =
+        monitor_hunt::cli::FleetArgs { url: Some(server.url("fleet")), user: None, password: None };
+    let mut out = Vec::new();
+    let args = monitor_hunt::cli::DevicesArgs {
+        store: None,
+        format: monitor_hunt::cli::Format::Csv,
+        fleet: fleet_args.clone(),
+    };
+    monitor_fleet::views::devices_cli(&args, &mut out).expect("devices --fleet");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("agent-a.example,aaaa")), "{text}");
+    let mut timeline = monitor_hunt::cli::TimelineArgs {
+        store: None,
+        since: None,
+        process: None,
+        html: None,
+        limit: Some(3),
+        colour: monitor_hunt::cli::ColourChoice::Never,
+        device: None,
+        fleet: fleet_args,
+    };
+    let err = monitor_fleet::views::timeline_cli(&timeline, &mut Vec::new()).expect_err("no device named");
+    assert!(err.to_string().contains("--device NAME"), "{err}");
+    timeline.device = Some("agent-b.example".into());
+    let mut out = Vec::new();
+    monitor_fleet::views::timeline_cli(&timeline, &mut out).expect("timeline --fleet --device");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines().next().is_some_and(|l| l.contains("ExploitGuardNetworkProtectionAudited")),
+        "{text}"
+    );
+}

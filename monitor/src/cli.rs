@@ -32,8 +32,12 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Run a KQL query over the stored DeviceNetworkEvents and DeviceEvents.
     Hunt(monitor_hunt::cli::HuntArgs),
-    /// The device timeline, newest first (or a self-contained HTML page with --html).
+    /// The device timeline, newest first (or a self-contained HTML page with --html); with --fleet, the
+    /// timeline of any device of the fleet.
     Timeline(monitor_hunt::cli::TimelineArgs),
+    /// The devices: name, id, first and last seen, events, blocked connections, mode (with --fleet, every
+    /// device of the fleet).
+    Devices(monitor_hunt::cli::DevicesArgs),
     /// Read the events every agent exports (NATS JetStream) into ClickHouse, the fleet store.
     #[cfg(target_os = "linux")]
     Ingest(monitor_fleet::cli::IngestArgs),
@@ -210,19 +214,39 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay(args) => crate::replay::run(&args),
         #[cfg(target_os = "linux")]
-        Command::Hunt(args) if args.fleet.is_some() => {
-            let url = args.fleet.clone().unwrap_or_default();
-            monitor_fleet::hunt::hunt(&args, &url, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        Command::Hunt(args) if args.read.fleet.url.is_some() => {
+            monitor_fleet::hunt::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
+        #[cfg(target_os = "linux")]
+        Command::Timeline(args) if args.fleet.url.is_some() => {
+            monitor_fleet::views::timeline_cli(&args, &mut std::io::stdout().lock())
+                .map(|_| ExitCode::SUCCESS)
+        }
+        #[cfg(target_os = "linux")]
+        Command::Devices(args) if args.fleet.url.is_some() => {
+            monitor_fleet::views::devices_cli(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         #[cfg(not(target_os = "linux"))]
-        Command::Hunt(args) if args.fleet.is_some() => {
-            anyhow::bail!("`hunt --fleet` runs on Linux only for now")
-        }
+        Command::Hunt(monitor_hunt::cli::HuntArgs {
+            read: monitor_hunt::cli::ReadArgs { fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. }, .. },
+            ..
+        })
+        | Command::Timeline(monitor_hunt::cli::TimelineArgs {
+            fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. },
+            ..
+        })
+        | Command::Devices(monitor_hunt::cli::DevicesArgs {
+            fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. },
+            ..
+        }) => anyhow::bail!("--fleet runs on Linux only for now"),
         Command::Hunt(args) => {
             monitor_hunt::cli::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         Command::Timeline(args) => {
             monitor_hunt::cli::timeline(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
+        }
+        Command::Devices(args) => {
+            monitor_hunt::cli::devices(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         #[cfg(target_os = "linux")]
         Command::Ingest(args) => monitor_fleet::cli::ingest(&args).map(|()| ExitCode::SUCCESS),

@@ -1,0 +1,141 @@
+//! `monitor devices --fleet` and `monitor timeline --fleet --device NAME`: the local views, answered by
+//! the fleet store. The rows are the local ones ([`DeviceSummary`], [`TimelineEvent`]) and print the same
+//! way; each view is one query that ClickHouse runs (both tables, `FINAL` so a redelivered event counts
+//! once), in SQL that ClickHouse 18.16 runs.
+
+use std::io::Write;
+
+use monitor_hunt::cli::{DevicesArgs, TimelineArgs, timeline_filter, write_result, write_timeline};
+use monitor_hunt::devices::{AUDITED, BLOCKED, devices_result};
+use monitor_hunt::kql::sql::quote;
+use monitor_hunt::schema::TABLES;
+use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
+use serde_json::{Map, Value as Json};
+
+use crate::FleetError;
+use crate::clickhouse::{ClickHouse, TIMESTAMP_MICROS};
+use crate::hunt::connect;
+
+/// Both tables' rows, deduplicated, as one relation with `columns`.
+fn both_tables(clickhouse: &ClickHouse, columns: &str, filter: &str) -> String {
+    TABLES
+        .iter()
+        .map(|table| {
+            format!(
+                "SELECT {} AS Source, {columns} FROM {}.{table} FINAL{filter}",
+                quote(table),
+                clickhouse.database()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// Every device in the fleet store, by name then id.
+pub fn devices(clickhouse: &ClickHouse) -> Result<Vec<DeviceSummary>, FleetError> {
+    let columns = format!(
+        "ifNull(DeviceName, '') AS Name, DeviceId AS Id, {TIMESTAMP_MICROS} AS Micros, Seq AS N, \
+         ifNull(ActionType, '') AS Action"
+    );
+    let sql = format!(
+        "SELECT Name, Id, min(Micros) AS FirstSeen, max(Micros) AS LastSeen, count() AS Events, \
+         countIf(Action = {blocked}) AS Blocked, \
+         argMaxIf(Action, (Micros, N), Action IN ({blocked}, {audited})) AS LastProtection \
+         FROM ({}) GROUP BY Name, Id ORDER BY Name, Id",
+        both_tables(clickhouse, &columns, ""),
+        blocked = quote(BLOCKED),
+        audited = quote(AUDITED),
+    );
+    let rows = clickhouse.query_rows(&sql)?;
+    Ok(rows
+        .iter()
+        .map(|row| DeviceSummary {
+            name: text(row, "Name"),
+            id: text(row, "Id"),
+            first_seen: long(row, "FirstSeen").unwrap_or(0),
+            last_seen: long(row, "LastSeen").unwrap_or(0),
+            events: long(row, "Events").unwrap_or(0),
+            blocked: long(row, "Blocked").unwrap_or(0),
+            last_protection: Some(text(row, "LastProtection")).filter(|a| !a.is_empty()),
+        })
+        .collect())
+}
+
+/// The timeline of the device named `device`, newest first, as the local store gives it. `now`
+/// (microseconds since the epoch) anchors `since`.
+pub fn timeline(
+    clickhouse: &ClickHouse,
+    device: &str,
+    filter: &TimelineFilter,
+    now: i64,
+) -> Result<Vec<TimelineEvent>, FleetError> {
+    let mut conditions = vec![format!("ifNull(DeviceName, '') = {}", quote(device))];
+    if let Some(since) = filter.since {
+        let age = i64::try_from(since.as_micros()).unwrap_or(i64::MAX);
+        conditions.push(format!("{TIMESTAMP_MICROS} >= {}", now.saturating_sub(age)));
+    }
+    if let Some(process) = &filter.process {
+        conditions.push(format!("lower(ifNull(InitiatingProcessFileName, '')) = lower({})", quote(process)));
+    }
+    let columns = format!(
+        "{TIMESTAMP_MICROS} AS Micros, Seq AS N, ifNull(DeviceName, '') AS Device, ifNull(ActionType, '') AS Action, \
+         ifNull(InitiatingProcessFileName, '') AS Process, InitiatingProcessId AS Pid, \
+         ifNull(InitiatingProcessAccountName, '') AS Account, ifNull(RemoteIP, '') AS Ip, RemotePort AS Port, \
+         ifNull(Protocol, '') AS Proto, ifNull(RemoteUrl, '') AS Url, ifNull(AdditionalFields, '') AS Fields"
+    );
+    let limit = filter.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
+    let sql = format!(
+        "SELECT * FROM ({}) ORDER BY Micros DESC, N DESC{limit}",
+        both_tables(clickhouse, &columns, &format!(" WHERE {}", conditions.join(" AND ")))
+    );
+    let rows = clickhouse.query_rows(&sql)?;
+    Ok(rows
+        .iter()
+        .map(|row| TimelineEvent {
+            timestamp: long(row, "Micros").unwrap_or(0),
+            table: text(row, "Source"),
+            device: text(row, "Device"),
+            action: text(row, "Action"),
+            process: text(row, "Process"),
+            pid: long(row, "Pid"),
+            account: text(row, "Account"),
+            remote_ip: text(row, "Ip"),
+            remote_port: long(row, "Port"),
+            protocol: text(row, "Proto"),
+            target: text(row, "Url"),
+            additional: serde_json::from_str(&text(row, "Fields")).unwrap_or(Json::Null),
+        })
+        .collect())
+}
+
+fn text(row: &Map<String, Json>, key: &str) -> String {
+    match row.get(key) {
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn long(row: &Map<String, Json>, key: &str) -> Option<i64> {
+    let value = row.get(key)?;
+    value.as_i64().or_else(|| value.as_u64().map(|n| n as i64)).or_else(|| value.as_str()?.parse().ok())
+}
+
+/// `monitor devices --fleet URL`.
+pub fn devices_cli(args: &DevicesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let clickhouse = connect(&args.fleet)?;
+    write_result(&devices_result(&devices(&clickhouse)?), args.format, out)
+}
+
+/// `monitor timeline --fleet URL --device NAME`.
+pub fn timeline_cli(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let Some(device) = &args.device else {
+        anyhow::bail!(
+            "the fleet holds many devices: name one with --device NAME (`monitor devices --fleet URL` lists them)"
+        );
+    };
+    let clickhouse = connect(&args.fleet)?;
+    let now = monitor_hunt::time::now_micros();
+    let events = timeline(&clickhouse, device, &timeline_filter(args), now)?;
+    write_timeline(&events, args, now, out)
+}
