@@ -53,6 +53,9 @@ pub struct ExportStatus {
     pub last_ack_seconds_ago: Option<f64>,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Events retention deleted before they were exported (each gap is exported as a `MonitorExportGap`
+    /// row), over the store's life.
+    pub gap_events: u64,
 }
 
 struct Shared {
@@ -94,9 +97,13 @@ impl Exporter {
         }
         // Open now, so that a store that cannot be read is an error at start rather than in the log.
         let spool = Spool::open(store).map_err(|e| FleetError::Store(e.to_string()))?;
+        // From now on retention counts what it deletes before it was exported.
+        spool.enable_export().map_err(|e| FleetError::Store(e.to_string()))?;
+        let gap_events = spool.gap_events().map_err(|e| FleetError::Store(e.to_string()))?;
         let shared = Arc::new(Shared {
             status: Mutex::new(ExportStatus {
                 servers: options.nats.servers.clone(),
+                gap_events,
                 ..ExportStatus::default()
             }),
             last_ack: Mutex::new(None),
@@ -181,6 +188,9 @@ impl ExportTask {
 
     fn refresh_lag(&self) {
         let Ok(cursor) = self.spool.cursor() else { return };
+        if let Ok(gap_events) = self.spool.gap_events() {
+            self.shared.update(|s| s.gap_events = gap_events);
+        }
         if let Ok((rows, oldest)) = self.spool.lag(cursor) {
             let now = monitor_hunt::time::now_micros();
             self.shared.update(|s| {

@@ -595,3 +595,64 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
         "{text}"
     );
 }
+
+#[test]
+fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut nats = NatsServer::not_started().unwrap_or_else(|e| panic!("pick a port for nats-server: {e}"));
+    let (store, old) = write_store(dir.path(), 500);
+    let exporter =
+        Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("the agent starts without NATS");
+    // NATS stays down while retention (events older than 5 s) deletes all 500 unexported events.
+    let writer =
+        StoreWriter::open(&store, Retention { max_age: Some(Duration::from_secs(5)), max_bytes: None })
+            .expect("open the store");
+    // (A writer opened on an aged store trims it at once.)
+    writer.enforce_retention().expect("retention");
+    let first = writer.first_seq();
+    let fresh: Vec<u64> = (first..first + 5).collect();
+    for &seq in &fresh {
+        let mut event = event(seq, "agent-1.example");
+        event["Timestamp"] = json!(format_datetime(now_micros()));
+        writer.send(&event);
+    }
+    writer.close().expect("close the store");
+    wait_for(
+        "the gap in the status",
+        || exporter.status().gap_events == 500,
+        || format!("{:?}", exporter.status()),
+    );
+
+    nats.restart().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let last = *fresh.last().expect("events");
+    wait_for("the export", || exporter.status().acked_seq == last, || format!("{:?}", exporter.status()));
+    exporter.stop();
+    let clickhouse_server =
+        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
+    let clickhouse = fleet(&clickhouse_server);
+    wait_for(
+        "the gap row and the events",
+        || fleet_count(&clickhouse) == 6,
+        || format!("{:?}", ingest.counts()),
+    );
+    ingest.stop().expect("the ingest stops cleanly");
+    let rows = clickhouse
+        .query_rows(
+            "SELECT Seq, DeviceId, DeviceName, visitParamExtractInt(AdditionalFields, 'GapEvents') AS GapEvents, \
+             visitParamExtractInt(AdditionalFields, 'FirstSeq') AS FirstSeq, \
+             visitParamExtractInt(AdditionalFields, 'LastSeq') AS LastSeq \
+             FROM fleet.DeviceEvents FINAL WHERE ActionType = 'MonitorExportGap'",
+        )
+        .expect("query the gap");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let gap = &rows[0];
+    assert_eq!(gap["GapEvents"], 500, "{gap:?}");
+    assert_eq!(gap["FirstSeq"].as_u64(), old.first().copied(), "{gap:?}");
+    assert_eq!(gap["LastSeq"].as_u64(), old.last().copied(), "{gap:?}");
+    assert_eq!(gap["Seq"].as_u64(), old.last().copied(), "{gap:?}");
+    assert_eq!(
+        (gap["DeviceId"].as_str(), gap["DeviceName"].as_str()),
+        (Some(DEVICE_ID), Some("agent-1.example"))
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod devices;
+pub mod gaps;
 pub mod kql;
 mod output;
 pub mod schema;

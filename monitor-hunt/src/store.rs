@@ -350,13 +350,9 @@ impl Writer {
         if let Some(max_age) = self.retention.max_age {
             let age = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
             let cutoff = format_datetime(now_micros().saturating_sub(age));
-            for table in TABLES {
-                let deleted = self
-                    .conn
-                    .execute(&format!("DELETE FROM {table} WHERE Timestamp < ?1"), [&cutoff])
+            report.deleted_by_age =
+                crate::gaps::delete_counting_gap(&self.conn, "Timestamp < ?1", &cutoff, STATE_EXPORT_CURSOR)
                     .map_err(sqlite("delete events past the maximum age"))?;
-                report.deleted_by_age += deleted as u64;
-            }
         }
         if let Some(max_bytes) = self.retention.max_bytes {
             report.deleted_by_size =
@@ -501,9 +497,7 @@ fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
             [remove - 1],
             |row| row.get(0),
         )?;
-        for table in TABLES {
-            deleted += conn.execute(&format!("DELETE FROM {table} WHERE Timestamp <= ?1"), [&cutoff])? as u64;
-        }
+        deleted += crate::gaps::delete_counting_gap(conn, "Timestamp <= ?1", &cutoff, STATE_EXPORT_CURSOR)?;
     }
     Ok(deleted)
 }
@@ -570,9 +564,10 @@ fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         });
     }
     conn.execute_batch(&format!(
-        "BEGIN; {} CREATE TABLE IF NOT EXISTS MonitorState (Key TEXT PRIMARY KEY, Value INTEGER NOT NULL); \
+        "BEGIN; {} CREATE TABLE IF NOT EXISTS MonitorState (Key TEXT PRIMARY KEY, Value INTEGER NOT NULL); {} \
          PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
-        schema::create_statements()
+        schema::create_statements(),
+        crate::gaps::CREATE
     ))
     .map_err(sqlite("create the tables"))?;
     Ok(conn)
@@ -704,7 +699,20 @@ impl Spool {
                 supported: SCHEMA_VERSION,
             });
         }
+        // A store that an older writer made has no gap table yet.
+        conn.execute_batch(crate::gaps::CREATE).map_err(sqlite("create the export gap table"))?;
         Ok(Spool { conn, path: path.to_path_buf() })
+    }
+
+    /// Marks the store as exported from: from now on retention counts the events it deletes before they
+    /// were exported as gaps ([`crate::gaps`]).
+    pub fn enable_export(&self) -> Result<(), StoreError> {
+        set_state(&self.conn, crate::gaps::STATE_EXPORT_ENABLED, 1).map_err(self.sqlite("mark the export"))
+    }
+
+    /// How many events retention deleted before the export shipped them, over the store's life.
+    pub fn gap_events(&self) -> Result<u64, StoreError> {
+        crate::gaps::gap_total(&self.conn).map_err(self.sqlite("count the export gaps"))
     }
 
     fn sqlite(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError + '_ {
@@ -723,7 +731,8 @@ impl Spool {
         set_state(&self.conn, STATE_EXPORT_CURSOR, seq).map_err(self.sqlite("move the export cursor"))
     }
 
-    /// Up to `limit` events with a Seq above `seq`, in Seq order, across both tables.
+    /// Up to `limit` events with a Seq above `seq`, in Seq order, across both tables and the export gaps
+    /// (each as its `MonitorExportGap` row).
     pub fn after(&self, seq: u64, limit: usize) -> Result<Vec<SpooledEvent>, StoreError> {
         let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
@@ -757,6 +766,11 @@ impl Spool {
                 let seq = object.get("Seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
                 events.push(SpooledEvent { seq, table, event: serde_json::Value::Object(object) });
             }
+        }
+        for (seq, event) in
+            crate::gaps::gap_events_after(&self.conn, seq).map_err(self.sqlite("read the gaps"))?
+        {
+            events.push(SpooledEvent { seq, table: TABLES[1], event });
         }
         events.sort_by_key(|e| e.seq);
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

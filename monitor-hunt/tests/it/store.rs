@@ -294,3 +294,68 @@ fn seq_rises_across_restarts_and_the_spool_reads_past_its_cursor() {
     let next: Vec<u64> = spool.after(4, 3).expect("read the spool").iter().map(|e| e.seq).collect();
     assert_eq!(next, vec![5, 6, 7]);
 }
+
+#[test]
+fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("events.db");
+    let now = now_micros();
+    let old = format_datetime(now - 3 * 86_400_000_000);
+    let recent = format_datetime(now - 60_000_000);
+    let retention = Retention { max_age: Some(Duration::from_secs(86_400)), max_bytes: None };
+    let write = |range: std::ops::Range<u64>, time: &str| {
+        let writer = StoreWriter::open(&path, retention).expect("open the store");
+        let first = writer.first_seq();
+        for (i, report) in range.enumerate() {
+            let mut event = synthetic_event(report, time, 0);
+            event["Seq"] = (first + i as u64).into();
+            event["DeviceId"] = "device-1".into();
+            writer.send(&event);
+        }
+        writer.flush().expect("commit");
+        writer
+    };
+
+    // Without an export, retention deletes as before and counts nothing.
+    let writer = write(0..20, &old);
+    assert_eq!(writer.enforce_retention().expect("retention").deleted_by_age, 20);
+    writer.close().expect("close");
+    let spool = monitor_hunt::Spool::open(&path).expect("open the spool");
+    assert_eq!(spool.gap_events().expect("gaps"), 0, "no export, no gap");
+
+    // Exported from, with the first 10 of 30 old events shipped: the other 20 are a gap.
+    spool.enable_export().expect("mark the export");
+    let writer = write(100..130, &old);
+    let seqs: Vec<u64> = spool.after(0, 100).expect("read").iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), 30, "{seqs:?}");
+    spool.set_cursor(seqs[9]).expect("ship the first ten");
+    writer.send(&{
+        let mut event = synthetic_event(900, &recent, 0);
+        event["Seq"] = (seqs[29] + 1).into();
+        event["DeviceId"] = "device-1".into();
+        event
+    });
+    writer.flush().expect("commit");
+    assert_eq!(
+        writer.enforce_retention().expect("retention").deleted_by_age,
+        30,
+        "the disk bound still holds"
+    );
+    writer.close().expect("close");
+    assert_eq!(spool.gap_events().expect("gaps"), 20);
+    let pending = spool.after(seqs[9], 100).expect("read the spool");
+    assert_eq!(pending.len(), 2, "the gap row and the recent event: {pending:?}");
+    let gap = &pending[0];
+    assert_eq!(gap.seq, seqs[29], "the gap takes the Seq of the last event it stands for");
+    assert_eq!(gap.table, "DeviceEvents");
+    assert_eq!(gap.event["ActionType"], monitor_hunt::gaps::EXPORT_GAP);
+    assert_eq!(gap.event["DeviceId"], "device-1");
+    assert_eq!(gap.event["AdditionalFields"]["GapEvents"], 20);
+    assert_eq!(gap.event["AdditionalFields"]["FirstSeq"], seqs[10]);
+    assert_eq!(gap.event["AdditionalFields"]["LastSeq"], seqs[29]);
+    assert_eq!(pending[1].seq, seqs[29] + 1);
+    // Once shipped, it is not handed out again; the total stays in the status.
+    spool.set_cursor(seqs[29] + 1).expect("ship them");
+    assert!(spool.after(seqs[29] + 1, 100).expect("read").is_empty());
+    assert_eq!(spool.gap_events().expect("gaps"), 20);
+}

@@ -1,0 +1,102 @@
+//! Export gaps: events that retention deleted before the export shipped them. Once a store has been
+//! exported from, retention still deletes (the disk bound holds), but the unexported events among the rows
+//! it deletes are counted, in the same transaction, as one gap: their number, their Seq range, the time. The
+//! spool hands each gap to the exporter as a `DeviceEvents` row `MonitorExportGap`, in Seq order, with the
+//! Seq of the last event it stands for (an event that was never published, so its id is free), and the
+//! sum of all gaps is in the export's status.
+
+use rusqlite::{Connection, OptionalExtension as _};
+use serde_json::{Value as Json, json};
+
+use crate::schema::TABLES;
+use crate::time::{format_datetime, now_micros};
+
+/// The ActionType of the row a gap is exported as.
+pub const EXPORT_GAP: &str = "MonitorExportGap";
+
+/// Set (to 1) in `MonitorState` once an exporter has used the store: from then on, retention counts gaps.
+pub(crate) const STATE_EXPORT_ENABLED: &str = "ExportEnabled";
+
+pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS MonitorExportGaps (LastSeq INTEGER PRIMARY KEY, \
+     FirstSeq INTEGER NOT NULL, Events INTEGER NOT NULL, Timestamp TEXT NOT NULL, DeviceId TEXT, DeviceName TEXT);";
+
+fn state(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0)).optional()
+}
+
+/// Deletes the rows of both tables that `condition` (SQL over their columns, with `?1` bound to `value`)
+/// selects, first counting the unexported ones among them as a gap when the store is exported from. One
+/// transaction: a gap is recorded if and only if its rows are gone. Returns the rows deleted.
+pub(crate) fn delete_counting_gap(
+    conn: &Connection,
+    condition: &str,
+    value: &str,
+    cursor_key: &str,
+) -> rusqlite::Result<u64> {
+    let tx = conn.unchecked_transaction()?;
+    if state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
+        let cursor = state(&tx, cursor_key)?.unwrap_or(0);
+        let select = |table: &str| {
+            format!("SELECT Seq, DeviceId, DeviceName FROM {table} WHERE ({condition}) AND Seq > ?2")
+        };
+        let (events, first, last, id, name): (i64, Option<i64>, Option<i64>, Option<String>, Option<String>) = tx
+            .query_row(
+                &format!(
+                    "SELECT count(*), min(Seq), max(Seq), max(DeviceId), max(DeviceName) FROM ({} UNION ALL {})",
+                    select(TABLES[0]),
+                    select(TABLES[1])
+                ),
+                rusqlite::params![value, cursor],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+            )?;
+        if let (true, Some(first), Some(last)) = (events > 0, first, last) {
+            tx.execute(
+                "INSERT INTO MonitorExportGaps (LastSeq, FirstSeq, Events, Timestamp, DeviceId, DeviceName) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![last, first, events, format_datetime(now_micros()), id, name],
+            )?;
+            tracing::warn!(
+                "event store: retention deleted {events} events the export had not shipped yet (Seq {first} to \
+                 {last}); a {EXPORT_GAP} row reports them"
+            );
+        }
+    }
+    let mut deleted = 0;
+    for table in TABLES {
+        deleted += tx.execute(&format!("DELETE FROM {table} WHERE {condition}"), [value])? as u64;
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+/// The gaps whose row has a Seq above `seq`, as the events the exporter publishes: `(Seq, event)`.
+pub(crate) fn gap_events_after(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<(u64, Json)>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT LastSeq, FirstSeq, Events, Timestamp, DeviceId, DeviceName FROM MonitorExportGaps \
+         WHERE LastSeq > ?1 ORDER BY LastSeq",
+    )?;
+    let rows = statement.query_map([seq], |row| {
+        let last: i64 = row.get(0)?;
+        let first: i64 = row.get(1)?;
+        let events: i64 = row.get(2)?;
+        let event = json!({
+            "Table": TABLES[1],
+            "Timestamp": row.get::<_, String>(3)?,
+            "DeviceId": row.get::<_, Option<String>>(4)?,
+            "DeviceName": row.get::<_, Option<String>>(5)?,
+            "ActionType": EXPORT_GAP,
+            "Seq": last,
+            "ReportId": last,
+            "AdditionalFields": {"GapEvents": events, "FirstSeq": first, "LastSeq": last},
+        });
+        Ok((u64::try_from(last).unwrap_or(0), event))
+    })?;
+    rows.collect()
+}
+
+/// How many events all gaps stand for.
+pub(crate) fn gap_total(conn: &Connection) -> rusqlite::Result<u64> {
+    let total: Option<i64> =
+        conn.query_row("SELECT sum(Events) FROM MonitorExportGaps", [], |row| row.get(0))?;
+    Ok(u64::try_from(total.unwrap_or(0)).unwrap_or(0))
+}
