@@ -85,6 +85,20 @@ fn ingest_options(nats: &NatsServer, clickhouse: &ClickHouseServer) -> IngestOpt
     }
 }
 
+/// Starts a ClickHouse server and an ingest from `nats`, waits until `rows` events are in, stops the ingest.
+fn ingest_into_new_clickhouse(nats: &NatsServer, rows: u64) -> (ClickHouseServer, ClickHouse) {
+    let server = ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
+    let ingest = Ingest::start(ingest_options(nats, &server)).expect("start the ingest");
+    let clickhouse = fleet(&server);
+    wait_for(
+        &format!("{rows} rows in ClickHouse"),
+        || fleet_count(&clickhouse) == rows,
+        || format!("{} rows, {:?}", fleet_count(&clickhouse), ingest.counts()),
+    );
+    ingest.stop().expect("the ingest stops cleanly");
+    (server, clickhouse)
+}
+
 fn fleet(clickhouse: &ClickHouseServer) -> ClickHouse {
     ClickHouse::new(&clickhouse.url("fleet"), None, None).expect("a ClickHouse URL")
 }
@@ -287,16 +301,7 @@ fn nats_down_at_agent_start_then_up_everything_ships() {
     assert!(status.connected && status.last_error.is_none() && status.lag_rows == 0, "{status:?}");
     exporter.stop();
 
-    let clickhouse_server =
-        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
-    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
-    let clickhouse = fleet(&clickhouse_server);
-    wait_for(
-        "every event in ClickHouse",
-        || fleet_count(&clickhouse) == 2_000,
-        || format!("{} rows", fleet_count(&clickhouse)),
-    );
-    ingest.stop().expect("the ingest stops cleanly");
+    let (_server, clickhouse) = ingest_into_new_clickhouse(&nats, 2_000);
     assert_fleet_matches_store(&clickhouse, &store, &seqs);
 }
 
@@ -627,16 +632,7 @@ fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
     let last = *fresh.last().expect("events");
     wait_for("the export", || exporter.status().acked_seq == last, || format!("{:?}", exporter.status()));
     exporter.stop();
-    let clickhouse_server =
-        ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
-    let ingest = Ingest::start(ingest_options(&nats, &clickhouse_server)).expect("start the ingest");
-    let clickhouse = fleet(&clickhouse_server);
-    wait_for(
-        "the gap row and the events",
-        || fleet_count(&clickhouse) == 6,
-        || format!("{:?}", ingest.counts()),
-    );
-    ingest.stop().expect("the ingest stops cleanly");
+    let (_server, clickhouse) = ingest_into_new_clickhouse(&nats, 6);
     let rows = clickhouse
         .query_rows(
             "SELECT Seq, DeviceId, DeviceName, visitParamExtractInt(AdditionalFields, 'GapEvents') AS GapEvents, \
