@@ -687,6 +687,11 @@ fn what_fuzzing_found_stays_explained() {
         ),
         ("a tunnel's request after 90 line ends", blank_tunnel, BEYOND_BOUNDS),
         (
+            "a greeting again after two sub-negotiations",
+            [&[5u8, 2, 0, 2, 1, 1, b'u', 1, b'p', 1, 0, 0, 5, 1, 0][..], &[5, 1, 0, 1, 10, 0, 0, 1, 1, 0xbb]].concat(),
+            SOCKS_AFTER_REPEATED_GREETING,
+        ),
+        (
             "a long scheme after empty lines",
             b"\n\n\nGET hddddddddddddttp://denied.example.test/ HTTP/1.1\r\nHost: alpha.example.test\r\n\r\n".to_vec(),
             BEYOND_BOUNDS,

@@ -427,11 +427,12 @@ pub fn http_version_line(stream: &[u8]) -> bool {
 pub fn repeated_socks5_greeting(stream: &[u8]) -> bool {
     let Some(&n) = stream.get(1) else { return false };
     let mut second = &stream[(2 + usize::from(n)).min(stream.len())..];
-    // Past a username/password sub-negotiation, which the kernel skips as well.
-    if second.first() == Some(&1)
-        && let Some(len) = socks_userpass_len(second)
-    {
-        second = &second[len.min(second.len())..];
+    // Past username/password sub-negotiations, which the kernel skips as well (as many as it reads).
+    for _ in 0..3 {
+        match socks_userpass_len(second) {
+            Some(len) if second.first() == Some(&1) => second = &second[len.min(second.len())..],
+            _ => break,
+        }
     }
     second.first() == Some(&5)
         && second.get(3).is_none_or(|&atyp| !matches!(atyp, 1 | 3 | 4) || second.get(2) != Some(&0))
