@@ -22,8 +22,9 @@ use crate::nats::{NatsOptions, STREAM, SUBJECT_PREFIX, subject_token};
 
 /// Acknowledgements awaited at once: enough to keep a link busy, few enough that a failure resends little.
 pub const MAX_IN_FLIGHT: usize = 512;
-/// Events read from the spool at a time.
-pub const SPOOL_BATCH: usize = 2_000;
+/// Events read from the spool at a time. Retention spares this many unexported events
+/// ([`monitor_hunt::gaps::EXPORT_WINDOW`]), so that none of a batch is deleted while it is being published.
+pub const SPOOL_BATCH: usize = monitor_hunt::gaps::EXPORT_WINDOW;
 /// How often an idle exporter looks for new events.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Waits between attempts after a failure: doubling from the first to the last.

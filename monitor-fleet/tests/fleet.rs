@@ -605,10 +605,12 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
 fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut nats = NatsServer::not_started().unwrap_or_else(|e| panic!("pick a port for nats-server: {e}"));
-    let (store, old) = write_store(dir.path(), 500);
+    // The export's window (the next EXPORT_WINDOW unexported events) is spared; 500 more are deleted.
+    let window = monitor_hunt::gaps::EXPORT_WINDOW as u64;
+    let (store, old) = write_store(dir.path(), window + 500);
     let exporter =
         Exporter::start(&store, DEVICE_ID, export_options(&nats)).expect("the agent starts without NATS");
-    // NATS stays down while retention (events older than 5 s) deletes all 500 unexported events.
+    // NATS stays down while retention (events older than 5 s) deletes 500 unexported events.
     let writer =
         StoreWriter::open(&store, Retention { max_age: Some(Duration::from_secs(5)), max_bytes: None })
             .expect("open the store");
@@ -632,7 +634,7 @@ fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
     let last = *fresh.last().expect("events");
     wait_for("the export", || exporter.status().acked_seq == last, || format!("{:?}", exporter.status()));
     exporter.stop();
-    let (_server, clickhouse) = ingest_into_new_clickhouse(&nats, 6);
+    let (_server, clickhouse) = ingest_into_new_clickhouse(&nats, window + 5 + 1);
     let rows = clickhouse
         .query_rows(
             "SELECT Seq, DeviceId, DeviceName, visitParamExtractInt(AdditionalFields, 'GapEvents') AS GapEvents, \
@@ -644,7 +646,7 @@ fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let gap = &rows[0];
     assert_eq!(gap["GapEvents"], 500, "{gap:?}");
-    assert_eq!(gap["FirstSeq"].as_u64(), old.first().copied(), "{gap:?}");
+    assert_eq!(gap["FirstSeq"].as_u64(), old.get(window as usize).copied(), "{gap:?}");
     assert_eq!(gap["LastSeq"].as_u64(), old.last().copied(), "{gap:?}");
     assert_eq!(gap["Seq"].as_u64(), old.last().copied(), "{gap:?}");
     assert_eq!(

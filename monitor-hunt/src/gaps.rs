@@ -14,6 +14,12 @@ use crate::time::{format_datetime, now_micros};
 /// The ActionType of the row a gap is exported as.
 pub const EXPORT_GAP: &str = "MonitorExportGap";
 
+/// The exporter reads at most this many events past its cursor at a time (and publishes some of them before
+/// their acknowledgements come back). Retention never deletes the first this many unexported events: one of
+/// them may be on its way already, and a gap must stand only for events that were never published, so that
+/// its row can take one of their Seqs.
+pub const EXPORT_WINDOW: usize = 2_000;
+
 /// Set (to 1) in `MonitorState` once an exporter has used the store: from then on, retention counts gaps.
 pub(crate) const STATE_EXPORT_ENABLED: &str = "ExportEnabled";
 
@@ -25,8 +31,9 @@ fn state(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
 }
 
 /// Deletes the rows of both tables that `condition` (SQL over their columns, with `?1` bound to `value`)
-/// selects, first counting the unexported ones among them as a gap when the store is exported from. One
-/// transaction: a gap is recorded if and only if its rows are gone. Returns the rows deleted.
+/// selects, first counting the unexported ones among them as a gap when the store is exported from (and
+/// sparing the export's window). One transaction: a gap is recorded if and only if its rows are gone.
+/// Returns the rows deleted.
 pub(crate) fn delete_counting_gap(
     conn: &Connection,
     condition: &str,
@@ -34,10 +41,29 @@ pub(crate) fn delete_counting_gap(
     cursor_key: &str,
 ) -> rusqlite::Result<u64> {
     let tx = conn.unchecked_transaction()?;
+    let mut condition = format!("({condition})");
     if state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
         let cursor = state(&tx, cursor_key)?.unwrap_or(0);
+        // The export's window: the first EXPORT_WINDOW events past the cursor stay.
+        let window_end: Option<i64> = tx
+            .query_row(
+                &format!(
+                    "SELECT Seq FROM (SELECT Seq FROM {} WHERE Seq > ?1 UNION ALL SELECT Seq FROM {} WHERE Seq > ?1) \
+                     ORDER BY Seq LIMIT 1 OFFSET {}",
+                    TABLES[0],
+                    TABLES[1],
+                    EXPORT_WINDOW - 1
+                ),
+                [cursor],
+                |row| row.get(0),
+            )
+            .optional()?;
+        // Fewer than EXPORT_WINDOW unexported events: none of them is deleted.
+        let window_end = window_end.unwrap_or(i64::MAX);
+        condition =
+            format!("{condition} AND NOT (Seq IS NOT NULL AND Seq > {cursor} AND Seq <= {window_end})");
         let select = |table: &str| {
-            format!("SELECT Seq, DeviceId, DeviceName FROM {table} WHERE ({condition}) AND Seq > ?2")
+            format!("SELECT Seq, DeviceId, DeviceName FROM {table} WHERE {condition} AND Seq > ?2")
         };
         let (events, first, last, id, name): (i64, Option<i64>, Option<i64>, Option<String>, Option<String>) = tx
             .query_row(

@@ -323,15 +323,18 @@ fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
     let spool = monitor_hunt::Spool::open(&path).expect("open the spool");
     assert_eq!(spool.gap_events().expect("gaps"), 0, "no export, no gap");
 
-    // Exported from, with the first 10 of 30 old events shipped: the other 20 are a gap.
+    // Exported from, with the first 10 of 2,030 old events shipped. Retention spares the export's window (the
+    // next EXPORT_WINDOW unexported events, which may be on their way) and deletes the other 20: a gap.
+    let window = monitor_hunt::gaps::EXPORT_WINDOW;
     spool.enable_export().expect("mark the export");
-    let writer = write(100..130, &old);
-    let seqs: Vec<u64> = spool.after(0, 100).expect("read").iter().map(|e| e.seq).collect();
-    assert_eq!(seqs.len(), 30, "{seqs:?}");
+    let writer = write(100..100 + 10 + window as u64 + 20, &old);
+    let seqs: Vec<u64> = spool.after(0, usize::MAX).expect("read").iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), 10 + window + 20);
+    let last = *seqs.last().expect("events");
     spool.set_cursor(seqs[9]).expect("ship the first ten");
     writer.send(&{
         let mut event = synthetic_event(900, &recent, 0);
-        event["Seq"] = (seqs[29] + 1).into();
+        event["Seq"] = (last + 1).into();
         event["DeviceId"] = "device-1".into();
         event
     });
@@ -339,23 +342,24 @@ fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
     assert_eq!(
         writer.enforce_retention().expect("retention").deleted_by_age,
         30,
-        "the disk bound still holds"
+        "the shipped ten and the gap"
     );
     writer.close().expect("close");
     assert_eq!(spool.gap_events().expect("gaps"), 20);
-    let pending = spool.after(seqs[9], 100).expect("read the spool");
-    assert_eq!(pending.len(), 2, "the gap row and the recent event: {pending:?}");
-    let gap = &pending[0];
-    assert_eq!(gap.seq, seqs[29], "the gap takes the Seq of the last event it stands for");
+    let pending = spool.after(seqs[9], usize::MAX).expect("read the spool");
+    assert_eq!(pending.len(), window + 2, "the window, the gap row and the recent event");
+    assert_eq!(pending[0].seq, seqs[10], "the oldest unexported events stay");
+    let gap = &pending[window];
+    assert_eq!(gap.seq, last, "the gap takes the Seq of the last event it stands for");
     assert_eq!(gap.table, "DeviceEvents");
     assert_eq!(gap.event["ActionType"], monitor_hunt::gaps::EXPORT_GAP);
     assert_eq!(gap.event["DeviceId"], "device-1");
     assert_eq!(gap.event["AdditionalFields"]["GapEvents"], 20);
-    assert_eq!(gap.event["AdditionalFields"]["FirstSeq"], seqs[10]);
-    assert_eq!(gap.event["AdditionalFields"]["LastSeq"], seqs[29]);
-    assert_eq!(pending[1].seq, seqs[29] + 1);
+    assert_eq!(gap.event["AdditionalFields"]["FirstSeq"], seqs[10 + window]);
+    assert_eq!(gap.event["AdditionalFields"]["LastSeq"], last);
+    assert_eq!(pending[window + 1].seq, last + 1);
     // Once shipped, it is not handed out again; the total stays in the status.
-    spool.set_cursor(seqs[29] + 1).expect("ship them");
-    assert!(spool.after(seqs[29] + 1, 100).expect("read").is_empty());
+    spool.set_cursor(last + 1).expect("ship them");
+    assert!(spool.after(last + 1, 100).expect("read").is_empty());
     assert_eq!(spool.gap_events().expect("gaps"), 20);
 }
