@@ -30,6 +30,31 @@ fn state(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
     conn.query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0)).optional()
 }
 
+/// The SQL condition a row retention may delete meets: any row, unless the store is exported from; then not
+/// the export's window, the first [`EXPORT_WINDOW`] events past the cursor.
+pub(crate) fn deletable(conn: &Connection, cursor_key: &str) -> rusqlite::Result<String> {
+    if state(conn, STATE_EXPORT_ENABLED)?.is_none() {
+        return Ok("1".into());
+    }
+    let cursor = state(conn, cursor_key)?.unwrap_or(0);
+    let window_end: Option<i64> = conn
+        .query_row(
+            &format!(
+                "SELECT Seq FROM (SELECT Seq FROM {} WHERE Seq > ?1 UNION ALL SELECT Seq FROM {} WHERE Seq > ?1) \
+                 ORDER BY Seq LIMIT 1 OFFSET {}",
+                TABLES[0],
+                TABLES[1],
+                EXPORT_WINDOW - 1
+            ),
+            [cursor],
+            |row| row.get(0),
+        )
+        .optional()?;
+    // Fewer than EXPORT_WINDOW unexported events: none of them may go.
+    let window_end = window_end.unwrap_or(i64::MAX);
+    Ok(format!("NOT (Seq IS NOT NULL AND Seq > {cursor} AND Seq <= {window_end})"))
+}
+
 /// Deletes the rows of both tables that `condition` (SQL over their columns, with `?1` bound to `value`)
 /// selects, first counting the unexported ones among them as a gap when the store is exported from (and
 /// sparing the export's window). One transaction: a gap is recorded if and only if its rows are gone.
@@ -41,27 +66,9 @@ pub(crate) fn delete_counting_gap(
     cursor_key: &str,
 ) -> rusqlite::Result<u64> {
     let tx = conn.unchecked_transaction()?;
-    let mut condition = format!("({condition})");
+    let condition = format!("({condition}) AND {}", deletable(&tx, cursor_key)?);
     if state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
         let cursor = state(&tx, cursor_key)?.unwrap_or(0);
-        // The export's window: the first EXPORT_WINDOW events past the cursor stay.
-        let window_end: Option<i64> = tx
-            .query_row(
-                &format!(
-                    "SELECT Seq FROM (SELECT Seq FROM {} WHERE Seq > ?1 UNION ALL SELECT Seq FROM {} WHERE Seq > ?1) \
-                     ORDER BY Seq LIMIT 1 OFFSET {}",
-                    TABLES[0],
-                    TABLES[1],
-                    EXPORT_WINDOW - 1
-                ),
-                [cursor],
-                |row| row.get(0),
-            )
-            .optional()?;
-        // Fewer than EXPORT_WINDOW unexported events: none of them is deleted.
-        let window_end = window_end.unwrap_or(i64::MAX);
-        condition =
-            format!("{condition} AND NOT (Seq IS NOT NULL AND Seq > {cursor} AND Seq <= {window_end})");
         let select = |table: &str| {
             format!("SELECT Seq, DeviceId, DeviceName FROM {table} WHERE {condition} AND Seq > ?2")
         };

@@ -481,19 +481,27 @@ fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
         if used <= max_bytes {
             break;
         }
-        let total: i64 = conn.query_row(
-            "SELECT (SELECT count(*) FROM DeviceNetworkEvents) + (SELECT count(*) FROM DeviceEvents)",
+        // An exported store's window is not deletable (crate::gaps): the cut is made among the other rows.
+        let deletable = crate::gaps::deletable(conn, STATE_EXPORT_CURSOR)?;
+        let (total, candidates): (i64, i64) = conn.query_row(
+            &format!(
+                "SELECT (SELECT count(*) FROM DeviceNetworkEvents) + (SELECT count(*) FROM DeviceEvents), \
+                 (SELECT count(*) FROM DeviceNetworkEvents WHERE {deletable}) + \
+                 (SELECT count(*) FROM DeviceEvents WHERE {deletable})"
+            ),
             [],
-            |row| row.get(0),
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
-        if total == 0 {
+        if candidates == 0 {
             break;
         }
         let keep = (total as f64 * (max_bytes as f64 * SIZE_LOW_WATER / used as f64)).floor() as i64;
-        let remove = (total - keep).clamp(1, total);
+        let remove = (total - keep).clamp(1, candidates);
         let cutoff: String = conn.query_row(
-            "SELECT Timestamp FROM (SELECT Timestamp FROM DeviceNetworkEvents UNION ALL \
-             SELECT Timestamp FROM DeviceEvents) ORDER BY Timestamp LIMIT 1 OFFSET ?1",
+            &format!(
+                "SELECT Timestamp FROM (SELECT Timestamp FROM DeviceNetworkEvents WHERE {deletable} UNION ALL \
+                 SELECT Timestamp FROM DeviceEvents WHERE {deletable}) ORDER BY Timestamp LIMIT 1 OFFSET ?1"
+            ),
             [remove - 1],
             |row| row.get(0),
         )?;

@@ -363,3 +363,39 @@ fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
     assert!(spool.after(last + 1, 100).expect("read").is_empty());
     assert_eq!(spool.gap_events().expect("gaps"), 20);
 }
+
+#[test]
+fn retention_by_size_in_an_exported_store_keeps_the_window_and_counts_the_rest() {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let path = dir.path().join("events.db");
+    let window = monitor_hunt::gaps::EXPORT_WINDOW as u64;
+    // Nothing exported yet (NATS down since the start): the window is the oldest events.
+    drop(StoreWriter::open(&path, Retention::default()).expect("create the store"));
+    monitor_hunt::Spool::open(&path).expect("open the spool").enable_export().expect("mark the export");
+    let max_bytes = 3 * 1024 * 1024;
+    let writer =
+        StoreWriter::open(&path, Retention { max_age: None, max_bytes: Some(max_bytes) }).expect("open");
+    let first = writer.first_seq();
+    let start = now_micros() - 3_600_000_000;
+    for i in 0..window + 2_000 {
+        let mut event = synthetic_event(i, &format_datetime(start + i as i64 * 1000), 600);
+        event["Seq"] = (first + i).into();
+        event["DeviceId"] = "device-1".into();
+        writer.send(&event);
+    }
+    writer.flush().expect("flush");
+    let report = writer.enforce_retention().expect("enforce the retention");
+    writer.close().expect("close");
+    assert!(report.deleted_by_size > 0, "the store was over its size: {report:?}");
+    assert!(report.used_bytes <= max_bytes, "under its size after enforcement: {report:?}");
+    let spool = monitor_hunt::Spool::open(&path).expect("open the spool");
+    assert_eq!(spool.gap_events().expect("gaps"), report.deleted_by_size, "every deleted event is in a gap");
+    let pending = spool.after(0, usize::MAX).expect("read the spool");
+    let seqs: Vec<u64> =
+        pending.iter().filter(|e| e.event["ActionType"] != "MonitorExportGap").map(|e| e.seq).collect();
+    assert_eq!(
+        &seqs[..window as usize],
+        &(first..first + window).collect::<Vec<_>>()[..],
+        "the window stays"
+    );
+}
