@@ -7,6 +7,7 @@ use std::io::Write;
 
 use monitor_hunt::cli::{DevicesArgs, TimelineArgs, timeline_filter, write_result, write_timeline};
 use monitor_hunt::devices::{AUDITED, BLOCKED, devices_result};
+use monitor_hunt::gaps::EXPORT_GAP;
 use monitor_hunt::kql::sql::quote;
 use monitor_hunt::schema::TABLES;
 use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
@@ -42,7 +43,8 @@ pub fn devices(clickhouse: &ClickHouse) -> Result<Vec<DeviceSummary>, FleetError
          countIf(Action = {blocked}) AS Blocked, \
          argMaxIf(Action, (Micros, N), Action IN ({blocked}, {audited})) AS LastProtection \
          FROM ({}) GROUP BY Name, Id ORDER BY Name, Id",
-        both_tables(clickhouse, &columns, ""),
+        // Gap rows stand for events that are not there: they are no event of the device.
+        both_tables(clickhouse, &columns, &format!(" WHERE ifNull(ActionType, '') != {}", quote(EXPORT_GAP))),
         blocked = quote(BLOCKED),
         audited = quote(AUDITED),
     );

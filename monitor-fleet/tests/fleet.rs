@@ -653,4 +653,8 @@ fn retention_before_the_export_is_a_gap_row_in_the_fleet() {
         (gap["DeviceId"].as_str(), gap["DeviceName"].as_str()),
         (Some(DEVICE_ID), Some("agent-1.example"))
     );
+    // The gap row is no event of the device: its views count the events that are there.
+    let devices = monitor_fleet::views::devices(&clickhouse).expect("the fleet's devices");
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0].events as u64, window + 5, "{devices:?}");
 }

@@ -48,12 +48,12 @@ pub struct FleetArgs {
     /// The ClickHouse user.
     #[arg(id = "fleet_user", long = "fleet-user", value_name = "NAME", requires = "fleet")]
     pub user: Option<String>,
-    /// The ClickHouse user's password; also from the environment, which `ps` does not show.
+    /// The ClickHouse user's password; also from the environment, which `ps` does not show (and which local
+    /// reads ignore).
     #[arg(
         id = "fleet_password",
         long = "fleet-password",
         value_name = "PASSWORD",
-        requires = "fleet",
         env = "MONITOR_CLICKHOUSE_PASSWORD",
         hide_env_values = true
     )]

@@ -65,7 +65,9 @@ pub(crate) fn delete_counting_gap(
     value: &str,
     cursor_key: &str,
 ) -> rusqlite::Result<u64> {
-    let tx = conn.unchecked_transaction()?;
+    // A write transaction from the start: the exporter moves its cursor on a connection of its own, and a
+    // read that later turns into a write would fail (SQLITE_BUSY_SNAPSHOT) rather than wait for it.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     let condition = format!("({condition}) AND {}", deletable(&tx, cursor_key)?);
     if state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
         let cursor = state(&tx, cursor_key)?.unwrap_or(0);
@@ -102,13 +104,18 @@ pub(crate) fn delete_counting_gap(
     Ok(deleted)
 }
 
-/// The gaps whose row has a Seq above `seq`, as the events the exporter publishes: `(Seq, event)`.
-pub(crate) fn gap_events_after(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<(u64, Json)>> {
+/// The first `limit` gaps whose row has a Seq above `seq`, as the events the exporter publishes:
+/// `(Seq, event)`.
+pub(crate) fn gap_events_after(
+    conn: &Connection,
+    seq: i64,
+    limit: i64,
+) -> rusqlite::Result<Vec<(u64, Json)>> {
     let mut statement = conn.prepare_cached(
         "SELECT LastSeq, FirstSeq, Events, Timestamp, DeviceId, DeviceName FROM MonitorExportGaps \
-         WHERE LastSeq > ?1 ORDER BY LastSeq",
+         WHERE LastSeq > ?1 ORDER BY LastSeq LIMIT ?2",
     )?;
-    let rows = statement.query_map([seq], |row| {
+    let rows = statement.query_map(rusqlite::params![seq, limit], |row| {
         let last: i64 = row.get(0)?;
         let first: i64 = row.get(1)?;
         let events: i64 = row.get(2)?;

@@ -718,6 +718,15 @@ impl Spool {
         set_state(&self.conn, crate::gaps::STATE_EXPORT_ENABLED, 1).map_err(self.sqlite("mark the export"))
     }
 
+    /// Marks the store as not exported from (a daemon without `--export`): retention deletes by its bounds
+    /// alone again. The gaps recorded so far stay, and go out if the export comes back.
+    pub fn disable_export(&self) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM MonitorState WHERE Key = ?1", [crate::gaps::STATE_EXPORT_ENABLED])
+            .map(|_| ())
+            .map_err(self.sqlite("unmark the export"))
+    }
+
     /// How many events retention deleted before the export shipped them, over the store's life.
     pub fn gap_events(&self) -> Result<u64, StoreError> {
         crate::gaps::gap_total(&self.conn).map_err(self.sqlite("count the export gaps"))
@@ -776,7 +785,7 @@ impl Spool {
             }
         }
         for (seq, event) in
-            crate::gaps::gap_events_after(&self.conn, seq).map_err(self.sqlite("read the gaps"))?
+            crate::gaps::gap_events_after(&self.conn, seq, limit).map_err(self.sqlite("read the gaps"))?
         {
             events.push(SpooledEvent { seq, table: TABLES[1], event });
         }

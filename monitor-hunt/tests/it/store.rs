@@ -361,6 +361,19 @@ fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
     // Once shipped, it is not handed out again; the total stays in the status.
     spool.set_cursor(last + 1).expect("ship them");
     assert!(spool.after(last + 1, 100).expect("read").is_empty());
+
+    // A daemon without the export unmarks the store: retention deletes by its bounds alone, counting nothing.
+    spool.disable_export().expect("unmark the export");
+    let writer = write(5_000..5_100, &old);
+    writer.enforce_retention().expect("retention");
+    writer.close().expect("close");
+    assert_eq!(spool.gap_events().expect("gaps"), 20, "no new gap");
+    let store = Store::open(&path).expect("open");
+    assert_eq!(
+        count(&store, "union DeviceNetworkEvents, DeviceEvents | count"),
+        1,
+        "only the recent event stays"
+    );
     assert_eq!(spool.gap_events().expect("gaps"), 20);
 }
 

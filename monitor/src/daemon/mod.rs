@@ -226,6 +226,13 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
                     .context("start the export")?,
             )
         }
+        (None, Some(path)) => {
+            // No export any more: retention need not spare an export's window or count gaps.
+            if let Err(e) = monitor_hunt::Spool::open(path).and_then(|spool| spool.disable_export()) {
+                warn!("the store: {e}");
+            }
+            None
+        }
         _ => None,
     };
     let listener = control::bind(&args.control)?;
