@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 use serde_json::{Value as Json, json};
 
 use crate::schema::TABLES;
+use crate::store::{STATE_EXPORT_CURSOR, get_state};
 use crate::time::{format_datetime, now_micros};
 
 /// The ActionType of the row a gap is exported as.
@@ -26,17 +27,18 @@ pub(crate) const STATE_EXPORT_ENABLED: &str = "ExportEnabled";
 pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS MonitorExportGaps (LastSeq INTEGER PRIMARY KEY, \
      FirstSeq INTEGER NOT NULL, Events INTEGER NOT NULL, Timestamp TEXT NOT NULL, DeviceId TEXT, DeviceName TEXT);";
 
-fn state(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
-    conn.query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0)).optional()
+/// The export cursor, as SQL compares it with Seq.
+fn cursor(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(get_state(conn, STATE_EXPORT_CURSOR)?.map_or(0, |c| i64::try_from(c).unwrap_or(i64::MAX)))
 }
 
 /// The SQL condition a row retention may delete meets: any row, unless the store is exported from; then not
 /// the export's window, the first [`EXPORT_WINDOW`] events past the cursor.
-pub(crate) fn deletable(conn: &Connection, cursor_key: &str) -> rusqlite::Result<String> {
-    if state(conn, STATE_EXPORT_ENABLED)?.is_none() {
+pub(crate) fn deletable(conn: &Connection) -> rusqlite::Result<String> {
+    if get_state(conn, STATE_EXPORT_ENABLED)?.is_none() {
         return Ok("1".into());
     }
-    let cursor = state(conn, cursor_key)?.unwrap_or(0);
+    let cursor = cursor(conn)?;
     let window_end: Option<i64> = conn
         .query_row(
             &format!(
@@ -59,18 +61,13 @@ pub(crate) fn deletable(conn: &Connection, cursor_key: &str) -> rusqlite::Result
 /// selects, first counting the unexported ones among them as a gap when the store is exported from (and
 /// sparing the export's window). One transaction: a gap is recorded if and only if its rows are gone.
 /// Returns the rows deleted.
-pub(crate) fn delete_counting_gap(
-    conn: &Connection,
-    condition: &str,
-    value: &str,
-    cursor_key: &str,
-) -> rusqlite::Result<u64> {
+pub(crate) fn delete_counting_gap(conn: &Connection, condition: &str, value: &str) -> rusqlite::Result<u64> {
     // A write transaction from the start: the exporter moves its cursor on a connection of its own, and a
     // read that later turns into a write would fail (SQLITE_BUSY_SNAPSHOT) rather than wait for it.
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
-    let condition = format!("({condition}) AND {}", deletable(&tx, cursor_key)?);
-    if state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
-        let cursor = state(&tx, cursor_key)?.unwrap_or(0);
+    let condition = format!("({condition}) AND {}", deletable(&tx)?);
+    if get_state(&tx, STATE_EXPORT_ENABLED)?.is_some() {
+        let cursor = cursor(&tx)?;
         let select = |table: &str| {
             format!("SELECT Seq, DeviceId, DeviceName FROM {table} WHERE {condition} AND Seq > ?2")
         };

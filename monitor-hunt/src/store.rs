@@ -38,7 +38,7 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// daemon that crashes before its last events were committed never hands their Seq out again.
 pub const SEQ_BLOCK: u64 = 1_000_000;
 const STATE_SEQ_RESERVED: &str = "SeqReserved";
-const STATE_EXPORT_CURSOR: &str = "ExportCursor";
+pub(crate) const STATE_EXPORT_CURSOR: &str = "ExportCursor";
 /// Size enforcement deletes down to this share of `max_bytes`, so that it does not run at every check.
 const SIZE_LOW_WATER: f64 = 0.9;
 
@@ -350,9 +350,8 @@ impl Writer {
         if let Some(max_age) = self.retention.max_age {
             let age = i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX);
             let cutoff = format_datetime(now_micros().saturating_sub(age));
-            report.deleted_by_age =
-                crate::gaps::delete_counting_gap(&self.conn, "Timestamp < ?1", &cutoff, STATE_EXPORT_CURSOR)
-                    .map_err(sqlite("delete events past the maximum age"))?;
+            report.deleted_by_age = crate::gaps::delete_counting_gap(&self.conn, "Timestamp < ?1", &cutoff)
+                .map_err(sqlite("delete events past the maximum age"))?;
         }
         if let Some(max_bytes) = self.retention.max_bytes {
             report.deleted_by_size =
@@ -417,7 +416,7 @@ fn insert_batch(
     Ok(())
 }
 
-fn get_state(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+pub(crate) fn get_state(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
     use rusqlite::OptionalExtension as _;
     let value: Option<i64> = conn
         .query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0))
@@ -482,7 +481,7 @@ fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
             break;
         }
         // An exported store's window is not deletable (crate::gaps): the cut is made among the other rows.
-        let deletable = crate::gaps::deletable(conn, STATE_EXPORT_CURSOR)?;
+        let deletable = crate::gaps::deletable(conn)?;
         let (total, candidates): (i64, i64) = conn.query_row(
             &format!(
                 "SELECT (SELECT count(*) FROM DeviceNetworkEvents) + (SELECT count(*) FROM DeviceEvents), \
@@ -505,7 +504,7 @@ fn shrink_to(conn: &Connection, max_bytes: u64) -> rusqlite::Result<u64> {
             [remove - 1],
             |row| row.get(0),
         )?;
-        deleted += crate::gaps::delete_counting_gap(conn, "Timestamp <= ?1", &cutoff, STATE_EXPORT_CURSOR)?;
+        deleted += crate::gaps::delete_counting_gap(conn, "Timestamp <= ?1", &cutoff)?;
     }
     Ok(deleted)
 }
