@@ -321,9 +321,6 @@ pub fn explain(
             if layer == Layer::Outer && host_line_is_no_host(stream) {
                 return Ok(Some(BAD_HOST_LINE));
             }
-            if layer == Layer::Tunnel && chained_connect(stream, k) {
-                return Ok(Some(CHAINED_CONNECT));
-            }
             if layer == Layer::Outer && long_scheme(stream) {
                 // The kernel judges the Host line of a request whose long scheme it does not read.
                 return Ok(Some(BEYOND_BOUNDS));
@@ -348,8 +345,6 @@ pub fn explain(
                 Ok(Some(KERNEL_READS_REFUSED_HEAD))
             } else if layer == Layer::Tunnel && found.protocol.is_none() {
                 Ok(Some(USER_READS_NO_PROTOCOL))
-            } else if layer == Layer::Tunnel && chained_connect(stream, k) {
-                Ok(Some(CHAINED_CONNECT))
             } else {
                 Err(format!("the kernel judges {k:?}, user space names nothing ({found:?})"))
             }
@@ -405,16 +400,24 @@ pub fn line_ends_then_tls(message: &[u8]) -> bool {
     start > 0 && message.get(start) == Some(&0x16)
 }
 
-/// Whether `message` is a CONNECT request (after the line ends a proxy skips).
-pub fn connect_line(message: &[u8]) -> bool {
+/// Whether `message` is a CONNECT request (after the line ends a proxy skips) whose authority names `name`
+/// (as the kernel folds it: userinfo dropped, lower case, no trailing dot).
+pub fn connect_names(message: &[u8], name: &str) -> bool {
     let start = message.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(message.len());
-    message[start..].get(..8).is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT "))
-}
-
-/// Whether `name` is the authority of a CONNECT line after the stream's first byte: a CONNECT in the tunnel.
-pub fn chained_connect(stream: &[u8], name: &str) -> bool {
-    let line = format!("CONNECT {name}");
-    stream.get(1..).and_then(|rest| find_ci(rest, line.as_bytes())).is_some()
+    let line = &message[start..];
+    if !line.get(..8).is_some_and(|m| m.eq_ignore_ascii_case(b"CONNECT ")) {
+        return false;
+    }
+    let authority: Vec<u8> = line[8..]
+        .iter()
+        .skip_while(|&&b| b == b' ' || b == b'\t')
+        .take_while(|&&b| !b" \t\r\n".contains(&b))
+        .copied()
+        .collect();
+    let authority = String::from_utf8_lossy(&authority).to_ascii_lowercase();
+    let host = authority.rsplit_once('@').map_or(authority.as_str(), |(_, h)| h);
+    let host = host.split(':').next().unwrap_or_default();
+    host.strip_suffix('.').filter(|h| !h.is_empty()).unwrap_or(host) == name
 }
 
 /// Whether the request line ends in an HTTP version a proxy accepts (`HTTP/1.0`, `HTTP/1.1`).
@@ -567,13 +570,13 @@ pub fn compare(stream: &[u8]) -> Result<Vec<LayerOutcome>, String> {
 }
 
 /// The reasons that apply to the tunnel's first message itself, as they would outside a tunnel.
-fn explain_tunnel_message(kernel: &Kernel, user: Option<&str>, message: &[u8]) -> Option<&'static str> {
+pub fn explain_tunnel_message(kernel: &Kernel, user: Option<&str>, message: &[u8]) -> Option<&'static str> {
     match (kernel, user) {
         // A ClientHello the kernel reads in a record that is not TLS's: fail closed.
         (Kernel::Named(_), None) if not_tls_record(message) => Some(NOT_TLS_RECORD),
         (_, Some(_)) if repeated_server_name(message) => Some(REPEATED_SERVER_NAME),
         (Kernel::Unnamed, Some(_)) if second_host_line(message) => Some(SECOND_HOST_LINE),
-        (Kernel::Named(_), _) if connect_line(message) => Some(CHAINED_CONNECT),
+        (Kernel::Named(k), _) if connect_names(message, k) => Some(CHAINED_CONNECT),
         (Kernel::Named(_), _) if host_line_is_no_host(message) => Some(BAD_HOST_LINE),
         (_, Some(_)) if beyond_bounds(message) => Some(BEYOND_BOUNDS),
         (_, Some(_)) if line_ends_then_tls(message) => Some(LINE_ENDS_BEFORE_TUNNEL),
