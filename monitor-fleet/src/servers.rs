@@ -126,12 +126,33 @@ impl Drop for Process {
 
 /// `nats-server` with JetStream on a loopback port, its store in a temporary directory, every write
 /// fsynced before it is acknowledged (`sync_interval: always`), so that a kill loses nothing acknowledged.
+/// [`NatsServer::cluster_node`] makes one node of a cluster instead, listening on an address of a network
+/// namespace (started from a thread inside that namespace: the process inherits it).
 pub struct NatsServer {
     process: Option<Process>,
     dir: tempfile::TempDir,
-    port: u16,
-    /// Extra lines for the configuration (accounts, users, TLS), kept for restarts.
+    /// Where clients connect (and the readiness probe knocks).
+    listen: SocketAddr,
+    name: String,
+    /// Extra lines for the configuration (accounts, users, TLS, a cluster block), kept for restarts.
     extra_config: String,
+}
+
+/// One node of a NATS cluster: its name, where clients and the other nodes reach it, and the others'
+/// cluster addresses.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub name: String,
+    pub client: SocketAddr,
+    pub cluster: SocketAddr,
+    pub routes: Vec<SocketAddr>,
+}
+
+fn nats_dir() -> Result<tempfile::TempDir, ServerError> {
+    tempfile::Builder::new()
+        .prefix("monitor-nats-")
+        .tempdir()
+        .map_err(io("create a directory for nats-server"))
 }
 
 impl NatsServer {
@@ -142,32 +163,53 @@ impl NatsServer {
 
     /// Starts a server whose configuration also has `extra_config` (for example an `authorization` block).
     pub fn start_with_config(extra_config: &str) -> Result<NatsServer, ServerError> {
-        let dir = tempfile::Builder::new()
-            .prefix("monitor-nats-")
-            .tempdir()
-            .map_err(io("create a directory for nats-server"))?;
-        let port = free_port()?;
-        let mut server = NatsServer { process: None, dir, port, extra_config: extra_config.to_string() };
+        let mut server = NatsServer::not_started()?;
+        server.extra_config = extra_config.to_string();
         server.restart()?;
         Ok(server)
     }
 
     /// A server on a port picked now but not started yet: for a test whose agent starts before NATS.
     pub fn not_started() -> Result<NatsServer, ServerError> {
-        let dir = tempfile::Builder::new()
-            .prefix("monitor-nats-")
-            .tempdir()
-            .map_err(io("create a directory for nats-server"))?;
-        Ok(NatsServer { process: None, dir, port: free_port()?, extra_config: String::new() })
+        let port = free_port()?;
+        Ok(NatsServer {
+            process: None,
+            dir: nats_dir()?,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            name: format!("monitor-test-{port}"),
+            extra_config: String::new(),
+        })
+    }
+
+    /// A node of a JetStream cluster (named `monitor-test`), not started yet: start it with
+    /// [`NatsServer::restart`] from a thread in the network namespace that holds `node.client`.
+    pub fn cluster_node(node: &ClusterNode) -> Result<NatsServer, ServerError> {
+        let routes: Vec<String> = node.routes.iter().map(|r| format!("nats://{r}")).collect();
+        Ok(NatsServer {
+            process: None,
+            dir: nats_dir()?,
+            listen: node.client,
+            name: node.name.clone(),
+            extra_config: format!(
+                "cluster {{\n  name: monitor-test\n  listen: {}\n  routes: [{}]\n}}",
+                node.cluster,
+                routes.join(", ")
+            ),
+        })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.listen.port()
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// The server's name (in a cluster, what JetStream calls the stream leader).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `nats://ADDRESS:PORT`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}", self.listen)
     }
 
     /// Kills the server (SIGKILL); its store stays for [`NatsServer::restart`].
@@ -183,9 +225,10 @@ impl NatsServer {
         let config = self.dir.path().join("nats.conf");
         let store = self.dir.path().join("jetstream");
         let text = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: monitor-test-{port}\n\
+            "listen: {listen}\nserver_name: {name}\n\
              jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n",
-            port = self.port,
+            listen = self.listen,
+            name = self.name,
             store = store.display().to_string(),
             extra = self.extra_config,
         );
@@ -196,9 +239,9 @@ impl NatsServer {
             Command::new(bin).arg("-c").arg(&config),
             self.dir.path().join("nats.log"),
         )?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         // Ready when it greets a client (INFO) and JetStream is up, which the log says before it listens.
-        process.wait_ready(self.port, || nats_greets(addr))?;
+        let addr = self.listen;
+        process.wait_ready(self.port(), || nats_greets(addr))?;
         self.process = Some(process);
         Ok(())
     }

@@ -13,6 +13,7 @@
 //! The proxies resolve the test names through /etc/netns/<router>/hosts.
 
 pub mod bed;
+pub mod lan;
 pub mod monitor;
 pub mod run;
 

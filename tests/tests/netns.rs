@@ -4,6 +4,8 @@
 
 #[path = "netns/early_data.rs"]
 mod early_data;
+#[path = "netns/fleet.rs"]
+mod fleet;
 
 use std::time::Duration;
 
@@ -1832,7 +1834,7 @@ fn main() {
     proxy_form_cases(&mut r, &bed, true);
     proxy_form_cases(&mut r, &bed, false);
     late_verdict_cases(&mut r, &bed);
-    fleet_cases(&mut r, &bed);
+    fleet::cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }
@@ -2360,162 +2362,4 @@ fn late_verdict_cases(r: &mut Runner, bed: &Bed) {
             assert_eq!(after, before + 1, "status counts the late verdict");
         });
     }
-}
-
-/// The fleet path from a real daemon (issue 14): `monitor run --export` with NATS down at start, then up;
-/// `monitor ingest` into ClickHouse; the fleet has exactly the events of the daemon's store. The servers
-/// run on this host's loopback, which the daemon (in the root namespace) reaches.
-fn fleet_cases(r: &mut Runner, bed: &Bed) {
-    use monitor_fleet::clickhouse::ClickHouse;
-    use monitor_fleet::servers::{ClickHouseServer, NatsServer};
-    const CASE: &str = "fleet_export_ships_the_spool_and_the_fleet_matches_the_store";
-    // Its servers and daemon only when the case runs (set-ups run whatever the filter).
-    if !r.wants(CASE) {
-        return;
-    }
-    let cg = Cgroup::new("fleet");
-    let Some((mut nats, clickhouse)) = r.setup("fleet_servers_start", || {
-        let nats = NatsServer::not_started().unwrap_or_else(|e| panic!("pick a port for nats-server: {e}"));
-        let clickhouse = ClickHouseServer::start().unwrap_or_else(|e| panic!("start clickhouse-server: {e}"));
-        (nats, clickhouse)
-    }) else {
-        return;
-    };
-    let Some(mon) = r.setup("fleet_monitor_starts_while_nats_is_down", || {
-        Monitor::start(
-            &bed.dir,
-            "fleet",
-            None,
-            &[
-                "--cgroup".into(),
-                cg.path.display().to_string(),
-                "--device-id".into(),
-                "fleet-agent-1".into(),
-                "--export".into(),
-                nats.url(),
-            ],
-        )
-    }) else {
-        return;
-    };
-    r.case(CASE, || {
-        let proxied = |n: usize| {
-            for _ in 0..n {
-                let run = curl(bed, &cg, &["-x", SQUID, "https://origin.test/"]);
-                assert!(run.ok(), "curl through squid failed: {run:?}");
-            }
-        };
-        let curl_events = |mon: &Monitor| {
-            mon.events().into_iter().filter(|e| e["InitiatingProcessFileName"] == "curl").count()
-        };
-        proxied(3);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while curl_events(&mon) < 3 {
-            assert!(std::time::Instant::now() < deadline, "no events for the clients: {}", mon.stderr());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let spooled = loop {
-            let export = status(&mon)["export"].clone();
-            if export["lag_rows"].as_u64().unwrap_or(0) >= 3 && export["errors"].as_u64().unwrap_or(0) > 0 {
-                break export;
-            }
-            assert!(std::time::Instant::now() < deadline, "the export status shows no spool: {export}");
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        assert_eq!(spooled["connected"], false, "{spooled}");
-        assert!(spooled["last_error"].as_str().is_some_and(|e| e.contains("connect")), "{spooled}");
-        assert!(mon.stderr().contains("export:"), "the daemon says the export fails: {}", mon.stderr());
-
-        nats.restart().unwrap_or_else(|e| panic!("start nats-server: {e}"));
-        proxied(2);
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let export = status(&mon)["export"].clone();
-            if export["connected"] == true && export["lag_rows"] == 0 && curl_events(&mon) >= 5 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "the spool did not drain: {export}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-
-        let events = mon.events();
-        assert!(events.iter().all(|e| e["DeviceId"] == "fleet-agent-1"), "DeviceId on every event line");
-        let line_seqs: Vec<u64> = events.iter().filter_map(|e| e["Seq"].as_u64()).collect();
-        assert_eq!(line_seqs.len(), events.len(), "Seq on every event line");
-        assert!(line_seqs.windows(2).all(|w| w[0] < w[1]), "Seq rises: {line_seqs:?}");
-
-        let mut ingest = std::process::Command::new(tests::monitor::monitor_bin())
-            .args(["ingest", "--from", &nats.url(), "--into", &clickhouse.url("fleet")])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start monitor ingest");
-        let fleet = ClickHouse::new(&clickhouse.url("fleet"), None, None).expect("a ClickHouse URL");
-        let fleet_seqs = || -> Vec<u64> {
-            let rows = fleet
-                .query_rows(
-                    "SELECT Seq FROM (SELECT Seq FROM fleet.DeviceNetworkEvents FINAL WHERE DeviceId = 'fleet-agent-1' \
-                     UNION ALL SELECT Seq FROM fleet.DeviceEvents FINAL WHERE DeviceId = 'fleet-agent-1') ORDER BY Seq",
-                )
-                .unwrap_or_default();
-            rows.iter().filter_map(|r| r["Seq"].as_u64()).collect()
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while fleet_seqs().len() < line_seqs.len() {
-            if std::time::Instant::now() >= deadline {
-                let _ = ingest.kill();
-                panic!("ClickHouse has {} of {} events", fleet_seqs().len(), line_seqs.len());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = ingest.kill();
-        let _ = ingest.wait();
-        let out = std::process::Command::new(tests::monitor::monitor_bin())
-            .args(["hunt", "--format", "json", "--store"])
-            .arg(&mon.store_path)
-            .arg("union DeviceNetworkEvents, DeviceEvents | project Seq | sort by Seq asc")
-            .output()
-            .expect("run monitor hunt");
-        assert!(out.status.success(), "monitor hunt: {}", String::from_utf8_lossy(&out.stderr));
-        let store_seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["Seq"].as_u64())
-            .collect();
-        assert_eq!(store_seqs, line_seqs, "the store has what the event lines have");
-        assert_eq!(fleet_seqs(), store_seqs, "ClickHouse has every event of the store, each once");
-        let curl_rows = fleet
-            .query_rows(
-                "SELECT count() AS n FROM fleet.DeviceNetworkEvents FINAL WHERE DeviceName != '' \
-                 AND InitiatingProcessFileName = 'curl' AND RemoteUrl = 'origin.test'",
-            )
-            .expect("query ClickHouse");
-        assert_eq!(curl_rows[0]["n"].as_u64(), Some(curl_events(&mon) as u64), "{curl_rows:?}");
-
-        // The same answers from `monitor hunt --fleet` as from the local store.
-        let hunt = |source: &[&str], query: &str| -> Vec<Value> {
-            let out = std::process::Command::new(tests::monitor::monitor_bin())
-                .args(["hunt", "--format", "json"])
-                .args(source)
-                .arg(query)
-                .output()
-                .expect("run monitor hunt");
-            assert!(out.status.success(), "monitor hunt {source:?} {query}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON row")).collect()
-        };
-        let store = mon.store_path.display().to_string();
-        let url = clickhouse.url("fleet");
-        for query in [
-            "DeviceNetworkEvents | summarize count() by DeviceName",
-            r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" and RemoteIP == "10.200.1.1" | project Seq, RemoteIP, RemotePort, RemoteUrl, InitiatingProcessFileName | sort by Seq asc"#,
-            r#"DeviceNetworkEvents | where RemoteUrl has "origin" | summarize count(), dcount(LocalPort) by InitiatingProcessFileName, RemotePort"#,
-        ] {
-            let local = hunt(&["--store", &store], query);
-            let fleet = hunt(&["--fleet", &url], query);
-            assert!(!local.is_empty(), "{query}");
-            assert_eq!(fleet, local, "hunt --fleet answers as the local store: {query}");
-        }
-    });
-    drop(mon);
 }
