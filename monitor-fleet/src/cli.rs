@@ -15,7 +15,7 @@ pub struct IngestArgs {
     /// The NATS servers: nats://HOST:PORT[,nats://HOST:PORT...].
     #[arg(long, value_name = "URLS")]
     pub from: String,
-    /// The ClickHouse database: http://HOST:8123/DATABASE (created with its tables when absent).
+    /// The ClickHouse database: http(s)://HOST:8123/DATABASE (created with its tables when absent).
     #[arg(long, value_name = "URL")]
     pub into: String,
     /// A NATS credentials file.
@@ -33,6 +33,9 @@ pub struct IngestArgs {
     pub clickhouse_user: Option<String>,
     #[arg(long, value_name = "PASSWORD", env = "MONITOR_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
+    /// Trust this CA (PEM) for an https:// ClickHouse URL's certificate (else the well-known roots).
+    #[arg(long, value_name = "FILE")]
+    pub clickhouse_tls_ca: Option<PathBuf>,
     /// The durable consumer; ingest processes with the same name share the work.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_CONSUMER)]
     pub consumer: String,
@@ -42,6 +45,16 @@ pub struct IngestArgs {
 }
 
 impl IngestArgs {
+    fn clickhouse(&self) -> anyhow::Result<ClickHouse> {
+        let clickhouse =
+            ClickHouse::new(&self.into, self.clickhouse_user.clone(), self.clickhouse_password.clone())
+                .context("--into")?;
+        match &self.clickhouse_tls_ca {
+            Some(ca) => clickhouse.with_tls_ca(ca).context("--clickhouse-tls-ca"),
+            None => Ok(clickhouse),
+        }
+    }
+
     pub fn options(&self) -> anyhow::Result<IngestOptions> {
         if self.batch == 0 {
             anyhow::bail!("--batch must be at least 1");
@@ -54,12 +67,7 @@ impl IngestArgs {
                 password: self.nats_password.clone(),
                 tls_ca: self.nats_tls_ca.clone(),
             },
-            clickhouse: ClickHouse::new(
-                &self.into,
-                self.clickhouse_user.clone(),
-                self.clickhouse_password.clone(),
-            )
-            .context("--into")?,
+            clickhouse: self.clickhouse()?,
             consumer: self.consumer.clone(),
             batch: self.batch,
         })

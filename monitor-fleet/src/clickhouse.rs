@@ -6,6 +6,7 @@
 //! after merges and in every query that reads with `FINAL`: the tables are ReplacingMergeTree on
 //! `(DeviceId, Seq)`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use monitor_hunt::schema::{COLUMNS, Cell, ColumnType, TABLES};
@@ -54,19 +55,33 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// The HTTP client: ClickHouse's own status codes are answers, not errors; TLS trusts `roots` when given,
+/// else the well-known roots (webpki-roots).
+fn agent(roots: Option<ureq::tls::RootCerts>) -> ureq::Agent {
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(roots) = roots {
+        tls = tls.root_certs(roots);
+    }
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .tls_config(tls.build())
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
 impl ClickHouse {
-    /// `http://HOST:PORT/DATABASE`, with an optional user and password (sent as ClickHouse's headers).
+    /// `http://HOST:PORT/DATABASE` or `https://HOST:PORT/DATABASE`, with an optional user and password (sent
+    /// as ClickHouse's headers). Over https the server's certificate must chain to a well-known root unless
+    /// [`ClickHouse::with_tls_ca`] names the CA to trust.
     pub fn new(url: &str, user: Option<String>, password: Option<String>) -> Result<ClickHouse, FleetError> {
         let bad = |why: &str| {
             FleetError::Config(format!("{url:?} is not a ClickHouse URL (http://HOST:8123/DATABASE): {why}"))
         };
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                bad("https is not supported yet; use a TLS-terminating proxy")
-            } else {
-                bad("it must start with http://")
-            }
-        })?;
+        let (scheme, rest) = ["http", "https"]
+            .into_iter()
+            .find_map(|scheme| Some((scheme, url.strip_prefix(scheme)?.strip_prefix("://")?)))
+            .ok_or_else(|| bad("it must start with http:// or https://"))?;
         let (host, database) = rest.split_once('/').ok_or_else(|| bad("no database named"))?;
         let database = database.trim_end_matches('/');
         if host.is_empty() {
@@ -75,24 +90,42 @@ impl ClickHouse {
         if !valid_identifier(database) {
             return Err(bad("the database must be a name of letters, digits and _"));
         }
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT))
-            .build();
         Ok(ClickHouse {
-            endpoint: format!("http://{host}"),
+            endpoint: format!("{scheme}://{host}"),
             database: database.to_string(),
             user,
             password,
-            agent: ureq::Agent::new_with_config(config),
+            agent: agent(None),
         })
+    }
+
+    /// Trusts only the CA certificates (PEM) in `path` for the server's certificate: an https URL's own CA.
+    pub fn with_tls_ca(mut self, path: &Path) -> Result<ClickHouse, FleetError> {
+        let what = format!("the ClickHouse CA file {}", path.display());
+        if !self.endpoint.starts_with("https://") {
+            return Err(FleetError::Config(format!("{what} is for an https:// URL, not {}", self.endpoint)));
+        }
+        let pem = std::fs::read(path).map_err(|e| FleetError::Config(format!("read {what}: {e}")))?;
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(e) => return Err(FleetError::Config(format!("{what}: {e}"))),
+            }
+        }
+        if certs.is_empty() {
+            return Err(FleetError::Config(format!("{what} holds no PEM certificate")));
+        }
+        self.agent = agent(Some(ureq::tls::RootCerts::new_with_certs(&certs)));
+        Ok(self)
     }
 
     pub fn database(&self) -> &str {
         &self.database
     }
 
-    /// `http://HOST:PORT/DATABASE`.
+    /// `http(s)://HOST:PORT/DATABASE`.
     pub fn url(&self) -> String {
         format!("{}/{}", self.endpoint, self.database)
     }
@@ -257,11 +290,14 @@ mod tests {
         let ch = ClickHouse::new("http://127.0.0.1:8123/fleet", None, None).expect("valid URL");
         assert_eq!(ch.database(), "fleet");
         assert_eq!(ch.url(), "http://127.0.0.1:8123/fleet");
+        let ch = ClickHouse::new("https://ch.example:8443/fleet", None, None).expect("valid URL");
+        assert_eq!(ch.url(), "https://ch.example:8443/fleet");
         for (url, why) in [
-            ("127.0.0.1:8123/fleet", "http://"),
+            ("127.0.0.1:8123/fleet", "http:// or https://"),
+            ("ftp://127.0.0.1:8123/fleet", "http:// or https://"),
             ("http://127.0.0.1:8123", "no database"),
             ("http://127.0.0.1:8123/fl;eet", "letters, digits"),
-            ("https://ch:8443/fleet", "https"),
+            ("https:///fleet", "no host"),
         ] {
             let err = ClickHouse::new(url, None, None).expect_err(url).to_string();
             assert!(err.contains(why), "{url}: {err}");

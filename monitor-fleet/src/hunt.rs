@@ -64,5 +64,9 @@ pub fn hunt(args: &monitor_hunt::cli::HuntArgs, out: &mut dyn Write) -> anyhow::
 /// The fleet store `--fleet` names, with its credentials.
 pub fn connect(fleet: &FleetArgs) -> anyhow::Result<ClickHouse> {
     let url = fleet.url.as_deref().context("--fleet URL")?;
-    ClickHouse::new(url, fleet.user.clone(), fleet.password.clone()).context("--fleet")
+    let clickhouse = ClickHouse::new(url, fleet.user.clone(), fleet.password.clone()).context("--fleet")?;
+    match &fleet.tls_ca {
+        Some(ca) => clickhouse.with_tls_ca(ca).context("--fleet-tls-ca"),
+        None => Ok(clickhouse),
+    }
 }

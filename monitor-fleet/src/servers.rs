@@ -266,18 +266,38 @@ pub struct ClickHouseServer {
     dir: tempfile::TempDir,
     http_port: u16,
     tcp_port: u16,
+    /// HTTPS beside HTTP: its port, and the server's certificate chain and key (PEM files).
+    https: Option<(u16, PathBuf, PathBuf)>,
 }
 
 impl ClickHouseServer {
     pub fn start() -> Result<ClickHouseServer, ServerError> {
+        ClickHouseServer::start_with(None)
+    }
+
+    /// Also serves HTTPS on a port of its own with the certificate (chain) and key in these PEM files.
+    pub fn start_https(certificate: &Path, key: &Path) -> Result<ClickHouseServer, ServerError> {
+        ClickHouseServer::start_with(Some((certificate.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Result<ClickHouseServer, ServerError> {
         let dir = tempfile::Builder::new()
             .prefix("monitor-clickhouse-")
             .tempdir()
             .map_err(io("create a directory for clickhouse-server"))?;
+        let https = match tls {
+            Some((certificate, key)) => Some((free_port()?, certificate, key)),
+            None => None,
+        };
         let mut server =
-            ClickHouseServer { process: None, dir, http_port: free_port()?, tcp_port: free_port()? };
+            ClickHouseServer { process: None, dir, http_port: free_port()?, tcp_port: free_port()?, https };
         server.restart()?;
         Ok(server)
+    }
+
+    /// `https://127.0.0.1:PORT/DATABASE` when the server was started with [`ClickHouseServer::start_https`].
+    pub fn https_url(&self, database: &str) -> Option<String> {
+        self.https.as_ref().map(|(port, _, _)| format!("https://127.0.0.1:{port}/{database}"))
     }
 
     pub fn http_port(&self) -> u16 {
@@ -317,7 +337,14 @@ impl ClickHouseServer {
                  <http_port>{http}</http_port>\n  <tcp_port>{tcp}</tcp_port>\n  <listen_host>127.0.0.1</listen_host>\n  \
                  <path>{data}/</path>\n  <tmp_path>{data}/tmp/</tmp_path>\n  <users_config>{users}</users_config>\n  \
                  <default_profile>default</default_profile>\n  <default_database>default</default_database>\n  \
-                 <timezone>UTC</timezone>\n  <mark_cache_size>5368709120</mark_cache_size>\n</yandex>\n",
+                 <timezone>UTC</timezone>\n  <mark_cache_size>5368709120</mark_cache_size>\n{https}</yandex>\n",
+                https = self.https.as_ref().map_or(String::new(), |(port, certificate, key)| format!(
+                    "  <https_port>{port}</https_port>\n  <openSSL><server><certificateFile>{}</certificateFile>\
+                     <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
+                     <loadDefaultCAFile>false</loadDefaultCAFile></server></openSSL>\n",
+                    certificate.display(),
+                    key.display()
+                )),
                 http = self.http_port,
                 tcp = self.tcp_port,
                 data = dir.join("data").display(),

@@ -567,8 +567,12 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
     assert!(unknown.is_empty(), "{unknown:?}");
 
     // The commands: devices in a format, and a fleet timeline names its device.
-    let fleet_args =
-        monitor_hunt::cli::FleetArgs { url: Some(server.url("fleet")), user: None, password: None };
+    let fleet_args = monitor_hunt::cli::FleetArgs {
+        url: Some(server.url("fleet")),
+        user: None,
+        password: None,
+        tls_ca: None,
+    };
     let mut out = Vec::new();
     let args = monitor_hunt::cli::DevicesArgs {
         store: None,

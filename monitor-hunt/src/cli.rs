@@ -41,8 +41,8 @@ pub enum ColourChoice {
 /// The fleet store, read instead of the local one: ClickHouse, filled by `monitor ingest`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FleetArgs {
-    /// Read the fleet store instead of the local one: http://HOST:8123/DATABASE (ClickHouse, filled by
-    /// `monitor ingest`).
+    /// Read the fleet store instead of the local one: http(s)://HOST:8123/DATABASE (ClickHouse, filled
+    /// by `monitor ingest`).
     #[arg(id = "fleet", long = "fleet", value_name = "URL", conflicts_with = "store")]
     pub url: Option<String>,
     /// The ClickHouse user.
@@ -58,6 +58,9 @@ pub struct FleetArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Trust this CA (PEM) for an https:// fleet URL's certificate (else the well-known roots).
+    #[arg(id = "fleet_tls_ca", long = "fleet-tls-ca", value_name = "FILE", requires = "fleet")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// Which store to read (the local one, or the fleet's) and how to print its rows: `monitor devices`, and
