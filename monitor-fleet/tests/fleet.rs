@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use monitor_fleet::clickhouse::ClickHouse;
+use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _};
 use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
 use monitor_fleet::servers::{ClickHouseServer, NatsServer};
 use monitor_fleet::{ExportOptions, Exporter, NatsOptions};

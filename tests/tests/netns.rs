@@ -2366,7 +2366,7 @@ fn late_verdict_cases(r: &mut Runner, bed: &Bed) {
 /// `monitor ingest` into ClickHouse; the fleet has exactly the events of the daemon's store. The servers
 /// run on this host's loopback, which the daemon (in the root namespace) reaches.
 fn fleet_cases(r: &mut Runner, bed: &Bed) {
-    use monitor_fleet::clickhouse::ClickHouse;
+    use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _};
     use monitor_fleet::servers::{ClickHouseServer, NatsServer};
     const CASE: &str = "fleet_export_ships_the_spool_and_the_fleet_matches_the_store";
     // Its servers and daemon only when the case runs (set-ups run whatever the filter).
