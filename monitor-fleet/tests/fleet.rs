@@ -1,12 +1,13 @@
 //! The fleet path with real servers on loopback: the agent's store, the exporter, nats-server with
-//! JetStream, the ingest and clickhouse-server (Debian's 18.16).
+//! JetStream, the ingest and clickhouse-server (Debian's 18.16); and fleet hunting on a current ClickHouse
+//! (chdb's embedded 26.x) too.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _};
+use monitor_fleet::clickhouse::{ClickHouse, FleetSql};
 use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
-use monitor_fleet::servers::{ClickHouseServer, NatsServer};
+use monitor_fleet::servers::{Chdb, ClickHouseServer, NatsServer, ServerError};
 use monitor_fleet::{ExportOptions, Exporter, NatsOptions};
 use monitor_hunt::time::{format_datetime, now_micros};
 use monitor_hunt::{Retention, Spool, StoreWriter};
@@ -104,7 +105,7 @@ fn fleet(clickhouse: &ClickHouseServer) -> ClickHouse {
 }
 
 /// Rows in ClickHouse, each event once (FINAL), or 0 before the tables exist.
-fn fleet_count(clickhouse: &ClickHouse) -> u64 {
+fn fleet_count(clickhouse: &impl FleetSql) -> u64 {
     let sql = "SELECT (SELECT count() FROM fleet.DeviceNetworkEvents FINAL) + \
                (SELECT count() FROM fleet.DeviceEvents FINAL) AS n";
     clickhouse
@@ -346,8 +347,9 @@ fn clickhouse_down_while_ingesting_loses_nothing() {
 }
 
 /// Queries of the subset that `hunt --fleet` runs in ClickHouse; each gives the same answer there as over
-/// the local store holding the same events. `sort` decides the order where a query has one; elsewhere
-/// rows are compared as sets.
+/// the local store holding the same events. Rows are compared as sets; where a query sorts (`sort by`,
+/// `top N by`), its sort columns must also come in the same order (rows that tie on them may come in any
+/// order: neither KQL nor SQL orders ties, and SQLite and ClickHouse 26.x break them differently).
 const FLEET_QUERIES: &[&str] = &[
     r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" | count"#,
     r#"DeviceNetworkEvents | where ActionType == "ConnectionSuccess" and RemoteIP != "10.0.0.5" | project Seq, RemoteIP | sort by Seq desc | take 10"#,
@@ -388,15 +390,79 @@ const NOT_PUSHED_DOWN: &[(&str, &str)] = &[
     ("DeviceNetworkEvents | where RemoteUrl has_any (\"site1\", \"site2\")", "`has_any`: not translated yet"),
 ];
 
-fn rows_text(result: &monitor_hunt::QueryResult, sorted: bool) -> Vec<Vec<String>> {
-    let mut rows: Vec<Vec<String>> =
-        result.rows.iter().map(|r| r.iter().map(|v| v.to_text()).collect()).collect();
-    if !sorted {
-        rows.sort();
-    }
-    rows
+/// The columns the last `sort by` or `top N by` of `query` orders by.
+fn sort_columns(query: &str) -> Vec<&str> {
+    let last = query.split('|').rev().find_map(|op| {
+        let op = op.trim();
+        op.strip_prefix("sort by ").or_else(|| op.strip_prefix("order by ")).or_else(|| {
+            op.strip_prefix("top ").and_then(|rest| rest.split_once(" by ").map(|(_, keys)| keys))
+        })
+    });
+    last.map(|keys| keys.split(',').filter_map(|key| key.split_whitespace().next()).collect())
+        .unwrap_or_default()
 }
 
+/// A result as text: its columns, its rows as a set, and the sequence of its `sort` columns' values.
+fn answer_text(result: &monitor_hunt::QueryResult, query: &str) -> String {
+    let rows: Vec<Vec<String>> =
+        result.rows.iter().map(|r| r.iter().map(|v| v.to_text()).collect()).collect();
+    let keys: Vec<usize> = sort_columns(query)
+        .into_iter()
+        .map(|name| {
+            let found = result.columns.iter().position(|c| c == name);
+            found.unwrap_or_else(|| {
+                panic!("{query}: the sort column {name} must be in the answer to compare order")
+            })
+        })
+        .collect();
+    let order: Vec<Vec<&String>> = rows.iter().map(|row| keys.iter().map(|&k| &row[k]).collect()).collect();
+    let order = format!("{order:?}");
+    let mut set = rows;
+    set.sort();
+    format!("{:?} {set:?}, in the order {order}", result.columns)
+}
+
+/// Every query of [`FLEET_QUERIES`], compiled as `hunt --fleet` compiles it, gives the same answer from
+/// `fleet` as from the local store at `store` holding the same events; every one of [`NOT_PUSHED_DOWN`]
+/// runs locally and is refused for the fleet with an error naming its construct. Returns how many
+/// queries were compared.
+fn assert_fleet_hunting_answers_as(fleet: &impl FleetSql, which: &str, store: &Path) -> usize {
+    let local = monitor_hunt::Store::open(store).expect("open the store");
+    let now = base_time();
+    let mut differ = Vec::new();
+    for query in FLEET_QUERIES {
+        let expected = local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
+        assert!(!expected.rows.is_empty(), "the query finds something, so that it tests something: {query}");
+        let got = match monitor_fleet::hunt::query_at(fleet, query, now) {
+            Ok(got) => got,
+            Err(e) => {
+                differ.push(format!("{query}\n  {which} failed: {e:#}"));
+                continue;
+            }
+        };
+        let (expected, got) = (answer_text(&expected, query), answer_text(&got, query));
+        if expected != got {
+            differ.push(format!("{query}\n  local {expected}\n  {which} {got}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} queries differ on {which}:\n{}",
+        differ.len(),
+        FLEET_QUERIES.len(),
+        differ.join("\n")
+    );
+    for (query, why) in NOT_PUSHED_DOWN {
+        local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
+        let err = monitor_fleet::hunt::query_at(fleet, query, now).expect_err(query).to_string();
+        let construct = why.split(':').next().unwrap_or_default();
+        assert!(err.contains(construct) && err.contains("--fleet"), "{query} ({why}): {err}");
+    }
+    FLEET_QUERIES.len()
+}
+
+/// The 18.16 half of the differential test: the events reach clickhouse-server through the export and the
+/// ingest.
 #[test]
 fn fleet_hunting_answers_as_the_local_store() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -419,39 +485,53 @@ fn fleet_hunting_answers_as_the_local_store() {
         || format!("{:?}", ingest.counts()),
     );
     ingest.stop().expect("the ingest stops cleanly");
+    let version = clickhouse.query_rows("SELECT version() AS v").expect("the server's version");
+    let which = format!("clickhouse-server {}", version[0]["v"].as_str().unwrap_or("?"));
+    let compared = assert_fleet_hunting_answers_as(&clickhouse, &which, &store);
+    eprintln!("{compared} queries answer on {which} as on the local store");
+}
 
-    let local = monitor_hunt::Store::open(&store).expect("open the store");
-    let now = base_time();
-    let mut differ = Vec::new();
-    for query in FLEET_QUERIES {
-        let expected = local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
-        let got = monitor_fleet::hunt::query_at(&clickhouse, query, now)
-            .unwrap_or_else(|e| panic!("fleet {query}: {e:#}"));
-        assert!(!expected.rows.is_empty(), "the query finds something, so that it tests something: {query}");
-        let sorted = query.contains("sort by") || query.contains("top ");
-        if expected.columns != got.columns || rows_text(&expected, sorted) != rows_text(&got, sorted) {
-            differ.push(format!(
-                "{query}\n  local {:?} {:?}\n  fleet {:?} {:?}",
-                expected.columns,
-                rows_text(&expected, sorted),
-                got.columns,
-                rows_text(&got, sorted)
-            ));
+/// Inserts every event of `store`, `copies` times, as the ingest inserts them: each exported message
+/// made a row ([`monitor_fleet::clickhouse::to_row`]), a batch per table.
+fn insert_store(fleet: &impl FleetSql, store: &Path, copies: usize) {
+    let spooled = Spool::open(store).expect("open the spool").after(0, usize::MAX).expect("read the store");
+    for _ in 0..copies {
+        for table in monitor_hunt::schema::TABLES {
+            let rows: Vec<_> = spooled
+                .iter()
+                .filter(|e| e.table == table)
+                .map(|e| {
+                    let (_, _, payload) = monitor_fleet::export::message(e).expect("a message");
+                    monitor_fleet::clickhouse::to_row(&payload).expect("a row").1
+                })
+                .collect();
+            fleet.insert(table, &rows).unwrap_or_else(|e| panic!("insert into {table}: {e}"));
         }
     }
-    assert!(
-        differ.is_empty(),
-        "{} of {} queries differ:\n{}",
-        differ.len(),
-        FLEET_QUERIES.len(),
-        differ.join("\n")
-    );
-    for (query, why) in NOT_PUSHED_DOWN {
-        local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
-        let err = monitor_fleet::hunt::query_at(&clickhouse, query, now).expect_err(query).to_string();
-        let construct = why.split(':').next().unwrap_or_default();
-        assert!(err.contains(construct) && err.contains("--fleet"), "{query} ({why}): {err}");
-    }
+}
+
+/// The current-ClickHouse half of the differential test: the same SQL on chdb's embedded ClickHouse
+/// (26.x), with the tables the ingest creates and the rows it sends. Without chdb it is skipped with the
+/// reason, except in CI (`CI=true`), where that fails.
+#[test]
+fn fleet_hunting_on_current_clickhouse_answers_as_the_local_store() {
+    let chdb = match Chdb::start("fleet") {
+        Ok(chdb) => chdb,
+        Err(ServerError::NotInstalled(why)) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped (outside CI): {why}");
+            return;
+        }
+        Err(e) => panic!("start chdb: {e}"),
+    };
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (store, seqs) = write_store(dir.path(), 2_000);
+    chdb.ensure_schema().unwrap_or_else(|e| panic!("the fleet tables on chdb {}: {e}", chdb.version()));
+    // Twice, as a redelivery would insert them: FINAL counts each once.
+    insert_store(&chdb, &store, 2);
+    assert_eq!(fleet_count(&chdb), seqs.len() as u64, "{}", chdb.log());
+    let which = format!("chdb {}", chdb.version());
+    let compared = assert_fleet_hunting_answers_as(&chdb, &which, &store);
+    eprintln!("{compared} queries answer on {which} as on the local store");
 }
 
 #[test]
@@ -522,20 +602,7 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
     for (name, id, count, audit_last) in agents {
         let store = write_device_store(dir.path(), name, id, count, audit_last);
         // Every event twice, as a redelivery would insert it: the views count it once.
-        let spooled =
-            Spool::open(&store).expect("open the spool").after(0, usize::MAX).expect("read the store");
-        for _ in 0..2 {
-            for table in monitor_hunt::schema::TABLES {
-                let rows: Vec<_> = spooled
-                    .iter()
-                    .filter(|e| e.table == table)
-                    .map(|e| {
-                        monitor_fleet::clickhouse::to_row(e.event.to_string().as_bytes()).expect("a row").1
-                    })
-                    .collect();
-                clickhouse.insert(table, &rows).unwrap_or_else(|e| panic!("insert into {table}: {e}"));
-            }
-        }
+        insert_store(&clickhouse, &store, 2);
         stores.push(monitor_hunt::Store::open(&store).expect("open the store"));
     }
 
