@@ -9,7 +9,8 @@ pub enum Source {
     TestPeer(&'static str),
     /// A Debian package that the one task running the program installs itself (kernel-check).
     TaskPackage(&'static str),
-    /// Built or installed by xtask or cargo (the daemon, the bench tools, cargo-fuzz, the QUIC venv).
+    /// Built or installed by xtask or cargo (the daemon, the bench tools, cargo-fuzz, .tools/venv with
+    /// aioquic, nats-server and chdb).
     Xtask,
     /// In the base image of the machines that run the tests (Debian's essential set, apt, the Rust
     /// toolchain, git): checked, not installed.
