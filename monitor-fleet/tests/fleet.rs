@@ -13,6 +13,10 @@ use monitor_hunt::time::{format_datetime, now_micros};
 use monitor_hunt::{Retention, Spool, StoreWriter};
 use serde_json::{Value, json};
 
+/// The local KQL test suite (monitor-hunt's queries over its fixture).
+#[path = "../../monitor-hunt/tests/it/cases.rs"]
+mod local_suite;
+
 const DEVICE_ID: &str = "0123456789abcdef0123456789abcdef";
 /// Every wait in these tests is bounded by this.
 const WAIT: Duration = Duration::from_secs(60);
@@ -390,6 +394,107 @@ const NOT_PUSHED_DOWN: &[(&str, &str)] = &[
     ("DeviceNetworkEvents | where RemoteUrl has_any (\"site1\", \"site2\")", "`has_any`: not translated yet"),
 ];
 
+/// The queries of the local KQL test suite ([`local_suite::CASES`]) that `hunt --fleet` does not run, and
+/// why (each gives an error naming it); every other query of the suite is compared.
+const SUITE_NOT_ON_FLEET: &[(&str, &str)] = &[
+    (
+        r#"DeviceEvents | where Timestamp < datetime("2026-11-29 05:10:00") | project ReportId"#,
+        "datetime(): not translated yet (ago() and now() are)",
+    ),
+    (
+        r#"DeviceNetworkEvents | where RemoteUrl has_any ("github", "pypi", "npmjs") | project ReportId"#,
+        "`has_any`: not translated yet",
+    ),
+    (
+        r#"DeviceNetworkEvents | where InitiatingProcessCommandLine has_all ("curl", "example") | project ReportId"#,
+        "`has_all`: not translated yet",
+    ),
+    (
+        r#"let watched = dynamic(["pastebin.com", "malware.test"]); union DeviceNetworkEvents, DeviceEvents | where RemoteUrl in (watched) | project ReportId"#,
+        "`let`: not translated yet",
+    ),
+    (
+        r#"union DeviceNetworkEvents, DeviceEvents | where Timestamp between (datetime(2026-11-29 05:12) .. datetime(2026-11-29 05:14)) | sort by ReportId asc | project ReportId"#,
+        "`union`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | where ReportId == 12 | project-away Initiating*, AdditionalFields, LocalIP, LocalPort, Protocol, Device*, Timestamp, Seq"#,
+        "`project-away`: needs the column list",
+    ),
+    (
+        r#"DeviceEvents | where ReportId == 7 | project-rename Target = RemoteUrl | project Target"#,
+        "`project-rename`: needs the column list",
+    ),
+    (
+        r#"DeviceNetworkEvents | where isnotempty(InitiatingProcessFileName) | summarize arg_max(Timestamp, RemoteUrl, ReportId) by InitiatingProcessFileName | where InitiatingProcessFileName in ("curl", "python3") | sort by InitiatingProcessFileName asc"#,
+        "arg_max(): not translated yet",
+    ),
+    (
+        r#"DeviceEvents | summarize arg_min(Timestamp, *) by ActionType | project ActionType, ReportId | sort by ActionType asc"#,
+        "arg_min(): not translated yet",
+    ),
+    (
+        r#"union DeviceNetworkEvents, DeviceEvents | where Timestamp < datetime(2026-11-29T05:20:00Z) | summarize Events = count() by bin(Timestamp, 5m) | sort by Timestamp asc"#,
+        "`union`: not translated yet",
+    ),
+    (
+        r#"let proxy = "10.0.0.5"; let window = 10m; DeviceNetworkEvents | where RemoteIP == proxy and Timestamp > now() - window | project ReportId"#,
+        "`let`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | where ActionType endswith "Audited" | project AuditId = ReportId, InitiatingProcessId, RemoteUrl | join kind=inner (DeviceNetworkEvents | project ConnId = ReportId, InitiatingProcessId, RemoteUrl) on InitiatingProcessId, RemoteUrl | project AuditId, ConnId | sort by AuditId asc"#,
+        "`join`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | project ReportId, InitiatingProcessId | join kind=leftouter (DeviceNetworkEvents | where ActionType == "ConnectionFailed" | project FailedId = ReportId, InitiatingProcessId) on InitiatingProcessId | project ReportId, FailedId | sort by ReportId asc"#,
+        "`join`: not translated yet",
+    ),
+    (
+        r#"DeviceNetworkEvents | where RemoteIP == "10.0.0.5" | join kind=leftanti (DeviceEvents) on InitiatingProcessId | project ReportId"#,
+        "`join`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | where ReportId == 12 | join kind=inner (DeviceNetworkEvents | project ConnUrl = RemoteUrl, ConnId = ReportId) on $left.RemoteUrl == $right.ConnUrl | project ReportId, ConnId"#,
+        "`join`: not translated yet",
+    ),
+    (
+        r#"DeviceNetworkEvents | where InitiatingProcessFileName == "python3" | project InitiatingProcessId, ReportId | join (DeviceEvents | project InitiatingProcessId, AuditId = ReportId) on InitiatingProcessId | project ReportId, AuditId, InitiatingProcessId1"#,
+        "`join`: not translated yet",
+    ),
+    (
+        r#"let blocked = DeviceEvents | where ActionType endswith "Blocked" | project InitiatingProcessId; DeviceNetworkEvents | join kind=leftsemi (blocked) on InitiatingProcessId | project ReportId"#,
+        "`let`: not translated yet",
+    ),
+    (
+        r#"union DeviceNetworkEvents, DeviceEvents | where RemoteUrl == "evil.example.net" | project ReportId"#,
+        "`union`: not translated yet",
+    ),
+    (
+        r#"union withsource=SourceTable DeviceEvents, (DeviceNetworkEvents | where ReportId == 1) | where ReportId in (1, 7) | project SourceTable, ReportId"#,
+        "`union`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | where ReportId == 7 | union (DeviceNetworkEvents | where ReportId == 6) | project ReportId"#,
+        "`union`: not translated yet",
+    ),
+    (
+        r#"DeviceEvents | project ReportId, Mode = iff(AdditionalFields.IsAudit == true, "audit", "block"), Kind = case(RemotePort == 3128, "proxy", RemotePort == 443, "direct", "other") | sort by ReportId asc"#,
+        "case(): not translated yet",
+    ),
+    (
+        r#"DeviceNetworkEvents | where ReportId == 4 | project Host = tostring(split(RemoteUrl, "/")[2]), File = extract(@"/([^/]+)$", 1, RemoteUrl), Lower = tolower(InitiatingProcessFileName), Upper = toupper("x")"#,
+        "an index that is not a string literal: only `.Key` and `[\"Key\"]` into AdditionalFields are translated",
+    ),
+    (
+        r#"DeviceEvents | where AdditionalFields.IsAudit == false | project ReportId, Indicator = AdditionalFields["MatchedIndicator"], Category = parse_json(AdditionalFields).ResponseCategory"#,
+        "parse_json(): not translated yet",
+    ),
+    (
+        r#"DeviceNetworkEvents | where Timestamp between (ago(1h) .. ago(30s)) and Timestamp < ago(2h) + 1d | summarize Events = count(), Span = max(Timestamp) - min(Timestamp) | extend Tick = 100ms + 30s"#,
+        "arithmetic over aggregates: not translated yet",
+    ),
+];
+
 /// The columns the last `sort by` or `top N by` of `query` orders by.
 fn sort_columns(query: &str) -> Vec<&str> {
     let last = query.split('|').rev().find_map(|op| {
@@ -402,19 +507,24 @@ fn sort_columns(query: &str) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-/// A result as text: its columns, its rows as a set, and the sequence of its `sort` columns' values.
+/// A result as text: its columns, its rows as a set, and the sequence of its `sort` columns' values (of
+/// all its columns where the sort's are not all in it). The
+/// elements of a `make_set` are a set too (in the order each store met them).
 fn answer_text(result: &monitor_hunt::QueryResult, query: &str) -> String {
-    let rows: Vec<Vec<String>> =
-        result.rows.iter().map(|r| r.iter().map(|v| v.to_text()).collect()).collect();
-    let keys: Vec<usize> = sort_columns(query)
-        .into_iter()
-        .map(|name| {
-            let found = result.columns.iter().position(|c| c == name);
-            found.unwrap_or_else(|| {
-                panic!("{query}: the sort column {name} must be in the answer to compare order")
-            })
-        })
-        .collect();
+    let sets = query.contains("make_set(");
+    let text = |value: &monitor_hunt::Value| match value {
+        monitor_hunt::Value::Dynamic(Value::Array(items)) if sets => {
+            let mut items: Vec<String> = items.iter().map(Value::to_string).collect();
+            items.sort();
+            format!("set {items:?}")
+        }
+        other => other.to_text(),
+    };
+    let rows: Vec<Vec<String>> = result.rows.iter().map(|r| r.iter().map(text).collect()).collect();
+    // The sort columns, or, where one is not in the answer, every column (ties then must match too).
+    let keys: Option<Vec<usize>> =
+        sort_columns(query).into_iter().map(|name| result.columns.iter().position(|c| c == name)).collect();
+    let keys = keys.unwrap_or_else(|| (0..result.columns.len()).collect());
     let order: Vec<Vec<&String>> = rows.iter().map(|row| keys.iter().map(|&k| &row[k]).collect()).collect();
     let order = format!("{order:?}");
     let mut set = rows;
@@ -422,17 +532,80 @@ fn answer_text(result: &monitor_hunt::QueryResult, query: &str) -> String {
     format!("{:?} {set:?}, in the order {order}", result.columns)
 }
 
-/// Every query of [`FLEET_QUERIES`], compiled as `hunt --fleet` compiles it, gives the same answer from
-/// `fleet` as from the local store at `store` holding the same events; every one of [`NOT_PUSHED_DOWN`]
-/// runs locally and is refused for the fleet with an error naming its construct. Returns how many
-/// queries were compared.
-fn assert_fleet_hunting_answers_as(fleet: &impl FleetSql, which: &str, store: &Path) -> usize {
-    let local = monitor_hunt::Store::open(store).expect("open the store");
-    let now = base_time();
+/// Queries, the local store that answers them and the `now` they run at.
+struct Suite<'a> {
+    name: &'a str,
+    store: &'a Path,
+    now: i64,
+    queries: Vec<&'a str>,
+    /// What `hunt --fleet` refuses, with the reason: each must give an error naming its construct.
+    not_on_fleet: &'a [(&'a str, &'a str)],
+    /// Every answer must have rows (so that each query tests something).
+    every_answer_has_rows: bool,
+}
+
+/// The test's own queries over [`write_store`]'s events.
+fn fleet_suite(store: &Path) -> Suite<'_> {
+    Suite {
+        name: "the fleet queries",
+        store,
+        now: base_time(),
+        queries: FLEET_QUERIES.to_vec(),
+        not_on_fleet: NOT_PUSHED_DOWN,
+        every_answer_has_rows: true,
+    }
+}
+
+/// The local KQL test suite over its fixture: every query but those of [`SUITE_NOT_ON_FLEET`].
+fn local_suite(store: &Path) -> Suite<'_> {
+    for (query, _) in SUITE_NOT_ON_FLEET {
+        assert!(local_suite::CASES.iter().any(|c| c.0 == *query), "not a query of the local suite: {query}");
+    }
+    let queries = local_suite::CASES
+        .iter()
+        .map(|c| c.0)
+        .filter(|q| !SUITE_NOT_ON_FLEET.iter().any(|(n, _)| n == q))
+        .collect();
+    Suite {
+        name: "the local KQL suite",
+        store,
+        now: monitor_hunt::time::parse_datetime(local_suite::FIXTURE_NOW).expect("the fixture's now"),
+        queries,
+        not_on_fleet: SUITE_NOT_ON_FLEET,
+        // Some of its queries must find nothing (`has "exam"`): the suite itself checks those rows.
+        every_answer_has_rows: false,
+    }
+}
+
+/// The local suite's fixture in a store, as the daemon's sink writes it (with a DeviceId and the next Seq).
+fn write_fixture_store(dir: &Path) -> PathBuf {
+    let path = dir.join("fixture.db");
+    let writer = StoreWriter::open(&path, Retention::default()).expect("open the store");
+    let first = writer.first_seq();
+    for (seq, line) in (first..).zip(local_suite::FIXTURE.lines()) {
+        let mut event: Value = serde_json::from_str(line).expect("a fixture event");
+        event["DeviceId"] = json!(DEVICE_ID);
+        event["Seq"] = json!(seq);
+        writer.send(&event);
+    }
+    assert_eq!(writer.dropped(), 0, "the store keeps every event");
+    writer.close().expect("close the store");
+    path
+}
+
+/// Every query of `suite`, compiled as `hunt --fleet` compiles it, gives the same answer from `fleet` as
+/// from the local store holding the same events; every one it does not run locally runs and is refused
+/// for the fleet with an error naming its construct. Returns how many queries were compared.
+fn assert_fleet_hunting_answers_as(fleet: &impl FleetSql, which: &str, suite: &Suite) -> usize {
+    let local = monitor_hunt::Store::open(suite.store).expect("open the store");
+    let now = suite.now;
     let mut differ = Vec::new();
-    for query in FLEET_QUERIES {
+    for query in &suite.queries {
         let expected = local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
-        assert!(!expected.rows.is_empty(), "the query finds something, so that it tests something: {query}");
+        assert!(
+            !suite.every_answer_has_rows || !expected.rows.is_empty(),
+            "the query finds something, so that it tests something: {query}"
+        );
         let got = match monitor_fleet::hunt::query_at(fleet, query, now) {
             Ok(got) => got,
             Err(e) => {
@@ -447,22 +620,29 @@ fn assert_fleet_hunting_answers_as(fleet: &impl FleetSql, which: &str, store: &P
     }
     assert!(
         differ.is_empty(),
-        "{} of {} queries differ on {which}:\n{}",
+        "{} of {} queries of {} differ on {which}:\n{}",
         differ.len(),
-        FLEET_QUERIES.len(),
+        suite.queries.len(),
+        suite.name,
         differ.join("\n")
     );
-    for (query, why) in NOT_PUSHED_DOWN {
+    for (query, why) in suite.not_on_fleet {
         local.query_at(query, now).unwrap_or_else(|e| panic!("local {query}: {e}"));
         let err = monitor_fleet::hunt::query_at(fleet, query, now).expect_err(query).to_string();
         let construct = why.split(':').next().unwrap_or_default();
         assert!(err.contains(construct) && err.contains("--fleet"), "{query} ({why}): {err}");
     }
-    FLEET_QUERIES.len()
+    eprintln!(
+        "{} queries of {} answer on {which} as on the local store ({} not on the fleet)",
+        suite.queries.len(),
+        suite.name,
+        suite.not_on_fleet.len()
+    );
+    suite.queries.len()
 }
 
 /// The 18.16 half of the differential test: the events reach clickhouse-server through the export and the
-/// ingest.
+/// ingest; the local suite's fixture is inserted as the ingest inserts (every row twice).
 #[test]
 fn fleet_hunting_answers_as_the_local_store() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -487,8 +667,13 @@ fn fleet_hunting_answers_as_the_local_store() {
     ingest.stop().expect("the ingest stops cleanly");
     let version = clickhouse.query_rows("SELECT version() AS v").expect("the server's version");
     let which = format!("clickhouse-server {}", version[0]["v"].as_str().unwrap_or("?"));
-    let compared = assert_fleet_hunting_answers_as(&clickhouse, &which, &store);
-    eprintln!("{compared} queries answer on {which} as on the local store");
+    assert_fleet_hunting_answers_as(&clickhouse, &which, &fleet_suite(&store));
+
+    let fixture = write_fixture_store(dir.path());
+    let suite_db = ClickHouse::new(&clickhouse_server.url("suite"), None, None).expect("a ClickHouse URL");
+    suite_db.ensure_schema().expect("the fleet tables");
+    insert_store(&suite_db, &fixture, 2);
+    assert_fleet_hunting_answers_as(&suite_db, &which, &local_suite(&fixture));
 }
 
 /// Inserts every event of `store`, `copies` times, as the ingest inserts them: each exported message
@@ -530,8 +715,13 @@ fn fleet_hunting_on_current_clickhouse_answers_as_the_local_store() {
     insert_store(&chdb, &store, 2);
     assert_eq!(fleet_count(&chdb), seqs.len() as u64, "{}", chdb.log());
     let which = format!("chdb {}", chdb.version());
-    let compared = assert_fleet_hunting_answers_as(&chdb, &which, &store);
-    eprintln!("{compared} queries answer on {which} as on the local store");
+    assert_fleet_hunting_answers_as(&chdb, &which, &fleet_suite(&store));
+
+    let fixture = write_fixture_store(dir.path());
+    let suite_db = Chdb::start("suite").unwrap_or_else(|e| panic!("start chdb: {e}"));
+    suite_db.ensure_schema().unwrap_or_else(|e| panic!("the fleet tables on {which}: {e}"));
+    insert_store(&suite_db, &fixture, 2);
+    assert_fleet_hunting_answers_as(&suite_db, &which, &local_suite(&fixture));
 }
 
 #[test]
