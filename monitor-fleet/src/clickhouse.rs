@@ -121,20 +121,88 @@ impl ClickHouse {
         Ok(self)
     }
 
-    pub fn database(&self) -> &str {
-        &self.database
-    }
-
     /// `http(s)://HOST:PORT/DATABASE`.
     pub fn url(&self) -> String {
         format!("{}/{}", self.endpoint, self.database)
     }
+}
 
-    /// Sends `query` (in the URL) with `body` (data for an INSERT, or empty), and returns the answer.
-    fn request(&self, query: &str, body: &[u8], settings: &str) -> Result<String, FleetError> {
+/// The settings every answer is asked with (64-bit integers as JSON numbers, as [`parse_answer`] reads
+/// them; ClickHouse 18.16 quotes them by default).
+pub const ANSWER_SETTINGS: &[(&str, &str)] = &[("output_format_json_quote_64bit_integers", "0")];
+
+/// The format of every answer, and of the rows an INSERT sends.
+pub const ROW_FORMAT: &str = "JSONEachRow";
+
+/// Where the fleet's SQL runs: a ClickHouse server over HTTP ([`ClickHouse`]), or, in the tests, a
+/// ClickHouse embedded in another process (chdb). The statements, the rows sent and the parsing of the
+/// answers are the same for all of them; only the transport differs.
+pub trait FleetSql {
+    /// The database that holds the tables.
+    fn database(&self) -> &str;
+
+    /// Runs `statement` with `settings`; `data` follows it as an INSERT's rows (empty otherwise).
+    /// Returns the answer's text, or the error ClickHouse gave.
+    fn send(&self, statement: &str, data: &[u8], settings: &[(&str, &str)]) -> Result<String, FleetError>;
+
+    /// Runs a statement that returns nothing of interest (DDL).
+    fn execute(&self, sql: &str) -> Result<(), FleetError> {
+        self.send(sql, b"", &[]).map(|_| ())
+    }
+
+    /// Runs a SELECT and returns its rows as JSON objects (64-bit integers as numbers).
+    fn query_rows(&self, sql: &str) -> Result<Vec<Map<String, Value>>, FleetError> {
+        parse_answer(&self.send(&format!("{sql} FORMAT {ROW_FORMAT}"), b"", ANSWER_SETTINGS)?)
+    }
+
+    /// Creates the database and both tables when absent.
+    fn ensure_schema(&self) -> Result<(), FleetError> {
+        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database()))?;
+        for table in TABLES {
+            self.execute(&create_table(self.database(), table))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts rows (objects from [`to_row`]) into `table`, all or nothing.
+    fn insert(&self, table: &str, rows: &[Map<String, Value>]) -> Result<(), FleetError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(rows.len() * 512);
+        for row in rows {
+            serde_json::to_writer(&mut body, row).map_err(|e| FleetError::ClickHouse(e.to_string()))?;
+            body.push(b'\n');
+        }
+        self.send(&format!("INSERT INTO {}.{table} FORMAT {ROW_FORMAT}", self.database()), &body, &[])
+            .map(|_| ())
+    }
+}
+
+/// The rows of an answer in [`ROW_FORMAT`].
+pub fn parse_answer(text: &str) -> Result<Vec<Map<String, Value>>, FleetError> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line)
+                .map_err(|e| FleetError::ClickHouse(format!("an answer line is not JSON ({e}): {line}")))
+        })
+        .collect()
+}
+
+impl FleetSql for ClickHouse {
+    fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Sends `statement` (in the URL) with `data` as the body, and returns the answer.
+    fn send(&self, statement: &str, data: &[u8], settings: &[(&str, &str)]) -> Result<String, FleetError> {
         // No `database=` parameter: ClickHouse refuses it before the database exists; the SQL names
         // its tables with the database instead.
-        let url = format!("{}/?query={}{settings}", self.endpoint, encode(query));
+        let mut url = format!("{}/?query={}", self.endpoint, encode(statement));
+        for (name, value) in settings {
+            url.push_str(&format!("&{name}={}", encode(value)));
+        }
         let mut request = self.agent.post(&url);
         if let Some(user) = &self.user {
             request = request.header("X-ClickHouse-User", user);
@@ -143,7 +211,7 @@ impl ClickHouse {
             request = request.header("X-ClickHouse-Key", password);
         }
         let mut response =
-            request.send(body).map_err(|e| FleetError::ClickHouse(format!("{}: {e}", self.endpoint)))?;
+            request.send(data).map_err(|e| FleetError::ClickHouse(format!("{}: {e}", self.endpoint)))?;
         let status = response.status();
         let text = response
             .body_mut()
@@ -159,50 +227,6 @@ impl ClickHouse {
             )));
         }
         Ok(text)
-    }
-
-    /// Runs a statement that returns nothing of interest (DDL).
-    pub fn execute(&self, sql: &str) -> Result<(), FleetError> {
-        self.request(sql, b"", "").map(|_| ())
-    }
-
-    /// Runs a SELECT and returns its rows as JSON objects (64-bit integers as numbers).
-    pub fn query_rows(&self, sql: &str) -> Result<Vec<Map<String, Value>>, FleetError> {
-        let text = self.request(
-            &format!("{sql} FORMAT JSONEachRow"),
-            b"",
-            "&output_format_json_quote_64bit_integers=0",
-        )?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|line| {
-                serde_json::from_str(line)
-                    .map_err(|e| FleetError::ClickHouse(format!("an answer line is not JSON ({e}): {line}")))
-            })
-            .collect()
-    }
-
-    /// Creates the database and both tables when absent.
-    pub fn ensure_schema(&self) -> Result<(), FleetError> {
-        self.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database))?;
-        for table in TABLES {
-            self.execute(&create_table(&self.database, table))?;
-        }
-        Ok(())
-    }
-
-    /// Inserts rows (objects from [`to_row`]) into `table`, all or nothing.
-    pub fn insert(&self, table: &str, rows: &[Map<String, Value>]) -> Result<(), FleetError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut body = Vec::with_capacity(rows.len() * 512);
-        for row in rows {
-            serde_json::to_writer(&mut body, row).map_err(|e| FleetError::ClickHouse(e.to_string()))?;
-            body.push(b'\n');
-        }
-        self.request(&format!("INSERT INTO {}.{table} FORMAT JSONEachRow", self.database), &body, "")
-            .map(|_| ())
     }
 }
 

@@ -10,10 +10,10 @@ use monitor_hunt::{QueryResult, Value};
 use serde_json::Value as Json;
 
 use crate::FleetError;
-use crate::clickhouse::ClickHouse;
+use crate::clickhouse::{ClickHouse, FleetSql};
 
 /// Runs `query` on the fleet store as if it were `now` (microseconds since the epoch).
-pub fn query_at(clickhouse: &ClickHouse, query: &str, now: i64) -> anyhow::Result<QueryResult> {
+pub fn query_at(clickhouse: &impl FleetSql, query: &str, now: i64) -> anyhow::Result<QueryResult> {
     let compiled = to_clickhouse(query, clickhouse.database(), now)?;
     let rows = clickhouse.query_rows(&compiled.sql).map_err(|e| match e {
         // ClickHouse refused the SQL (rather than being unreachable): show what it refused.

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::FleetError;
-use crate::clickhouse::{ClickHouse, to_row};
+use crate::clickhouse::{ClickHouse, FleetSql as _, to_row};
 use crate::nats::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, NatsOptions, STREAM, SUBJECT_PREFIX};
 
 /// The durable consumer's name unless told otherwise.

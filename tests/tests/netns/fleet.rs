@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use monitor_fleet::clickhouse::ClickHouse;
+use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _};
 use monitor_fleet::servers::{ClickHouseServer, ClusterNode, NatsServer};
 use serde_json::Value;
 use tests::{
