@@ -124,14 +124,24 @@ impl Drop for Process {
     }
 }
 
-/// `nats-server` with JetStream on a loopback port, its store in a temporary directory, every write
-/// fsynced before it is acknowledged (`sync_interval: always`), so that a kill loses nothing acknowledged.
+/// When JetStream's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before each acknowledgement (`sync_interval: always`): a kill loses nothing acknowledged.
+    Always,
+    /// The server's default (every two minutes), as a deployment that trusts its replicas runs it.
+    Periodic,
+}
+
+/// `nats-server` with JetStream on a loopback port, its store in a temporary directory; by default every
+/// write fsynced before it is acknowledged ([`Fsync::Always`]), so that a kill loses nothing acknowledged.
 pub struct NatsServer {
     process: Option<Process>,
     dir: tempfile::TempDir,
     port: u16,
     /// Extra lines for the configuration (accounts, users, TLS), kept for restarts.
     extra_config: String,
+    fsync: Fsync,
 }
 
 impl NatsServer {
@@ -147,18 +157,29 @@ impl NatsServer {
             .tempdir()
             .map_err(io("create a directory for nats-server"))?;
         let port = free_port()?;
-        let mut server = NatsServer { process: None, dir, port, extra_config: extra_config.to_string() };
+        let mut server = NatsServer {
+            process: None,
+            dir,
+            port,
+            extra_config: extra_config.to_string(),
+            fsync: Fsync::Always,
+        };
         server.restart()?;
         Ok(server)
     }
 
     /// A server on a port picked now but not started yet: for a test whose agent starts before NATS.
     pub fn not_started() -> Result<NatsServer, ServerError> {
+        NatsServer::not_started_with(Fsync::Always)
+    }
+
+    /// As [`NatsServer::not_started`], with writes reaching the disk as `fsync` says.
+    pub fn not_started_with(fsync: Fsync) -> Result<NatsServer, ServerError> {
         let dir = tempfile::Builder::new()
             .prefix("monitor-nats-")
             .tempdir()
             .map_err(io("create a directory for nats-server"))?;
-        Ok(NatsServer { process: None, dir, port: free_port()?, extra_config: String::new() })
+        Ok(NatsServer { process: None, dir, port: free_port()?, extra_config: String::new(), fsync })
     }
 
     pub fn port(&self) -> u16 {
@@ -182,9 +203,13 @@ impl NatsServer {
         self.kill();
         let config = self.dir.path().join("nats.conf");
         let store = self.dir.path().join("jetstream");
+        let sync = match self.fsync {
+            Fsync::Always => "  sync_interval: always\n",
+            Fsync::Periodic => "",
+        };
         let text = format!(
             "listen: 127.0.0.1:{port}\nserver_name: monitor-test-{port}\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n",
+             jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
             port = self.port,
             store = store.display().to_string(),
             extra = self.extra_config,
