@@ -24,6 +24,8 @@ use tests::{
 
 use crate::{
     extraction,
+    fleet::{self, FleetSizes},
+    fleet_report,
     kernel::{self, BpfStats, ProgStats},
     loadgen::LoadReport,
     micro,
@@ -51,6 +53,8 @@ pub enum Part {
     Bulk,
     Gateway,
     Extraction,
+    /// Export to NATS JetStream, drain after an outage, ingest into ClickHouse, fleet query latency.
+    Fleet,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -100,6 +104,19 @@ pub struct Args {
     /// Parts to leave out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub skip: Vec<Part>,
+    /// Only these parts (comma-separated). `--only fleet` needs no test bed, and its figures replace the
+    /// fleet section of the results already in the output folder, keeping the rest.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Events in the store the fleet exporter ships with NATS up (default 200000; --quick 50000).
+    #[arg(long)]
+    pub fleet_export_events: Option<u64>,
+    /// Events stored during the NATS outage, then drained and ingested (default 1000000; --quick 200000).
+    #[arg(long)]
+    pub fleet_spool_events: Option<u64>,
+    /// Rows in ClickHouse for the fleet query latency (default 10000000; --quick 1000000).
+    #[arg(long)]
+    pub fleet_query_rows: Option<u64>,
     /// Criterion's output directory, to include the parser figures.
     #[arg(long)]
     pub criterion_dir: Option<PathBuf>,
@@ -137,7 +154,24 @@ impl Args {
     }
 
     fn runs(&self, part: Part) -> bool {
-        !self.skip.contains(&part)
+        (self.only.is_empty() || self.only.contains(&part)) && !self.skip.contains(&part)
+    }
+
+    /// Only the fleet part: nothing else of the results is measured.
+    pub fn fleet_only(&self) -> bool {
+        self.only == [Part::Fleet] && !self.skip.contains(&Part::Fleet)
+    }
+
+    fn fleet_sizes(&self) -> FleetSizes {
+        let pick = |v: Option<u64>, full: u64, quick: u64| v.unwrap_or(if self.quick { quick } else { full });
+        FleetSizes {
+            export_events: pick(self.fleet_export_events, 200_000, 50_000),
+            spool_events: pick(self.fleet_spool_events, 1_000_000, 200_000),
+            query_rows: pick(self.fleet_query_rows, 10_000_000, 1_000_000),
+            devices: 50,
+            urls: 3_000,
+            query_runs: 5,
+        }
     }
 }
 
@@ -523,6 +557,10 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     ensure!(loadgen.exists(), "no load generator at {} (cargo build --release -p bench)", loadgen.display());
     let monitor = monitor_bin();
     ensure!(monitor.exists(), "no daemon at {} (cargo xtask build)", monitor.display());
+    let fleet_helper = loadgen.with_file_name("fleet-export");
+    if args.fleet_only() {
+        return finish(args, results, &monitor, &fleet_helper, started);
+    }
 
     let stats = BpfStats::enable()?;
     eprintln!("bench: setting up the test bed (namespaces, squid, nginx)");
@@ -807,6 +845,25 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     if let Some(dir) = &args.criterion_dir {
         results.parsers = micro::read(dir, args.criterion_since)?;
     }
+    finish(args, results, &monitor, &fleet_helper, started)
+}
+
+/// The fleet part (no test bed: servers on loopback), then the goals and notes of the run.
+fn finish(
+    args: &Args,
+    mut results: Results,
+    monitor: &Path,
+    fleet_helper: &Path,
+    started: Instant,
+) -> anyhow::Result<Results> {
+    if args.runs(Part::Fleet) {
+        let sizes = args.fleet_sizes();
+        eprintln!(
+            "bench: fleet ({} events exported, {} drained and ingested, {} rows queried)",
+            sizes.export_events, sizes.spool_events, sizes.query_rows
+        );
+        results.fleet = Some(fleet::run(monitor, fleet_helper, sizes)?);
+    }
     results.machine.loadavg_end = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -816,6 +873,7 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     results.duration_s = started.elapsed().as_secs_f64();
     estimate_ratios(&mut results);
     results.goals = goals(&results);
+    results.goals.extend(results.fleet.iter().flat_map(fleet_report::goals));
     results.notes.extend(notes(&results));
     Ok(results)
 }
@@ -1033,6 +1091,29 @@ fn notes(r: &Results) -> Vec<String> {
     }
     notes
 }
+
+/// The results of an earlier run with the fleet section (figures, goals) of a `--only fleet` run.
+pub fn merge_fleet(mut earlier: Results, fleet_run: Results) -> Results {
+    earlier.goals.retain(|g| !g.goal.starts_with(fleet_report::GOAL_PREFIX));
+    earlier
+        .goals
+        .extend(fleet_run.goals.into_iter().filter(|g| g.goal.starts_with(fleet_report::GOAL_PREFIX)));
+    earlier.notes.retain(|n| !n.starts_with(FLEET_NOTE));
+    let m = &fleet_run.machine;
+    earlier.notes.push(format!(
+        "{FLEET_NOTE} (`bench --only fleet`, {:.0} s) at {}, UNIX time {}, load average {} at start, {} at end; \
+         the rest comes from the run described at the top.",
+        fleet_run.fleet.as_ref().map_or(0.0, |f| f.duration_s),
+        if m.revision.is_empty() { "an unknown revision" } else { &m.revision },
+        fleet_run.started_unix,
+        m.loadavg_start,
+        m.loadavg_end
+    ));
+    earlier.fleet = fleet_run.fleet;
+    earlier
+}
+
+const FLEET_NOTE: &str = "The fleet section was measured in a run of its own";
 
 /// Reads the results a previous run wrote.
 pub fn load(path: &Path) -> anyhow::Result<Results> {

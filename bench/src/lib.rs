@@ -4,11 +4,14 @@
 //!
 //! - [`loadgen`]: the compiled load generator (CONNECT + TLS + small GET, or direct; fixed workers).
 //! - [`driver`]: the run: variants alternated over rounds, bulk, events, kernel cost, indicators,
-//!   extraction against tshark, parser micro-benchmarks; then [`report`] prints and writes the results.
+//!   extraction against tshark, parser micro-benchmarks, the fleet path ([`fleet`]); then [`report`]
+//!   prints and writes the results.
 
 pub mod capture;
 pub mod driver;
 pub mod extraction;
+pub mod fleet;
+pub mod fleet_report;
 pub mod kernel;
 pub mod loadgen;
 pub mod micro;

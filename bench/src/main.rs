@@ -6,11 +6,17 @@ use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
     let args = bench::driver::Args::parse();
+    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+    let earlier = dir.join("latest.json");
     let results = match &args.render {
         Some(json) => bench::driver::load(json)?,
+        // The fleet figures alone replace their section of the results already there.
+        None if args.fleet_only() && earlier.exists() => {
+            let earlier = bench::driver::load(&earlier)?;
+            bench::driver::merge_fleet(earlier, bench::driver::run(&args)?)
+        }
         None => bench::driver::run(&args)?,
     };
-    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
     bench::driver::write(&results, &dir, args.render.is_some())?;
     println!("{}", results.markdown());
     eprintln!("bench: results in {}", dir.display());

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     extraction::ExtractionResult,
+    fleet::FleetResult,
     kernel::{MapMemory, ProgStats},
     micro::MicroResult,
 };
@@ -220,6 +221,9 @@ pub struct Results {
     pub gateway: Option<GatewayResult>,
     pub extraction: Option<ExtractionResult>,
     pub parsers: Vec<MicroResult>,
+    /// The fleet path (issue 14); absent in results from before it was measured.
+    #[serde(default)]
+    pub fleet: Option<FleetResult>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
 }
@@ -240,11 +244,13 @@ fn ratio_cell(ratio: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
     }
 }
 
-fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
+pub fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", headers.join(" | "));
     let _ = writeln!(out, "|{}|", headers.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
     for row in rows {
-        let _ = writeln!(out, "| {} |", row.join(" | "));
+        // A `|` in a cell (a KQL pipe) would end it.
+        let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out.push('\n');
 }
@@ -590,6 +596,10 @@ impl Results {
             if !x.examples.is_empty() {
                 out.push('\n');
             }
+        }
+
+        if let Some(f) = &self.fleet {
+            crate::fleet_report::markdown(f, &mut out);
         }
 
         let _ = writeln!(out, "## Parsers (criterion, median ns per call)\n");

@@ -5,7 +5,7 @@
 //! - [`ingest`]: the central side. `monitor ingest` reads the stream with a durable pull consumer and
 //!   inserts batches into ClickHouse ([`clickhouse`]), acknowledging only what ClickHouse accepted.
 //! - [`hunt`] and [`views`]: `monitor hunt`, `monitor devices` and `monitor timeline` over the fleet store.
-//! - [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
+//! - [`samples`]: sample events and stores of them; [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
 
 pub mod cli;
 pub mod clickhouse;
@@ -13,6 +13,7 @@ pub mod export;
 pub mod hunt;
 pub mod ingest;
 pub mod nats;
+pub mod samples;
 pub mod servers;
 pub mod views;
 

@@ -133,6 +133,15 @@ impl Drop for Process {
     }
 }
 
+/// When JetStream's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before each acknowledgement (`sync_interval: always`): a kill loses nothing acknowledged.
+    Always,
+    /// The server's default (every two minutes), as a deployment that trusts its replicas runs it.
+    Periodic,
+}
+
 /// `nats-server` with JetStream on a loopback port, its store in a temporary directory, every write
 /// fsynced before it is acknowledged (`sync_interval: always`), so that a kill loses nothing acknowledged.
 /// [`NatsServer::cluster_node`] makes one node of a cluster instead, listening on an address of a network
@@ -145,6 +154,7 @@ pub struct NatsServer {
     name: String,
     /// Extra lines for the configuration (accounts, users, TLS, a cluster block), kept for restarts.
     extra_config: String,
+    fsync: Fsync,
 }
 
 /// One node of a NATS cluster: its name, where clients and the other nodes reach it, and the others'
@@ -180,6 +190,11 @@ impl NatsServer {
 
     /// A server on a port picked now but not started yet: for a test whose agent starts before NATS.
     pub fn not_started() -> Result<NatsServer, ServerError> {
+        NatsServer::not_started_with(Fsync::Always)
+    }
+
+    /// As [`NatsServer::not_started`], with writes reaching the disk as `fsync` says.
+    pub fn not_started_with(fsync: Fsync) -> Result<NatsServer, ServerError> {
         let port = free_port()?;
         Ok(NatsServer {
             process: None,
@@ -187,6 +202,7 @@ impl NatsServer {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             name: format!("monitor-test-{port}"),
             extra_config: String::new(),
+            fsync,
         })
     }
 
@@ -204,6 +220,7 @@ impl NatsServer {
                 node.cluster,
                 routes.join(", ")
             ),
+            fsync: Fsync::Always,
         })
     }
 
@@ -233,9 +250,13 @@ impl NatsServer {
         self.kill();
         let config = self.dir.path().join("nats.conf");
         let store = self.dir.path().join("jetstream");
+        let sync = match self.fsync {
+            Fsync::Always => "  sync_interval: always\n",
+            Fsync::Periodic => "",
+        };
         let text = format!(
             "listen: {listen}\nserver_name: {name}\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n",
+             jetstream {{\n  store_dir: {store:?}\n{sync}}}\n{extra}\n",
             listen = self.listen,
             name = self.name,
             store = store.display().to_string(),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use monitor_fleet::clickhouse::{ClickHouse, FleetSql};
 use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
+use monitor_fleet::samples::{SAMPLE_DEVICE_ID, sample_event, write_sample_store};
 use monitor_fleet::servers::{Chdb, ClickHouseServer, NatsServer, ServerError};
 use monitor_fleet::{ExportOptions, Exporter, NatsOptions};
 use monitor_hunt::time::{format_datetime, now_micros};
@@ -17,7 +18,7 @@ use serde_json::{Value, json};
 #[path = "../../monitor-hunt/tests/it/cases.rs"]
 mod local_suite;
 
-const DEVICE_ID: &str = "0123456789abcdef0123456789abcdef";
+const DEVICE_ID: &str = SAMPLE_DEVICE_ID;
 /// Every wait in these tests is bounded by this.
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -38,42 +39,18 @@ fn base_time() -> i64 {
 
 /// An event as the daemon's sink writes it: with this device's DeviceId and the next Seq.
 fn event(seq: u64, device_name: &str) -> Value {
-    let blocked = seq.is_multiple_of(5);
-    json!({
-        "Timestamp": format_datetime(base_time() - 1_000 * (10_000 - seq as i64)),
-        "Table": if blocked { "DeviceEvents" } else { "DeviceNetworkEvents" },
-        "DeviceId": DEVICE_ID,
-        "DeviceName": device_name,
-        "ActionType": if blocked { "ExploitGuardNetworkProtectionBlocked" } else { "ConnectionSuccess" },
-        "RemoteIP": if seq.is_multiple_of(2) { "10.0.0.5" } else { "93.184.216.34" },
-        "RemotePort": 3128,
-        "RemoteUrl": format!("site{}.example.com", seq % 7),
-        "LocalIP": "10.0.0.2",
-        "LocalPort": 40000 + (seq % 1000),
-        "Protocol": "Tcp",
-        "InitiatingProcessId": 1000 + seq,
-        "InitiatingProcessParentId": null,
-        "InitiatingProcessFileName": if seq.is_multiple_of(2) { "curl" } else { "python3" },
-        "InitiatingProcessFolderPath": "/usr/bin",
-        "InitiatingProcessCommandLine": "curl -x http://10.0.0.5:3128 https://example.com",
-        "InitiatingProcessAccountName": "root",
-        "ReportId": seq,
-        "Seq": seq,
-        "AdditionalFields": {"Sni": format!("site{}.example.com", seq % 7), "ProxyType": "HTTP CONNECT"},
-    })
+    sample_event(seq, device_name, event_time(seq))
+}
+
+fn event_time(seq: u64) -> i64 {
+    base_time() - 1_000 * (10_000 - seq as i64)
 }
 
 /// A store with `count` events numbered as the daemon numbers them; returns the store and the Seqs.
 fn write_store(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
     let path = dir.join("events.db");
-    let writer = StoreWriter::open(&path, Retention::default()).expect("open the store");
-    let first = writer.first_seq();
-    let seqs: Vec<u64> = (first..first + count).collect();
-    for &seq in &seqs {
-        writer.send(&event(seq, "agent-1.example"));
-    }
-    assert_eq!(writer.dropped(), 0, "the store keeps every event");
-    writer.close().expect("close the store");
+    let seqs = write_sample_store(&path, count, "agent-1.example", event_time)
+        .unwrap_or_else(|e| panic!("write the store: {e}"));
     (path, seqs)
 }
 

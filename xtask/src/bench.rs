@@ -1,16 +1,18 @@
 //! `cargo xtask bench`: build the daemon, the load generator and the bench driver, run the parser
 //! micro-benchmarks (short), then the driver as root. Its flags pass through (`--quick`, `--rounds N`,
-//! ...; `target/release/bench --help`); results land in bench/results/latest.{md,json}.
+//! `--only fleet`, ...; `target/release/bench --help`); results land in bench/results/latest.{md,json}.
+//! With `--only` the parser micro-benchmarks are left out too.
 
 use std::{process::Command, time::SystemTime};
 
 use anyhow::Context as _;
 
-use super::{build, cargo, exec, root, setup_test_peers, setup_toolchain, step};
+use super::{build, cargo, exec, root, setup_fleet_servers, setup_test_peers, setup_toolchain, step};
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup_toolchain()?;
     setup_test_peers()?;
+    setup_fleet_servers()?;
     build(None)?;
     step("building the load generator and the bench driver");
     exec(cargo().args(["build", "--release", "-p", "bench"]))?;
@@ -23,15 +25,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .as_secs();
     // Short measurements keep the whole bench within minutes; the medians are stable to a few percent.
     let (warm_up, measure) = if args.iter().any(|a| a == "--quick") { ("0.5", "1") } else { ("1", "3") };
-    step("parser micro-benchmarks (criterion, monitor-core/benches/parsers.rs)");
-    exec(
-        cargo()
-            .args(["bench", "-p", "monitor-core", "--bench", "parsers", "--"])
-            .args(["--warm-up-time", warm_up, "--measurement-time", measure, "--noplot"])
-            .env("CRITERION_HOME", &criterion),
-    )?;
+    if !args.iter().any(|a| a == "--only" || a.starts_with("--only=")) {
+        step("parser micro-benchmarks (criterion, monitor-core/benches/parsers.rs)");
+        exec(
+            cargo()
+                .args(["bench", "-p", "monitor-core", "--bench", "parsers", "--"])
+                .args(["--warm-up-time", warm_up, "--measurement-time", measure, "--noplot"])
+                .env("CRITERION_HOME", &criterion),
+        )?;
+    }
 
-    step("running the bench driver as root: test bed, daemons, load, capture replay against tshark");
+    step("running the bench driver as root: test bed, daemons, load, capture replay against tshark, fleet");
     exec(
         Command::new(target.join("release/bench"))
             .args(args)
