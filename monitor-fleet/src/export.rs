@@ -27,6 +27,9 @@ pub const MAX_IN_FLIGHT: usize = 512;
 pub const SPOOL_BATCH: usize = monitor_hunt::gaps::EXPORT_WINDOW;
 /// How often an idle exporter looks for new events.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often `monitor status`'s export lag is measured while a backlog drains (it is measured at once
+/// when the export is idle or fails).
+const LAG_REFRESH: Duration = Duration::from_secs(1);
 /// Waits between attempts after a failure: doubling from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
 
@@ -114,7 +117,7 @@ impl Exporter {
             .enable_all()
             .build()
             .map_err(|e| FleetError::Io { what: "start the exporter's runtime".into(), source: e })?;
-        let task = ExportTask { spool, options, shared: Arc::clone(&shared), stopped };
+        let task = ExportTask { spool, options, shared: Arc::clone(&shared), stopped, lag_measured: None };
         let thread = std::thread::Builder::new()
             .name("export".into())
             .spawn(move || runtime.block_on(task.run()))
@@ -159,6 +162,8 @@ struct ExportTask {
     options: ExportOptions,
     shared: Arc<Shared>,
     stopped: watch::Receiver<bool>,
+    /// When the lag was last measured: while a backlog drains, at most every [`LAG_REFRESH`].
+    lag_measured: Option<Instant>,
 }
 
 impl ExportTask {
@@ -187,7 +192,17 @@ impl ExportTask {
         }
     }
 
-    fn refresh_lag(&self) {
+    /// After a batch: the acknowledged Seq at once, the lag (a count over the backlog) at most every
+    /// [`LAG_REFRESH`].
+    fn batch_done(&mut self, cursor: u64) {
+        self.shared.update(|s| s.acked_seq = cursor);
+        if self.lag_measured.is_none_or(|at| at.elapsed() >= LAG_REFRESH) {
+            self.refresh_lag();
+        }
+    }
+
+    fn refresh_lag(&mut self) {
+        self.lag_measured = Some(Instant::now());
         let Ok(cursor) = self.spool.cursor() else { return };
         if let Ok(gap_events) = self.spool.gap_events() {
             self.shared.update(|s| s.gap_events = gap_events);
@@ -234,7 +249,11 @@ impl ExportTask {
             let result = self.publish(&js, &batch, &mut cursor).await;
             // Whatever was acknowledged before a failure stays acknowledged.
             self.spool.set_cursor(cursor).map_err(|e| FleetError::Store(e.to_string()))?;
-            self.refresh_lag();
+            if result.is_ok() {
+                self.batch_done(cursor);
+            } else {
+                self.refresh_lag();
+            }
             result?;
             self.shared.update(|s| {
                 s.connected = true;

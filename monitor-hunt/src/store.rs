@@ -793,15 +793,21 @@ impl Spool {
         Ok(events)
     }
 
-    /// Events with a Seq above `seq` and the Timestamp (microseconds) of the oldest of them: the export lag.
+    /// Events with a Seq above `seq`, and the Timestamp (microseconds) of the first of them in Seq order (the
+    /// next to export): the export lag. Both come from the Seq index (a count over it, and one lookup), so
+    /// the cost does not grow with the rows' width.
     pub fn lag(&self, seq: u64) -> Result<(u64, Option<i64>), StoreError> {
         let seq = i64::try_from(seq).unwrap_or(i64::MAX);
         let (rows, oldest): (i64, Option<String>) = self
             .conn
             .query_row(
-                "SELECT sum(n), min(t) FROM (\
-                 SELECT count(*) AS n, min(Timestamp) AS t FROM DeviceNetworkEvents WHERE Seq > ?1 UNION ALL \
-                 SELECT count(*), min(Timestamp) FROM DeviceEvents WHERE Seq > ?1)",
+                "SELECT (SELECT count(*) FROM DeviceNetworkEvents WHERE Seq > ?1) \
+                 + (SELECT count(*) FROM DeviceEvents WHERE Seq > ?1), \
+                 (SELECT Timestamp FROM (\
+                   SELECT * FROM (SELECT Seq, Timestamp FROM DeviceNetworkEvents WHERE Seq > ?1 ORDER BY Seq LIMIT 1) \
+                   UNION ALL \
+                   SELECT * FROM (SELECT Seq, Timestamp FROM DeviceEvents WHERE Seq > ?1 ORDER BY Seq LIMIT 1)) \
+                  ORDER BY Seq LIMIT 1)",
                 [seq],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
