@@ -233,20 +233,28 @@ impl ExportTask {
         self.shared.update(|s| s.connected = true);
         tracing::info!("export: connected to {}, stream {STREAM}", self.options.nats.servers.join(","));
         let mut cursor = self.spool.cursor().map_err(|e| FleetError::Store(e.to_string()))?;
+        // Acknowledgements stay in flight across batches, so the window never empties between them. What has
+        // been read is at most EXPORT_WINDOW events past the cursor (the events retention spares): `published`
+        // is the last Seq sent, and each read asks for what the window has room for.
+        let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+        let mut published = cursor;
         loop {
             if *self.stopped.borrow() {
                 return Ok(());
             }
-            let batch =
-                self.spool.after(cursor, SPOOL_BATCH).map_err(|e| FleetError::Store(e.to_string()))?;
+            let room = SPOOL_BATCH.saturating_sub(in_flight.len()).max(1);
+            let batch = self.spool.after(published, room).map_err(|e| FleetError::Store(e.to_string()))?;
             if batch.is_empty() {
+                let result = self.drain(&mut in_flight, &mut cursor).await;
+                self.spool.set_cursor(cursor).map_err(|e| FleetError::Store(e.to_string()))?;
                 self.refresh_lag();
+                result?;
                 if self.sleep(IDLE_POLL).await {
                     return Ok(());
                 }
                 continue;
             }
-            let result = self.publish(&js, &batch, &mut cursor).await;
+            let result = self.publish(&js, &batch, &mut in_flight, &mut published, &mut cursor).await;
             // Whatever was acknowledged before a failure stays acknowledged.
             self.spool.set_cursor(cursor).map_err(|e| FleetError::Store(e.to_string()))?;
             if result.is_ok() {
@@ -262,15 +270,16 @@ impl ExportTask {
         }
     }
 
-    /// Publishes `batch` in order with a bounded window of acknowledgements; `cursor` follows the
-    /// acknowledged prefix.
+    /// Publishes `batch` in order, keeping at most [`MAX_IN_FLIGHT`] acknowledgements outstanding;
+    /// `published` follows what was sent, `cursor` the acknowledged prefix.
     async fn publish(
         &self,
         js: &jetstream::Context,
         batch: &[SpooledEvent],
+        in_flight: &mut VecDeque<(u64, PublishAckFuture)>,
+        published: &mut u64,
         cursor: &mut u64,
     ) -> Result<(), FleetError> {
-        let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::with_capacity(MAX_IN_FLIGHT);
         for event in batch {
             if in_flight.len() >= MAX_IN_FLIGHT
                 && let Some((seq, ack)) = in_flight.pop_front()
@@ -282,11 +291,10 @@ impl ExportTask {
                 Err(e) => {
                     // Not exportable (no DeviceId: written by something other than the daemon). Skipped,
                     // so that one such row cannot hold up every event after it.
-                    while let Some((seq, ack)) = in_flight.pop_front() {
-                        self.await_ack(seq, ack, cursor).await?;
-                    }
+                    self.drain(in_flight, cursor).await?;
                     tracing::warn!("export: skipped: {e}");
                     *cursor = event.seq;
+                    *published = event.seq;
                     continue;
                 }
             };
@@ -295,7 +303,17 @@ impl ExportTask {
                 .await
                 .map_err(|e| FleetError::Nats(format!("publish Seq {}: {e}", event.seq)))?;
             in_flight.push_back((event.seq, ack));
+            *published = event.seq;
         }
+        Ok(())
+    }
+
+    /// Waits for every acknowledgement in flight, in order.
+    async fn drain(
+        &self,
+        in_flight: &mut VecDeque<(u64, PublishAckFuture)>,
+        cursor: &mut u64,
+    ) -> Result<(), FleetError> {
         while let Some((seq, ack)) = in_flight.pop_front() {
             self.await_ack(seq, ack, cursor).await?;
         }
@@ -313,16 +331,18 @@ impl ExportTask {
 
 /// The message for one event: its subject, the message id header and the event as JSON.
 pub fn message(event: &SpooledEvent) -> Result<(String, async_nats::HeaderMap, bytes::Bytes), FleetError> {
-    let text = |key: &str| event.event.get(key).and_then(serde_json::Value::as_str).unwrap_or("");
-    let device_id = text("DeviceId");
+    let device_id = event.device_id.as_deref().unwrap_or("");
     if device_id.is_empty() {
         return Err(FleetError::Store(format!("the stored event with Seq {} has no DeviceId", event.seq)));
     }
-    let subject = format!("{SUBJECT_PREFIX}.{}.{}", event.table, subject_token(text("DeviceName")));
+    let subject = format!(
+        "{SUBJECT_PREFIX}.{}.{}",
+        event.table,
+        subject_token(event.device_name.as_deref().unwrap_or(""))
+    );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{device_id}:{}", event.seq).as_str());
-    let payload = serde_json::to_vec(&event.event).map_err(|e| FleetError::Store(e.to_string()))?;
-    Ok((subject, headers, payload.into()))
+    Ok((subject, headers, bytes::Bytes::copy_from_slice(&event.json)))
 }
 
 impl std::fmt::Debug for Exporter {
@@ -337,17 +357,17 @@ mod tests {
 
     #[test]
     fn messages_carry_the_table_device_and_id() {
-        let event = SpooledEvent {
-            seq: 42,
-            table: "DeviceEvents",
-            event: serde_json::json!({"DeviceId": "abc", "DeviceName": "web.1", "Seq": 42, "Table": "DeviceEvents"}),
-        };
+        let event = SpooledEvent::from_event(
+            42,
+            "DeviceEvents",
+            &serde_json::json!({"DeviceId": "abc", "DeviceName": "web.1", "Seq": 42, "Table": "DeviceEvents"}),
+        );
         let (subject, headers, payload) = message(&event).expect("a valid event");
         assert_eq!(subject, "monitor.events.DeviceEvents.web_1");
         assert_eq!(headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str()), Some("abc:42"));
         let back: serde_json::Value = serde_json::from_slice(&payload).expect("JSON payload");
-        assert_eq!(back, event.event);
-        let anonymous = SpooledEvent { event: serde_json::json!({"Seq": 1}), ..event };
+        assert_eq!(back, event.event());
+        let anonymous = SpooledEvent::from_event(1, "DeviceEvents", &serde_json::json!({"Seq": 1}));
         assert!(
             message(&anonymous).is_err(),
             "an event without a DeviceId is not exported under a made-up id"

@@ -118,7 +118,7 @@ fn assert_fleet_matches_store(clickhouse: &ClickHouse, store: &Path, seqs: &[u64
     remote.sort_by_key(|(_, r)| r["Seq"].as_u64());
     assert_eq!(remote.len(), local.len(), "ClickHouse has as many events as the store");
     for (spooled, (table, row)) in local.iter().zip(&remote) {
-        let e = &spooled.event;
+        let e = &spooled.event();
         let context = format!("Seq {}: local {e} remote {row:?}", spooled.seq);
         assert_eq!(row["Seq"].as_u64(), Some(spooled.seq), "{context}");
         assert_eq!(row["copies"], 1, "each Seq once: {context}");

@@ -668,13 +668,41 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// One stored event waiting for export.
+/// One stored event waiting for export: its Seq, table and device, and the event as the JSON text the
+/// export publishes (written straight from the row, without a map in between).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpooledEvent {
     pub seq: u64,
     pub table: &'static str,
-    /// The event as a JSON object with the schema's keys, `Table` included.
-    pub event: serde_json::Value,
+    pub device_id: Option<String>,
+    pub device_name: Option<String>,
+    /// A JSON object with the schema's keys, `Table` included.
+    pub json: Vec<u8>,
+}
+
+impl SpooledEvent {
+    /// An event given as a JSON object (its device read from it).
+    pub fn from_event(seq: u64, table: &'static str, event: &serde_json::Value) -> SpooledEvent {
+        let text = |key: &str| event.get(key).and_then(serde_json::Value::as_str).map(str::to_string);
+        SpooledEvent {
+            seq,
+            table,
+            device_id: text("DeviceId"),
+            device_name: text("DeviceName"),
+            json: serde_json::to_vec(event).unwrap_or_default(),
+        }
+    }
+
+    /// The event as a JSON value.
+    pub fn event(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.json).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Appends `text` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    // Writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// The exporter's side of the store, which is its spool: the events past the export cursor, and the
@@ -761,32 +789,53 @@ impl Spool {
             let mut rows =
                 statement.query(rusqlite::params![seq, limit]).map_err(self.sqlite("read the spool"))?;
             while let Some(row) = rows.next().map_err(self.sqlite("read the spool"))? {
-                let mut object = serde_json::Map::with_capacity(COLUMNS.len() + 1);
-                object.insert("Table".into(), serde_json::Value::String(table.into()));
+                let mut event =
+                    SpooledEvent { seq: 0, table, device_id: None, device_name: None, json: Vec::new() };
+                let json = &mut event.json;
+                json.reserve(768);
+                json.extend_from_slice(b"{\"Table\":");
+                push_json_str(json, table);
                 for (i, (name, ty)) in COLUMNS.iter().enumerate() {
-                    let value = match row.get_ref(i).map_err(self.sqlite("read the spool"))? {
-                        ValueRef::Null => serde_json::Value::Null,
-                        ValueRef::Integer(n) => serde_json::Value::from(n),
-                        ValueRef::Real(f) => serde_json::Value::from(f),
-                        ValueRef::Text(t) | ValueRef::Blob(t) => {
-                            let text = String::from_utf8_lossy(t);
-                            match ty {
-                                schema::ColumnType::Dynamic => serde_json::from_str(&text)
-                                    .unwrap_or(serde_json::Value::String(text.into_owned())),
-                                _ => serde_json::Value::String(text.into_owned()),
+                    json.extend_from_slice(b",\"");
+                    json.extend_from_slice(name.as_bytes());
+                    json.extend_from_slice(b"\":");
+                    match row.get_ref(i).map_err(self.sqlite("read the spool"))? {
+                        ValueRef::Null => json.extend_from_slice(b"null"),
+                        ValueRef::Integer(n) => {
+                            json.extend_from_slice(n.to_string().as_bytes());
+                            if *name == "Seq" {
+                                event.seq = u64::try_from(n).unwrap_or(0);
                             }
                         }
-                    };
-                    object.insert((*name).to_string(), value);
+                        ValueRef::Real(f) => {
+                            // Not finite: null, as serde_json writes it.
+                            let _ = serde_json::to_writer(&mut *json, &serde_json::Value::from(f));
+                        }
+                        ValueRef::Text(t) | ValueRef::Blob(t) => {
+                            let text = String::from_utf8_lossy(t);
+                            let is_json = || serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok();
+                            if *ty == schema::ColumnType::Dynamic && is_json() {
+                                // Stored as JSON text: it goes out as it is.
+                                json.extend_from_slice(text.as_bytes());
+                            } else {
+                                push_json_str(json, &text);
+                            }
+                            match *name {
+                                "DeviceId" => event.device_id = Some(text.into_owned()),
+                                "DeviceName" => event.device_name = Some(text.into_owned()),
+                                _ => {}
+                            }
+                        }
+                    }
                 }
-                let seq = object.get("Seq").and_then(serde_json::Value::as_u64).unwrap_or(0);
-                events.push(SpooledEvent { seq, table, event: serde_json::Value::Object(object) });
+                json.push(b'}');
+                events.push(event);
             }
         }
         for (seq, event) in
             crate::gaps::gap_events_after(&self.conn, seq, limit).map_err(self.sqlite("read the gaps"))?
         {
-            events.push(SpooledEvent { seq, table: TABLES[1], event });
+            events.push(SpooledEvent::from_event(seq, TABLES[1], &event));
         }
         events.sort_by_key(|e| e.seq);
         events.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

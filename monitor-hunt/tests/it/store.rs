@@ -283,9 +283,9 @@ fn seq_rises_across_restarts_and_the_spool_reads_past_its_cursor() {
     let seqs: Vec<u64> = pending.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<u64>>(), "both tables, in Seq order");
     assert_eq!(pending[2].table, "DeviceEvents");
-    assert_eq!(pending[2].event["Table"], "DeviceEvents");
-    assert_eq!(pending[2].event["DeviceId"], "device-1");
-    assert!(pending[2].event["AdditionalFields"].is_object(), "dynamic columns come back as JSON");
+    assert_eq!(pending[2].event()["Table"], "DeviceEvents");
+    assert_eq!(pending[2].event()["DeviceId"], "device-1");
+    assert!(pending[2].event()["AdditionalFields"].is_object(), "dynamic columns come back as JSON");
     spool.set_cursor(4).expect("move the cursor");
     assert_eq!(spool.lag(4).expect("measure the lag").0, 6);
     drop(spool);
@@ -352,11 +352,11 @@ fn retention_counts_what_it_deletes_before_the_export_shipped_it() {
     let gap = &pending[window];
     assert_eq!(gap.seq, last, "the gap takes the Seq of the last event it stands for");
     assert_eq!(gap.table, "DeviceEvents");
-    assert_eq!(gap.event["ActionType"], monitor_hunt::gaps::EXPORT_GAP);
-    assert_eq!(gap.event["DeviceId"], "device-1");
-    assert_eq!(gap.event["AdditionalFields"]["GapEvents"], 20);
-    assert_eq!(gap.event["AdditionalFields"]["FirstSeq"], seqs[10 + window]);
-    assert_eq!(gap.event["AdditionalFields"]["LastSeq"], last);
+    assert_eq!(gap.event()["ActionType"], monitor_hunt::gaps::EXPORT_GAP);
+    assert_eq!(gap.event()["DeviceId"], "device-1");
+    assert_eq!(gap.event()["AdditionalFields"]["GapEvents"], 20);
+    assert_eq!(gap.event()["AdditionalFields"]["FirstSeq"], seqs[10 + window]);
+    assert_eq!(gap.event()["AdditionalFields"]["LastSeq"], last);
     assert_eq!(pending[window + 1].seq, last + 1);
     // Once shipped, it is not handed out again; the total stays in the status.
     spool.set_cursor(last + 1).expect("ship them");
@@ -405,7 +405,7 @@ fn retention_by_size_in_an_exported_store_keeps_the_window_and_counts_the_rest()
     assert_eq!(spool.gap_events().expect("gaps"), report.deleted_by_size, "every deleted event is in a gap");
     let pending = spool.after(0, usize::MAX).expect("read the spool");
     let seqs: Vec<u64> =
-        pending.iter().filter(|e| e.event["ActionType"] != "MonitorExportGap").map(|e| e.seq).collect();
+        pending.iter().filter(|e| e.event()["ActionType"] != "MonitorExportGap").map(|e| e.seq).collect();
     assert_eq!(
         &seqs[..window as usize],
         &(first..first + window).collect::<Vec<_>>()[..],
