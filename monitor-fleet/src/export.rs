@@ -50,7 +50,8 @@ pub struct ExportStatus {
     pub acked_seq: u64,
     /// Events acknowledged since the daemon started.
     pub exported: u64,
-    /// Stored events not acknowledged yet, and the age of the oldest in seconds.
+    /// Stored events not acknowledged yet, and the age in seconds of the next one to export (the first in Seq
+    /// order); measured at most once a second while a backlog drains.
     pub lag_rows: u64,
     pub lag_seconds: f64,
     /// Seconds since the last acknowledgement (none yet: `null`).
