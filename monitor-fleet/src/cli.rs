@@ -45,16 +45,6 @@ pub struct IngestArgs {
 }
 
 impl IngestArgs {
-    fn clickhouse(&self) -> anyhow::Result<ClickHouse> {
-        let clickhouse =
-            ClickHouse::new(&self.into, self.clickhouse_user.clone(), self.clickhouse_password.clone())
-                .context("--into")?;
-        match &self.clickhouse_tls_ca {
-            Some(ca) => clickhouse.with_tls_ca(ca).context("--clickhouse-tls-ca"),
-            None => Ok(clickhouse),
-        }
-    }
-
     pub fn options(&self) -> anyhow::Result<IngestOptions> {
         if self.batch == 0 {
             anyhow::bail!("--batch must be at least 1");
@@ -67,7 +57,13 @@ impl IngestArgs {
                 password: self.nats_password.clone(),
                 tls_ca: self.nats_tls_ca.clone(),
             },
-            clickhouse: self.clickhouse()?,
+            clickhouse: ClickHouse::connect(
+                &self.into,
+                self.clickhouse_user.clone(),
+                self.clickhouse_password.clone(),
+                self.clickhouse_tls_ca.as_deref(),
+            )
+            .context("--into")?,
             consumer: self.consumer.clone(),
             batch: self.batch,
         })

@@ -99,6 +99,21 @@ impl ClickHouse {
         })
     }
 
+    /// [`ClickHouse::new`], then [`ClickHouse::with_tls_ca`] when a CA file is given: what `--into`/`--fleet`
+    /// with their user, password and CA options name.
+    pub fn connect(
+        url: &str,
+        user: Option<String>,
+        password: Option<String>,
+        tls_ca: Option<&Path>,
+    ) -> Result<ClickHouse, FleetError> {
+        let clickhouse = ClickHouse::new(url, user, password)?;
+        match tls_ca {
+            Some(ca) => clickhouse.with_tls_ca(ca),
+            None => Ok(clickhouse),
+        }
+    }
+
     /// Trusts only the CA certificates (PEM) in `path` for the server's certificate: an https URL's own CA.
     pub fn with_tls_ca(mut self, path: &Path) -> Result<ClickHouse, FleetError> {
         let what = format!("the ClickHouse CA file {}", path.display());

@@ -64,9 +64,6 @@ pub fn hunt(args: &monitor_hunt::cli::HuntArgs, out: &mut dyn Write) -> anyhow::
 /// The fleet store `--fleet` names, with its credentials.
 pub fn connect(fleet: &FleetArgs) -> anyhow::Result<ClickHouse> {
     let url = fleet.url.as_deref().context("--fleet URL")?;
-    let clickhouse = ClickHouse::new(url, fleet.user.clone(), fleet.password.clone()).context("--fleet")?;
-    match &fleet.tls_ca {
-        Some(ca) => clickhouse.with_tls_ca(ca).context("--fleet-tls-ca"),
-        None => Ok(clickhouse),
-    }
+    ClickHouse::connect(url, fleet.user.clone(), fleet.password.clone(), fleet.tls_ca.as_deref())
+        .context("--fleet")
 }

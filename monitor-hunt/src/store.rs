@@ -8,6 +8,7 @@
 //! [`BATCH_MAX_EVENTS`] under load, so it stays a handful of fsyncs a second, off the event path.
 
 use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write as _;
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -802,7 +803,8 @@ impl Spool {
                     match row.get_ref(i).map_err(self.sqlite("read the spool"))? {
                         ValueRef::Null => json.extend_from_slice(b"null"),
                         ValueRef::Integer(n) => {
-                            json.extend_from_slice(n.to_string().as_bytes());
+                            // Into the Vec itself: no string per number.
+                            let _ = write!(json, "{n}");
                             if *name == "Seq" {
                                 event.seq = u64::try_from(n).unwrap_or(0);
                             }

@@ -148,35 +148,24 @@ fn single_agent(r: &mut Runner, bed: &Bed) {
             mon.events().into_iter().filter(|e| e["InitiatingProcessFileName"] == "curl").count()
         };
         proxied(3);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while curl_events(&mon) < 3 {
-            assert!(Instant::now() < deadline, "no events for the clients: {}", mon.stderr());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let spooled = loop {
-            let export = status(&mon)["export"].clone();
-            if export["lag_rows"].as_u64().unwrap_or(0) >= 3 && export["errors"].as_u64().unwrap_or(0) > 0 {
-                break export;
-            }
-            assert!(Instant::now() < deadline, "the export status shows no spool: {export}");
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        wait_until("events for the clients", 20, || curl_events(&mon) >= 3, || mon.stderr());
+        let export = || status(&mon)["export"].clone();
+        let spooling = |e: &Value| e["lag_rows"].as_u64().unwrap_or(0) >= 3 && e["errors"].as_u64().unwrap_or(0) > 0;
+        wait_until("the export status shows the spool", 20, || spooling(&export()), || export().to_string());
+        let spooled = export();
         assert_eq!(spooled["connected"], false, "{spooled}");
         assert!(spooled["last_error"].as_str().is_some_and(|e| e.contains("connect")), "{spooled}");
         assert!(mon.stderr().contains("export:"), "the daemon says the export fails: {}", mon.stderr());
 
         nats.restart().unwrap_or_else(|e| panic!("start nats-server: {e}"));
         proxied(2);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let export = status(&mon)["export"].clone();
-            if export["connected"] == true && export["lag_rows"] == 0 && curl_events(&mon) >= 5 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the spool did not drain: {export}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let drained = |e: &Value| e["connected"] == true && e["lag_rows"] == 0;
+        wait_until(
+            "the spool drains",
+            30,
+            || drained(&export()) && curl_events(&mon) >= 5,
+            || export().to_string(),
+        );
 
         let events = mon.events();
         assert!(events.iter().all(|e| e["DeviceId"] == "fleet-agent-1"), "DeviceId on every event line");
