@@ -707,3 +707,18 @@ fn what_fuzzing_found_stays_explained() {
         }
     }
 }
+
+#[test]
+fn a_socks4a_request_and_its_client_hello_in_one_write_agree() {
+    // A fuzz walk reported that a client writing the SOCKS4a request and the tunnel's ClientHello at once
+    // had the kernel judge the SOCKS4a name and user space name nothing (its corpus was lost): both name
+    // both, the SOCKS4a name outside and the SNI inside.
+    let hello = client_hello(Some(DENIED.as_bytes()), 0, 1);
+    let stream = [&[4u8, 1, 1, 0xbb, 0, 0, 0, 1, b'u', 0][..], b"four.example\0", &hello].concat();
+    let outcomes = compare(&stream).expect("a sound kernel reading");
+    for o in &outcomes {
+        assert_eq!(o.result, Ok(None), "{:?}: the kernel {:?}, user space {:?}", o.layer, o.kernel, o.user);
+    }
+    assert_eq!(outcomes[0].user.as_deref(), Some("four.example"));
+    assert_eq!(outcomes[1].user.as_deref(), Some(DENIED));
+}
