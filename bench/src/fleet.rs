@@ -84,6 +84,12 @@ pub struct IngestRun {
     pub seconds: f64,
     pub rows_per_s: f64,
     pub cpu_us_per_row: f64,
+    /// The servers' CPU per row meanwhile: clickhouse-server's (parsing, writing parts, merging) and
+    /// nats-server's (delivering each message, taking its acknowledgement).
+    #[serde(default)]
+    pub clickhouse_cpu_us_per_row: f64,
+    #[serde(default)]
+    pub nats_cpu_us_per_row: f64,
     /// Rows counted with FINAL afterwards (each event once).
     pub final_rows: u64,
 }
@@ -400,6 +406,9 @@ pub fn run(monitor: &Path, helper: &Path, sizes: FleetSizes) -> anyhow::Result<F
         .first()
         .and_then(|r| r.get("v")?.as_str().map(str::to_string))
         .unwrap_or_default();
+    let server_cpu =
+        || (server.pid().map_or(0.0, procfs::cpu_seconds), nats.pid().map_or(0.0, procfs::cpu_seconds));
+    let before = server_cpu();
     let t = Instant::now();
     let mut ingest = Running::start(
         Command::new(monitor).args(["ingest", "--from", &nats.url(), "--into", &server.url("fleet")]),
@@ -412,6 +421,7 @@ pub fn run(monitor: &Path, helper: &Path, sizes: FleetSizes) -> anyhow::Result<F
     })?;
     let seconds = t.elapsed().as_secs_f64();
     let cpu = procfs::cpu_seconds(ingest.pid());
+    let after = server_cpu();
     ingest.terminate();
     let final_count = count.replace("Events)", "Events FINAL)");
     result.ingest = IngestRun {
@@ -419,12 +429,15 @@ pub fn run(monitor: &Path, helper: &Path, sizes: FleetSizes) -> anyhow::Result<F
         seconds,
         rows_per_s: sizes.spool_events as f64 / seconds,
         cpu_us_per_row: cpu / sizes.spool_events as f64 * 1e6,
+        clickhouse_cpu_us_per_row: (after.0 - before.0) / sizes.spool_events as f64 * 1e6,
+        nats_cpu_us_per_row: (after.1 - before.1) / sizes.spool_events as f64 * 1e6,
         final_rows: one_number(&clickhouse, &final_count)?,
     };
     let i = &result.ingest;
     eprintln!(
-        "bench: fleet ingest: {:.0} rows/s ({} rows; goal ≥ {INGEST_GOAL:.0}/s), {:.1} µs CPU per row",
-        i.rows_per_s, i.rows, i.cpu_us_per_row
+        "bench: fleet ingest: {:.0} rows/s ({} rows; goal ≥ {INGEST_GOAL:.0}/s), CPU per row: {:.1} µs ingest, \
+         {:.1} µs clickhouse-server, {:.1} µs nats-server",
+        i.rows_per_s, i.rows, i.cpu_us_per_row, i.clickhouse_cpu_us_per_row, i.nats_cpu_us_per_row
     );
     drop(nats);
 

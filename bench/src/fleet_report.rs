@@ -125,7 +125,10 @@ pub fn markdown(f: &FleetResult, out: &mut String) {
                 i.seconds,
                 thousands(i.final_rows as f64)
             ),
-            format!("{:.1} µs per row", i.cpu_us_per_row),
+            format!(
+                "{:.1} µs per row (meanwhile clickhouse-server {:.1} µs, nats-server {:.1} µs)",
+                i.cpu_us_per_row, i.clickhouse_cpu_us_per_row, i.nats_cpu_us_per_row
+            ),
             "≥ 100,000/s".into(),
         ],
     ];

@@ -9,10 +9,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use monitor_hunt::schema::{COLUMNS, Cell, ColumnType, TABLES};
+use monitor_hunt::schema::{COLUMNS, ColumnType, TABLES};
 use serde_json::{Map, Value};
 
 use crate::FleetError;
+pub use crate::row::TIMESTAMP_MICROS;
 
 /// How long one HTTP request to ClickHouse may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -179,17 +180,22 @@ pub trait FleetSql {
         Ok(())
     }
 
-    /// Inserts rows (objects from [`to_row`]) into `table`, all or nothing.
+    /// Inserts rows (objects as [`crate::row::to_row`] makes them) into `table`, all or nothing.
     fn insert(&self, table: &str, rows: &[Map<String, Value>]) -> Result<(), FleetError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         let mut body = Vec::with_capacity(rows.len() * 512);
         for row in rows {
             serde_json::to_writer(&mut body, row).map_err(|e| FleetError::ClickHouse(e.to_string()))?;
             body.push(b'\n');
         }
-        self.send(&format!("INSERT INTO {}.{table} FORMAT {ROW_FORMAT}", self.database()), &body, &[])
+        self.insert_lines(table, &body)
+    }
+
+    /// Inserts `lines` (JSONEachRow, as [`crate::row::encode_row`] writes them) into `table`, all or nothing.
+    fn insert_lines(&self, table: &str, lines: &[u8]) -> Result<(), FleetError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.send(&format!("INSERT INTO {}.{table} FORMAT {ROW_FORMAT}", self.database()), lines, &[])
             .map(|_| ())
     }
 }
@@ -245,9 +251,6 @@ impl FleetSql for ClickHouse {
     }
 }
 
-/// The column that keeps `Timestamp` to the microsecond.
-pub const TIMESTAMP_MICROS: &str = "TimestampMicros";
-
 /// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables.
 pub fn create_table(database: &str, table: &str) -> String {
     let mut columns = Vec::with_capacity(COLUMNS.len() + 1);
@@ -270,56 +273,6 @@ pub fn create_table(database: &str, table: &str) -> String {
     )
 }
 
-/// Why a message is not an event the ingest can store.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidEvent {
-    #[error("not JSON: {0}")]
-    NotJson(String),
-    #[error(transparent)]
-    Rejected(#[from] monitor_hunt::schema::RejectReason),
-    #[error("no Table, or not DeviceNetworkEvents or DeviceEvents")]
-    BadTable,
-    #[error("no DeviceId")]
-    MissingDeviceId,
-    #[error("no Seq, or not a positive integer")]
-    MissingSeq,
-}
-
-/// An exported event (the JSON of one message) as a row of its ClickHouse table.
-pub fn to_row(payload: &[u8]) -> Result<(&'static str, Map<String, Value>), InvalidEvent> {
-    let event: Value = serde_json::from_slice(payload).map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
-    let table = match event.get("Table").and_then(Value::as_str) {
-        Some(name) => TABLES.into_iter().find(|t| *t == name).ok_or(InvalidEvent::BadTable)?,
-        None if event.is_object() => return Err(InvalidEvent::BadTable),
-        None => return Err(monitor_hunt::schema::RejectReason::NotAnObject.into()),
-    };
-    let stored = monitor_hunt::schema::to_stored(&event)?;
-    let mut row = Map::with_capacity(COLUMNS.len());
-    for ((name, ty), cell) in COLUMNS.iter().zip(stored.cells) {
-        let value = match (ty, cell) {
-            (ColumnType::DateTime, Cell::Text(text)) => {
-                // to_stored has checked and normalised it.
-                let micros = monitor_hunt::time::parse_datetime(&text).unwrap_or_default();
-                row.insert(TIMESTAMP_MICROS.into(), Value::from(micros));
-                continue;
-            }
-            (_, Cell::Null) => Value::Null,
-            (_, Cell::Text(text)) => Value::String(text),
-            (_, Cell::Integer(n)) => Value::from(n),
-        };
-        row.insert((*name).to_string(), value);
-    }
-    match row.get("DeviceId") {
-        Some(Value::String(id)) if !id.is_empty() => {}
-        _ => return Err(InvalidEvent::MissingDeviceId),
-    }
-    match row.get("Seq").and_then(Value::as_i64) {
-        Some(seq) if seq > 0 => {}
-        _ => return Err(InvalidEvent::MissingSeq),
-    }
-    Ok((table, row))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,47 +293,6 @@ mod tests {
         ] {
             let err = ClickHouse::new(url, None, None).expect_err(url).to_string();
             assert!(err.contains(why), "{url}: {err}");
-        }
-    }
-
-    #[test]
-    fn events_become_typed_rows() {
-        let payload = br#"{"Table":"DeviceNetworkEvents","Timestamp":"2026-11-29T05:33:12.250000Z","DeviceId":"m1",
-            "Seq":7,"DeviceName":"a","RemotePort":3128,"InitiatingProcessFileName":null,"AdditionalFields":{"Sni":"x"}}"#;
-        let (table, row) = to_row(payload).expect("a valid event");
-        assert_eq!(table, "DeviceNetworkEvents");
-        assert_eq!(row[TIMESTAMP_MICROS], 1_795_930_392_250_000i64);
-        assert_eq!(row["Seq"], 7);
-        assert_eq!(row["RemotePort"], 3128);
-        assert_eq!(row["InitiatingProcessFileName"], Value::Null);
-        assert_eq!(row["AdditionalFields"], r#"{"Sni":"x"}"#);
-        assert!(!row.contains_key("Timestamp"), "Timestamp is computed by ClickHouse");
-    }
-
-    #[test]
-    fn invalid_events_say_why() {
-        let cases: [(&[u8], InvalidEvent); 5] = [
-            (b"not json", InvalidEvent::NotJson(String::new())),
-            (br#"{"Timestamp":"2026-11-29T05:33:12Z","DeviceId":"m","Seq":1}"#, InvalidEvent::BadTable),
-            (
-                br#"{"Table":"DeviceEvents","DeviceId":"m","Seq":1}"#,
-                monitor_hunt::schema::RejectReason::MissingTimestamp.into(),
-            ),
-            (
-                br#"{"Table":"DeviceEvents","Timestamp":"2026-11-29T05:33:12Z","Seq":1}"#,
-                InvalidEvent::MissingDeviceId,
-            ),
-            (
-                br#"{"Table":"DeviceEvents","Timestamp":"2026-11-29T05:33:12Z","DeviceId":"m","Seq":0}"#,
-                InvalidEvent::MissingSeq,
-            ),
-        ];
-        for (payload, expected) in cases {
-            let err = to_row(payload).expect_err("invalid");
-            match (&err, &expected) {
-                (InvalidEvent::NotJson(_), InvalidEvent::NotJson(_)) => {}
-                _ => assert_eq!(err, expected, "{}", String::from_utf8_lossy(payload)),
-            }
         }
     }
 

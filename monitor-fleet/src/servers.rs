@@ -77,6 +77,10 @@ struct Process {
 }
 
 impl Process {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> Result<Process, ServerError> {
         let out = File::options()
             .create(true)
@@ -175,6 +179,11 @@ fn nats_dir() -> Result<tempfile::TempDir, ServerError> {
 }
 
 impl NatsServer {
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+
     /// Starts a server on a free port.
     pub fn start() -> Result<NatsServer, ServerError> {
         NatsServer::start_with_config("")
@@ -301,6 +310,11 @@ pub struct ClickHouseServer {
 }
 
 impl ClickHouseServer {
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
+    }
+
     pub fn start() -> Result<ClickHouseServer, ServerError> {
         ClickHouseServer::start_with(None)
     }

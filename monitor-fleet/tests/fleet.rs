@@ -654,7 +654,7 @@ fn fleet_hunting_answers_as_the_local_store() {
 }
 
 /// Inserts every event of `store`, `copies` times, as the ingest inserts them: each exported message
-/// made a row ([`monitor_fleet::clickhouse::to_row`]), a batch per table.
+/// made a row ([`monitor_fleet::row::to_row`]), a batch per table.
 fn insert_store(fleet: &impl FleetSql, store: &Path, copies: usize) {
     let spooled = Spool::open(store).expect("open the spool").after(0, usize::MAX).expect("read the store");
     for _ in 0..copies {
@@ -664,7 +664,7 @@ fn insert_store(fleet: &impl FleetSql, store: &Path, copies: usize) {
                 .filter(|e| e.table == table)
                 .map(|e| {
                     let (_, _, payload) = monitor_fleet::export::message(e).expect("a message");
-                    monitor_fleet::clickhouse::to_row(&payload).expect("a row").1
+                    monitor_fleet::row::to_row(&payload).expect("a row").1
                 })
                 .collect();
             fleet.insert(table, &rows).unwrap_or_else(|e| panic!("insert into {table}: {e}"));

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _, to_row};
+use monitor_fleet::clickhouse::{ClickHouse, FleetSql as _};
+use monitor_fleet::row::to_row;
 use monitor_fleet::servers::ClickHouseServer;
 
 fn openssl(dir: &Path, args: &[&str]) {
