@@ -5,16 +5,70 @@ use std::io::Write;
 
 use anyhow::Context as _;
 use monitor_hunt::cli::FleetArgs;
-use monitor_hunt::kql::sql::{SqlType, to_clickhouse};
+use monitor_hunt::kql::sql::{SqlType, TableSplits, reads_every_row, split_boundaries, to_clickhouse_with};
+use monitor_hunt::schema::TABLES;
 use monitor_hunt::{QueryResult, Value};
 use serde_json::Value as Json;
 
 use crate::FleetError;
 use crate::clickhouse::{ClickHouse, FleetSql};
 
-/// Runs `query` on the fleet store as if it were `now` (microseconds since the epoch).
+/// Tables of fewer rows are read in one range: cutting them would cost more than it saves.
+pub const SPLIT_MIN_ROWS: u64 = 1_000_000;
+
+/// How to cut each table of the fleet store into DeviceId ranges read side by side
+/// ([`TableSplits`]): as many ranges as the server runs threads per query, of about as many rows each.
+/// Small tables, a one-thread server or a store that cannot say are read whole.
+pub fn table_splits(clickhouse: &impl FleetSql) -> TableSplits {
+    let mut splits = TableSplits::default();
+    let db = monitor_hunt::kql::sql::quote(clickhouse.database());
+    let Ok(sizes) = clickhouse.query_rows(&format!(
+        "SELECT table, toUInt64(sum(rows)) AS rows, \
+         (SELECT toUInt64OrZero(extract(value, '[0-9]+')) FROM system.settings WHERE name = 'max_threads') AS threads \
+         FROM system.parts WHERE database = {db} AND active GROUP BY table"
+    )) else {
+        return splits;
+    };
+    for size in sizes {
+        let number = |key: &str| size.get(key).and_then(Json::as_u64).unwrap_or(0);
+        let (rows, threads) = (number("rows"), usize::try_from(number("threads")).unwrap_or(1));
+        let Some(table) = TABLES.into_iter().find(|t| size.get("table").and_then(Json::as_str) == Some(t))
+        else {
+            continue;
+        };
+        if rows < SPLIT_MIN_ROWS || threads <= 1 {
+            continue;
+        }
+        let Ok(devices) = clickhouse.query_rows(&format!(
+            "SELECT DeviceId AS id, count() AS n FROM {}.{table} GROUP BY DeviceId",
+            clickhouse.database()
+        )) else {
+            continue;
+        };
+        let devices: Vec<(String, u64)> = devices
+            .iter()
+            .filter_map(|d| Some((d.get("id")?.as_str()?.to_string(), d.get("n")?.as_u64()?)))
+            .collect();
+        splits.set(table, split_boundaries(&devices, threads, SPLIT_MIN_ROWS));
+    }
+    splits
+}
+
+/// Runs `query` on the fleet store as if it were `now` (microseconds since the epoch); a query that reads
+/// every row reads each large table in ranges side by side ([`table_splits`]).
 pub fn query_at(clickhouse: &impl FleetSql, query: &str, now: i64) -> anyhow::Result<QueryResult> {
-    let compiled = to_clickhouse(query, clickhouse.database(), now)?;
+    let splits = if reads_every_row(query) { table_splits(clickhouse) } else { TableSplits::default() };
+    query_with(clickhouse, query, now, &splits)
+}
+
+/// [`query_at`] with the tables read in the ranges `splits` gives.
+pub fn query_with(
+    clickhouse: &impl FleetSql,
+    query: &str,
+    now: i64,
+    splits: &TableSplits,
+) -> anyhow::Result<QueryResult> {
+    let compiled = to_clickhouse_with(query, clickhouse.database(), now, splits)?;
     let rows = clickhouse.query_rows(&compiled.sql).map_err(|e| match e {
         // ClickHouse refused the SQL (rather than being unreachable): show what it refused.
         FleetError::ClickHouse(text) if text.contains(" answered ") => {

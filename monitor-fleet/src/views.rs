@@ -8,32 +8,45 @@ use std::io::Write;
 use monitor_hunt::cli::{DevicesArgs, TimelineArgs, timeline_filter, write_result, write_timeline};
 use monitor_hunt::devices::{AUDITED, BLOCKED, devices_result};
 use monitor_hunt::gaps::EXPORT_GAP;
-use monitor_hunt::kql::sql::quote;
+use monitor_hunt::kql::sql::{TableSplits, quote, range_conditions};
 use monitor_hunt::schema::TABLES;
 use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
 use serde_json::{Map, Value as Json};
 
 use crate::FleetError;
 use crate::clickhouse::{ClickHouse, FleetSql as _, TIMESTAMP_MICROS};
-use crate::hunt::connect;
+use crate::hunt::{connect, table_splits};
 
-/// Both tables' rows, deduplicated, as one relation with `columns`.
-fn both_tables(clickhouse: &ClickHouse, columns: &str, filter: &str) -> String {
-    TABLES
-        .iter()
-        .map(|table| {
-            format!(
+/// Both tables' rows, deduplicated, as one relation with `columns`; `filter` is a condition (or empty).
+/// Each table is read in the DeviceId ranges `splits` gives it, side by side.
+fn both_tables(clickhouse: &ClickHouse, columns: &str, filter: &str, splits: &TableSplits) -> String {
+    let mut reads = Vec::new();
+    for table in TABLES {
+        for range in range_conditions(splits.boundaries(table)) {
+            let conditions: Vec<&str> =
+                [filter, range.as_str()].into_iter().filter(|c| !c.is_empty()).collect();
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!(" WHERE {}", conditions.join(" AND "))
+            };
+            reads.push(format!(
                 "SELECT {} AS Source, {columns} FROM {}.{table} FINAL{filter}",
                 quote(table),
                 clickhouse.database()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
+            ));
+        }
+    }
+    reads.join(" UNION ALL ")
 }
 
-/// Every device in the fleet store, by name then id.
+/// Every device in the fleet store, by name then id; large tables read in ranges side by side.
 pub fn devices(clickhouse: &ClickHouse) -> Result<Vec<DeviceSummary>, FleetError> {
+    devices_in(clickhouse, &table_splits(clickhouse))
+}
+
+/// [`devices`], each table read in the DeviceId ranges `splits` gives it.
+pub fn devices_in(clickhouse: &ClickHouse, splits: &TableSplits) -> Result<Vec<DeviceSummary>, FleetError> {
     let columns = format!(
         "ifNull(DeviceName, '') AS Name, DeviceId AS Id, {TIMESTAMP_MICROS} AS Micros, Seq AS N, \
          ifNull(ActionType, '') AS Action"
@@ -44,7 +57,12 @@ pub fn devices(clickhouse: &ClickHouse) -> Result<Vec<DeviceSummary>, FleetError
          argMaxIf(Action, (Micros, N), Action IN ({blocked}, {audited})) AS LastProtection \
          FROM ({}) GROUP BY Name, Id ORDER BY Name, Id",
         // Gap rows stand for events that are not there: they are no event of the device.
-        both_tables(clickhouse, &columns, &format!(" WHERE ifNull(ActionType, '') != {}", quote(EXPORT_GAP))),
+        both_tables(
+            clickhouse,
+            &columns,
+            &format!("ifNull(ActionType, '') != {}", quote(EXPORT_GAP)),
+            splits
+        ),
         blocked = quote(BLOCKED),
         audited = quote(AUDITED),
     );
@@ -88,7 +106,8 @@ pub fn timeline(
     let limit = filter.limit.map(|n| format!(" LIMIT {n}")).unwrap_or_default();
     let sql = format!(
         "SELECT * FROM ({}) ORDER BY Micros DESC, N DESC{limit}",
-        both_tables(clickhouse, &columns, &format!(" WHERE {}", conditions.join(" AND ")))
+        // One device's rows: their DeviceIds are few, so ranges would not share the work.
+        both_tables(clickhouse, &columns, &conditions.join(" AND "), &TableSplits::default())
     );
     let rows = clickhouse.query_rows(&sql)?;
     Ok(rows

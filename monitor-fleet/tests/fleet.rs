@@ -10,6 +10,7 @@ use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
 use monitor_fleet::samples::{SAMPLE_DEVICE_ID, sample_event, write_sample_store};
 use monitor_fleet::servers::{Chdb, ClickHouseServer, NatsServer, ServerError};
 use monitor_fleet::{ExportOptions, Exporter, NatsOptions};
+use monitor_hunt::kql::sql::TableSplits;
 use monitor_hunt::time::{format_datetime, now_micros};
 use monitor_hunt::{Retention, Spool, StoreWriter};
 use serde_json::{Value, json};
@@ -590,9 +591,24 @@ fn assert_fleet_hunting_answers_as(fleet: &impl FleetSql, which: &str, suite: &S
                 continue;
             }
         };
-        let (expected, got) = (answer_text(&expected, query), answer_text(&got, query));
-        if expected != got {
-            differ.push(format!("{query}\n  local {expected}\n  {which} {got}"));
+        // Also with each table read in three DeviceId ranges side by side, as large tables are read: one
+        // below the suite's devices, one holding them all, one above.
+        let mut splits = TableSplits::default();
+        for table in monitor_hunt::schema::TABLES {
+            splits.set(table, vec![DEVICE_ID.to_string(), format!("{DEVICE_ID}~")]);
+        }
+        let split = monitor_fleet::hunt::query_with(fleet, query, now, &splits);
+        let expected = answer_text(&expected, query);
+        for (how, got) in [("", Ok(got)), (" in ranges", split)] {
+            match got {
+                Ok(got) => {
+                    let got = answer_text(&got, query);
+                    if expected != got {
+                        differ.push(format!("{query}\n  local {expected}\n  {which}{how} {got}"));
+                    }
+                }
+                Err(e) => differ.push(format!("{query}\n  {which}{how} failed: {e:#}")),
+            }
         }
     }
     assert!(
@@ -780,6 +796,13 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
     assert_eq!(fleet_devices[0].events, 300, "each event once: {:?}", fleet_devices[0]);
     assert_eq!(fleet_devices[0].mode(), "block", "{:?}", fleet_devices[0]);
     assert_eq!(fleet_devices[1].mode(), "audit", "{:?}", fleet_devices[1]);
+    // As large tables are read: in DeviceId ranges side by side, here one per device.
+    let mut splits = TableSplits::default();
+    for table in monitor_hunt::schema::TABLES {
+        splits.set(table, vec![agents[1].1.to_string()]);
+    }
+    let in_ranges = monitor_fleet::views::devices_in(&clickhouse, &splits).expect("the devices in ranges");
+    assert_eq!(in_ranges, local_devices, "read in ranges, the same devices");
 
     let now = base_time();
     let filters = [

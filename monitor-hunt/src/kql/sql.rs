@@ -4,8 +4,9 @@
 //! The SQL runs on every ClickHouse from 18.16 on: time is integer microseconds (`TimestampMicros`), so
 //! `ago()`, `bin()` and comparisons are integer arithmetic (no DateTime64, no toStartOfInterval);
 //! `AdditionalFields` is JSON text read with `visitParamExtract*` (no JSONExtract). Every table is read
-//! with `FINAL`, so a redelivered event counts once. Each operator is one nested SELECT. What has no
-//! translation yet is a [`QueryError`] at the construct that names it.
+//! with `FINAL`, so a redelivered event counts once; a query that reads every row reads a large table in
+//! DeviceId ranges side by side ([`TableSplits`]), since 18.16 reads `FINAL` in one thread. Each operator is
+//! one nested SELECT. What has no translation yet is a [`QueryError`] at the construct that names it.
 
 use super::ast::{
     BinaryOp, Expr, ExprKind, NamedExpr, Operator, OperatorKind, Query, SortKey, Source, StringOp,
@@ -53,26 +54,129 @@ fn not_pushed_down(span: Span, what: &str) -> QueryError {
 /// Compiles `query` for the tables of `database`, with `now` (microseconds) as `now()` and the reference
 /// of `ago()`.
 pub fn to_clickhouse(query: &str, database: &str, now: i64) -> Result<SqlQuery> {
-    let ast = parse(query)?;
-    compile(&ast, database, now).map_err(|e| e.locate(query))
+    to_clickhouse_with(query, database, now, &TableSplits::default())
 }
 
-fn compile(query: &Query, database: &str, now: i64) -> Result<SqlQuery> {
+/// [`to_clickhouse`], each table read in the DeviceId ranges `splits` gives it.
+pub fn to_clickhouse_with(query: &str, database: &str, now: i64, splits: &TableSplits) -> Result<SqlQuery> {
+    let ast = parse(query)?;
+    compile(&ast, &Target { database, now, splits }).map_err(|e| e.locate(query))
+}
+
+/// Where a tabular source is read from, and how.
+struct Target<'a> {
+    database: &'a str,
+    now: i64,
+    splits: &'a TableSplits,
+}
+
+/// The column the fleet's tables are sorted by first (then `Seq`), never NULL there.
+pub const DEVICE_ID: &str = "DeviceId";
+
+/// DeviceIds that cut a table into ranges read side by side: ClickHouse 18.16 reads a table `FINAL` (each
+/// `(DeviceId, Seq)` once) in one thread, merging every part into one stream, and so does everything after
+/// it in that stream. A range of DeviceIds is a range of the sorting key, so each range is read `FINAL` on
+/// its own (a redelivered event has its DeviceId, so it stays in one range) and the ranges run in threads of
+/// their own, joined by UNION ALL. Boundaries are kept in byte order, as ClickHouse orders strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSplits {
+    boundaries: Vec<(&'static str, Vec<String>)>,
+}
+
+impl TableSplits {
+    /// Cuts `table` at `boundaries` (sorted and deduplicated here; none: one read).
+    pub fn set(&mut self, table: &'static str, mut boundaries: Vec<String>) {
+        boundaries.sort();
+        boundaries.dedup();
+        self.boundaries.retain(|(t, _)| *t != table);
+        self.boundaries.push((table, boundaries));
+    }
+
+    pub fn boundaries(&self, table: &str) -> &[String] {
+        self.boundaries.iter().find(|(t, _)| *t == table).map_or(&[], |(_, b)| b.as_slice())
+    }
+}
+
+/// The conditions that pick each DeviceId range `boundaries` (sorted) make, in order: every DeviceId is
+/// in exactly one. No boundaries: one empty condition (the whole table).
+pub fn range_conditions(boundaries: &[String]) -> Vec<String> {
+    let (Some(first), Some(last)) = (boundaries.first(), boundaries.last()) else {
+        return vec![String::new()];
+    };
+    let device = ident(DEVICE_ID);
+    let mut ranges = Vec::with_capacity(boundaries.len() + 1);
+    ranges.push(format!("{device} < {}", quote(first)));
+    for pair in boundaries.windows(2) {
+        ranges.push(format!("{device} >= {} AND {device} < {}", quote(&pair[0]), quote(&pair[1])));
+    }
+    ranges.push(format!("{device} >= {}", quote(last)));
+    ranges
+}
+
+/// Boundaries that cut rows counted per DeviceId (`devices`, in any order) into `parts` ranges of about
+/// as many rows each; none when there is one part, or fewer than `min_rows` rows to cut.
+pub fn split_boundaries(devices: &[(String, u64)], parts: usize, min_rows: u64) -> Vec<String> {
+    let total: u64 = devices.iter().map(|(_, n)| n).sum();
+    if parts <= 1 || total < min_rows {
+        return Vec::new();
+    }
+    let mut sorted: Vec<&(String, u64)> = devices.iter().collect();
+    sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut boundaries = Vec::with_capacity(parts - 1);
+    let mut seen = 0u64;
+    for (id, n) in sorted {
+        let next = boundaries.len() as u64 + 1;
+        // A range starts at this device when the rows before it reach the next share.
+        if seen > 0 && seen * parts as u64 >= total * next && boundaries.len() + 1 < parts {
+            boundaries.push(id.clone());
+        }
+        seen += n;
+    }
+    boundaries
+}
+
+/// Whether `query` has an operator that reads every row before it answers (summarize, sort, top,
+/// distinct, count, join): only such a query gains from reading a table in ranges side by side
+/// ([`TableSplits`]); one that streams rows to a `take` ends early either way. False for a query that
+/// does not parse (its compilation says why).
+pub fn reads_every_row(query: &str) -> bool {
+    fn tabular(t: &super::ast::Tabular) -> bool {
+        let nested = match &t.source {
+            Source::Nested(inner) => tabular(inner),
+            Source::Union(union) => union.parts.iter().any(tabular),
+            Source::Name { .. } => false,
+        };
+        nested
+            || t.ops.iter().any(|op| match &op.kind {
+                OperatorKind::Summarize { .. }
+                | OperatorKind::Sort(_)
+                | OperatorKind::Top { .. }
+                | OperatorKind::Distinct(_)
+                | OperatorKind::Count
+                | OperatorKind::Join { .. } => true,
+                OperatorKind::Union(union) => union.parts.iter().any(tabular),
+                _ => false,
+            })
+    }
+    parse(query).is_ok_and(|q| tabular(&q.body))
+}
+
+fn compile(query: &Query, target: &Target<'_>) -> Result<SqlQuery> {
     if let Some(first) = query.lets.first() {
         return Err(not_pushed_down(first.span, "`let`"));
     }
     let tabular = &query.body;
     let mut relation = match &tabular.source {
-        Source::Name { name, span } => table(name, *span, database)?,
+        Source::Name { name, span } => table(name, *span, target)?,
         Source::Union(union) => return Err(not_pushed_down(union.span, "`union`")),
         Source::Nested(inner) => {
             let nested = Query { lets: Vec::new(), body: (**inner).clone() };
-            let q = compile(&nested, database, now)?;
+            let q = compile(&nested, target)?;
             Relation { sql: q.sql, columns: q.columns, sorted: false }
         }
     };
     for op in &tabular.ops {
-        relation = operator(relation, op, now)?;
+        relation = operator(relation, op, target.now)?;
     }
     Ok(SqlQuery { sql: relation.sql, columns: relation.columns })
 }
@@ -95,7 +199,7 @@ pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-fn table(name: &str, span: Span, database: &str) -> Result<Relation> {
+fn table(name: &str, span: Span, target: &Target<'_>) -> Result<Relation> {
     let Some(table) = TABLES.iter().find(|t| **t == name) else {
         return Err(QueryError::new(
             span,
@@ -105,21 +209,25 @@ fn table(name: &str, span: Span, database: &str) -> Result<Relation> {
     let mut select = Vec::with_capacity(COLUMNS.len());
     let mut columns = Vec::with_capacity(COLUMNS.len());
     for (column, ty) in COLUMNS {
-        let (expr, sql_type) = match ty {
-            ColumnType::DateTime => ("TimestampMicros".to_string(), SqlType::DateTime),
+        let (expr, sql_type) = match (column, ty) {
+            (_, ColumnType::DateTime) => ("TimestampMicros".to_string(), SqlType::DateTime),
+            // Never NULL in the fleet's tables: as it is stored, so that a range of it is a range of the key.
+            (DEVICE_ID, _) => (ident(column), SqlType::String),
             // KQL strings are never null: a missing one is empty, as in the local store.
-            ColumnType::String => (format!("ifNull({}, '')", ident(column)), SqlType::String),
-            ColumnType::Long => (ident(column), SqlType::Long),
-            ColumnType::Dynamic => (format!("ifNull({}, '')", ident(column)), SqlType::Dynamic),
+            (_, ColumnType::String) => (format!("ifNull({}, '')", ident(column)), SqlType::String),
+            (_, ColumnType::Long) => (ident(column), SqlType::Long),
+            (_, ColumnType::Dynamic) => (format!("ifNull({}, '')", ident(column)), SqlType::Dynamic),
         };
         select.push(format!("{expr} AS {}", ident(column)));
         columns.push((column.to_string(), sql_type));
     }
-    Ok(Relation {
-        sql: format!("SELECT {} FROM {}.{} FINAL", select.join(", "), ident(database), ident(table)),
-        columns,
-        sorted: false,
-    })
+    let read = format!("SELECT {} FROM {}.{} FINAL", select.join(", "), ident(target.database), ident(table));
+    let sql = range_conditions(target.splits.boundaries(table))
+        .iter()
+        .map(|range| if range.is_empty() { read.clone() } else { format!("{read} WHERE {range}") })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    Ok(Relation { sql, columns, sorted: false })
 }
 
 fn column_list(columns: &[(String, SqlType)]) -> String {
@@ -738,5 +846,64 @@ mod tests {
     fn literals_are_quoted() {
         let q = sql(r#"DeviceEvents | where RemoteUrl == "a'b\\c""#);
         assert!(q.sql.contains(r"'a\'b\\c'"), "{}", q.sql);
+    }
+
+    #[test]
+    fn tables_split_into_ranges_of_about_as_many_rows() {
+        let devices: Vec<(String, u64)> =
+            [("d", 10), ("a", 10), ("c", 10), ("b", 10)].iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        assert_eq!(split_boundaries(&devices, 2, 0), ["c"]);
+        assert_eq!(split_boundaries(&devices, 4, 0), ["b", "c", "d"]);
+        assert_eq!(split_boundaries(&devices, 8, 0), ["b", "c", "d"], "at most a range per device");
+        assert!(split_boundaries(&devices, 1, 0).is_empty(), "one thread: one read");
+        assert!(split_boundaries(&devices, 2, 41).is_empty(), "too few rows to cut");
+        let skewed: Vec<(String, u64)> =
+            [("a", 90), ("b", 5), ("c", 5)].iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        assert_eq!(split_boundaries(&skewed, 2, 0), ["b"], "the big device alone");
+        // Byte order, as ClickHouse compares strings: upper case before lower.
+        let cased: Vec<(String, u64)> =
+            [("b", 1), ("B", 1)].iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        assert_eq!(split_boundaries(&cased, 2, 0), ["b"]);
+    }
+
+    #[test]
+    fn split_tables_are_read_in_disjoint_ranges_side_by_side() {
+        let mut splits = TableSplits::default();
+        splits.set("DeviceNetworkEvents", vec!["m".into(), "f".into(), "m".into()]);
+        let q = to_clickhouse_with("DeviceNetworkEvents | count", "fleet", NOW, &splits).expect("compiles");
+        let read = "FROM `fleet`.`DeviceNetworkEvents` FINAL WHERE";
+        assert_eq!(q.sql.matches(read).count(), 3, "{}", q.sql);
+        for range in [
+            "`DeviceId` < 'f' UNION ALL",
+            "`DeviceId` >= 'f' AND `DeviceId` < 'm' UNION",
+            "`DeviceId` >= 'm')",
+        ] {
+            assert!(q.sql.contains(range), "{range}: {}", q.sql);
+        }
+        assert!(
+            q.sql.contains("`DeviceId` AS `DeviceId`"),
+            "the key as stored, so that ranges prune: {}",
+            q.sql
+        );
+        let other = to_clickhouse_with("DeviceEvents | count", "fleet", NOW, &splits).expect("compiles");
+        assert_eq!(other.sql, sql("DeviceEvents | count").sql, "a table without boundaries is read whole");
+    }
+
+    #[test]
+    fn only_queries_that_read_every_row_are_split() {
+        for query in [
+            "DeviceNetworkEvents | summarize count() by DeviceName",
+            "DeviceNetworkEvents | sort by Timestamp | take 3",
+            "DeviceNetworkEvents | top 3 by RemotePort",
+            "DeviceNetworkEvents | distinct RemoteUrl",
+            "DeviceNetworkEvents | count",
+            "DeviceNetworkEvents | where RemotePort == 1 | join (DeviceEvents) on DeviceId",
+        ] {
+            assert!(reads_every_row(query), "{query}");
+        }
+        for query in ["DeviceNetworkEvents | where RemotePort == 3128 | take 10", "DeviceEvents", "not kql ("]
+        {
+            assert!(!reads_every_row(query), "{query}");
+        }
     }
 }
