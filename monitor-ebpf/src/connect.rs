@@ -9,6 +9,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::debug;
 use monitor_common::{
     record::{AF_INET, AF_INET6, COMM_LEN, Endpoints, KIND_PROCESS, ProcessRecord},
     verdict::{DROP_RINGBUF_FULL, VERDICT_BLOCKED, VERDICT_NO_MATCH},
@@ -99,5 +100,17 @@ fn on_connect(ctx: &SockAddrContext, family: u32) -> i32 {
         }
         None => count_drop(DROP_RINGBUF_FULL),
     }
-    if outcome == VERDICT_BLOCKED { 0 } else { 1 }
+    if outcome == VERDICT_BLOCKED {
+        // Off unless RUST_LOG asks for debug: the loader sets the level, and the verifier drops the
+        // branches of levels below it.
+        debug!(
+            ctx,
+            "connect() refused by an IP or CIDR indicator, tgid {} port {}",
+            (pid_tgid >> 32) as u32,
+            u16::from_be(user_port as u16)
+        );
+        0
+    } else {
+        1
+    }
 }

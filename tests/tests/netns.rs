@@ -1882,6 +1882,46 @@ fn idna_cases(r: &mut Runner, bed: &Bed) {
         let ok = expect_success(&mon, &run, (ROUTER_V4, SQUID_PORT), "origin.test", "curl");
         assert!(ok["AdditionalFields"].get("RemoteUrlUnicode").is_none(), "{ok}");
     });
+    r.case("kernel_debug_logs_only_when_rust_log_asks", || {
+        // The kernel programs log through aya-log at debug; the loader sets their level from RUST_LOG.
+        const LINE: &str = "connect() refused by an IP or CIDR indicator";
+        let cg = Cgroup::new("klog");
+        let block = bed.dir.join("klog-block.txt");
+        std::fs::write(&block, format!("{ORIGIN2_V4}\n")).expect("write block list");
+        let args: Vec<String> = vec![
+            "--mode".into(),
+            "block".into(),
+            "--cgroup".into(),
+            cg.path.display().to_string(),
+            "--block".into(),
+            block.display().to_string(),
+        ];
+        let url = format!("http://{ORIGIN2_V4}/");
+        for (name, rust_log, logged) in
+            [("klog-info", "info", false), ("klog-debug", "info,monitor::connect=debug", true)]
+        {
+            let env = format!("RUST_LOG={rust_log}");
+            let mon = Monitor::start_wrapped(&bed.dir, name, None, &["env", &env], &args);
+            let run = curl(bed, &cg, &[&url]);
+            assert!(!run.ok(), "{name}: connect() must fail: {run:?}");
+            expect_protection(&mon, &run, "ExploitGuardNetworkProtectionBlocked", ORIGIN2_V4);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while logged && !mon.stderr().contains(LINE) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let stderr = mon.stderr();
+            mon.stop();
+            let port = format!("{LINE}, tgid ");
+            assert_eq!(
+                stderr.contains(&port),
+                logged,
+                "{name} (RUST_LOG={rust_log}), the kernel's line:\n{stderr}"
+            );
+            if logged {
+                assert!(stderr.contains("port 80"), "the record's arguments: {stderr}");
+            }
+        }
+    });
     r.case("idna_invalid_name_names_file_and_line", || {
         let bad = bed.dir.join("idna-bad.txt");
         std::fs::write(&bad, "bücher.example\n\u{0301}x.example\n").expect("write bad list");

@@ -36,8 +36,25 @@ pub struct Attachment {
     pub target: String,
 }
 
+/// The kernel programs' log records (aya-log), read into this process's log.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The level the kernel programs write their aya-log records at: the most verbose one `RUST_LOG` enables
+/// (aya-log's numbering: 0 off, 1 error ... 5 trace). Their records are at debug, so the default (info)
+/// writes none, and the verifier removes their code: a constant the loader sets decides each one.
+pub fn kernel_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    let current = LevelFilter::current();
+    [LevelFilter::TRACE, LevelFilter::DEBUG, LevelFilter::INFO, LevelFilter::WARN, LevelFilter::ERROR]
+        .iter()
+        .position(|level| current >= *level)
+        .map_or(0, |i| 5 - i as u8)
+}
+
 pub struct Kernel {
     pub ebpf: Ebpf,
+    /// Present when `RUST_LOG` asks for the kernel's records.
+    logger: Option<KernelLogger>,
     pub attachments: Vec<Attachment>,
     /// Links this daemon owns. Unpinned ones detach when dropped; pinned ones outlive the daemon.
     links: Vec<(String, FdLink)>,
@@ -251,12 +268,33 @@ pub fn detach_pinned(pin_dir: &Path) -> anyhow::Result<usize> {
     Ok(released)
 }
 
+/// Forwards the kernel programs' log records to this process's log as they come.
+pub async fn forward_logs(logger: KernelLogger) {
+    // SAFETY: the logger owns its ring buffer's fd and keeps it open for as long as the AsyncFd holds it.
+    let watched =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match watched {
+        Ok(logger) => logger,
+        Err(e) => {
+            tracing::warn!("the kernel programs' log records cannot be watched: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = logger.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
 impl Kernel {
     /// Load the programs and maps; nothing is attached yet. In block mode the maps a previous daemon
     /// pinned are reused (its CONFIG is not written until `commit`), except indicator maps the lists
     /// outgrew: those are made anew, at the size wanted.
     pub fn load(opts: &LoadOptions<'_>) -> anyhow::Result<Kernel> {
         let mut loader = EbpfLoader::new();
+        let log_level = kernel_log_level();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
         // A map type this kernel lacks is left out instead of failing the whole object: the features probe
         // has already decided what can run without it, and the programs that use it stay unloaded.
         loader.allow_unsupported_maps();
@@ -287,6 +325,12 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(OBJECT).context("load the kernel programs' object (maps and BTF)")?;
+        let logger = match log_level {
+            0 => None,
+            _ => aya_log::EbpfLogger::init(&mut ebpf)
+                .map_err(|e| tracing::warn!("the kernel programs' log records cannot be read: {e}"))
+                .ok(),
+        };
         // A previous daemon's programs read the pinned CONFIG: it changes only at `commit`.
         if !adopting {
             let mut config: Array<_, Config> =
@@ -306,6 +350,7 @@ impl Kernel {
         }
         Ok(Kernel {
             ebpf,
+            logger,
             attachments: Vec::new(),
             links: Vec::new(),
             pinned: Vec::new(),
@@ -607,6 +652,11 @@ impl Kernel {
         let prog =
             self.ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
         prog.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    }
+
+    /// The reader of the kernel programs' log records, when `RUST_LOG` asks for them.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<aya::maps::MapData>> {

@@ -269,6 +269,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         applied.writes, applied.millis
     );
     let events = kernel.take_events()?;
+    let kernel_logger = kernel.take_logger();
     let socks = kernel.take_socks()?;
     let quic_deny = kernel.take_quic_deny()?;
     let deferred = kernel.take_deferred()?;
@@ -327,7 +328,11 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         notes: plan.notes,
         adopted,
     };
+    let logger = kernel_logger.map(|logger| runtime.spawn(kernel::forward_logs(logger)));
     let result = runtime.block_on(daemon.serve(events, listener));
+    if let Some(logger) = logger {
+        logger.abort();
+    }
     let _ = std::fs::remove_file(&args.control);
     result.map(|_| ExitCode::SUCCESS)
 }

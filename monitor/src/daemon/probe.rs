@@ -13,7 +13,7 @@ use aya::{
 
 use super::{
     features::Features,
-    kernel::{OBJECT, cgroup2_root},
+    kernel::{OBJECT, cgroup2_root, kernel_log_level},
 };
 
 /// Each program, its hook, and the oldest kernel it is written for.
@@ -43,7 +43,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
     println!("kernel\t{}", found.release);
     let mut lines: Vec<Line> =
         found.lines().into_iter().map(|(name, ok, what)| feature(name, ok, &what)).collect();
-    let mut ebpf = match EbpfLoader::new().load(OBJECT) {
+    // The object as the daemon loads it: its log records at the level RUST_LOG gives.
+    let log_level = kernel_log_level();
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &log_level, true);
+    let mut ebpf = match loader.load(OBJECT) {
         Ok(e) => e,
         Err(e) => {
             lines.push(Line { name: "maps".into(), result: Err(format!("{e:#}")) });
