@@ -1,5 +1,7 @@
 //! `bench`: the driver of `cargo xtask bench` (see [`bench::driver`]). Needs root.
 
+#![expect(unused_crate_dependencies, reason = "a binary of the package sees every dependency of its library")]
+
 use std::path::PathBuf;
 
 use clap::Parser as _;

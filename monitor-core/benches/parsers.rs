@@ -2,6 +2,8 @@
 //! clients sent (tests/data). `cargo xtask bench` runs these with a short measurement time and puts the
 //! figures in its table; `cargo bench -p monitor-core` runs them at criterion's defaults.
 
+#![expect(unused_crate_dependencies, reason = "a test target sees every dev-dependency of the package")]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};

@@ -2,6 +2,8 @@
 //! first bytes, indicators and verdicts, the event schema, and replay of packet captures.
 //! It builds on any OS; the Linux daemon in `monitor` feeds it what the kernel programs capture.
 
+#![cfg_attr(test, expect(unused_crate_dependencies, reason = "criterion is for the benches"))]
+
 pub mod event;
 pub mod extract;
 pub mod policy;

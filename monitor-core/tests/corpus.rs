@@ -5,6 +5,8 @@
 //! The corpus is found through `MONITOR_CORPUS`, or by looking for `shared/corpus` in the directories
 //! above this crate (the repository and `shared/` sit side by side, here and in CI).
 
+#![expect(unused_crate_dependencies, reason = "a test target sees every dev-dependency of the package")]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 #[path = "common/corpus_dir.rs"]

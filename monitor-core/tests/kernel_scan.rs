@@ -10,6 +10,8 @@
 //!
 //! `KERNEL_SCAN_SHOW=TEXT` prints every input whose expected difference's reason contains TEXT.
 
+#![expect(unused_crate_dependencies, reason = "a test target sees every dev-dependency of the package")]
+
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 #[path = "common/corpus_dir.rs"]

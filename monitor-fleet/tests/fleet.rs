@@ -2,6 +2,8 @@
 //! JetStream, the ingest and clickhouse-server (Debian's 18.16); and fleet hunting on a current ClickHouse
 //! (chdb's embedded 26.x) too.
 
+#![expect(unused_crate_dependencies, reason = "a test target sees every dev-dependency of the package")]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,8 @@
 //! `--clickhouse-tls-ca` reach it, a certificate no trusted CA vouches for is refused, and CA files that
 //! are not one are clear errors.
 
+#![expect(unused_crate_dependencies, reason = "a test target sees every dev-dependency of the package")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

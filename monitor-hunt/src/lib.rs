@@ -8,6 +8,8 @@
 //!   [`Store::devices`] sums them up by device.
 //! - [`cli`]: the `monitor hunt`, `monitor timeline` and `monitor devices` subcommands.
 
+#![cfg_attr(test, expect(unused_crate_dependencies, reason = "tempfile is for the integration tests"))]
+
 pub mod cli;
 pub mod devices;
 pub mod gaps;

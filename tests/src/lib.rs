@@ -12,6 +12,8 @@
 //! ```
 //! The proxies resolve the test names through /etc/netns/<router>/hosts.
 
+#![cfg_attr(test, expect(unused_crate_dependencies, reason = "the fleet crates are for the netns test"))]
+
 pub mod bed;
 pub mod lan;
 pub mod monitor;

@@ -2,6 +2,8 @@
 //! a thread of its own) in a process of its own, so that the bench reads the exporter's CPU time alone.
 //! Exports a store until an event is acknowledged and prints a [`bench::fleet::ExportReport`] as JSON.
 
+#![expect(unused_crate_dependencies, reason = "a binary of the package sees every dependency of its library")]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

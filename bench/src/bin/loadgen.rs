@@ -1,5 +1,7 @@
 //! `loadgen`: see [`bench::loadgen`]. Runs inside the client namespace and a watched cgroup.
 
+#![expect(unused_crate_dependencies, reason = "a binary of the package sees every dependency of its library")]
+
 use anyhow::Context as _;
 use clap::Parser as _;
 
