@@ -168,14 +168,36 @@ pub fn timespan_unit(unit: &str) -> Option<f64> {
     })
 }
 
-/// Parses a timespan literal such as `1d`, `2h`, `5m`, `30s`, `100ms` or `1.5h`.
-pub fn parse_timespan(text: &str) -> Option<i64> {
+/// Why a text is no timespan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimespanError {
+    #[error("not a number and a unit")]
+    NotATimespan,
+    #[error("unknown unit {0:?} (d, h, m, s, ms, ...)")]
+    UnknownUnit(String),
+    #[error("too long")]
+    TooLong,
+}
+
+/// Parses a timespan literal such as `1d`, `2h`, `5m`, `30s`, `100ms` or `1.5h` into microseconds: the one
+/// parser of durations, for KQL, the CLI's flags and the configuration alike.
+pub fn parse_timespan_checked(text: &str) -> Result<i64, TimespanError> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or(TimespanError::NotATimespan)?;
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let micros = (value * timespan_unit(unit)?).round();
-    (micros.is_finite() && micros.abs() < i64::MAX as f64).then_some(micros as i64)
+    let value: f64 = number.parse().map_err(|_| TimespanError::NotATimespan)?;
+    let unit = timespan_unit(unit).ok_or_else(|| TimespanError::UnknownUnit(unit.to_string()))?;
+    let micros = (value * unit).round();
+    if micros.is_finite() && micros.abs() < i64::MAX as f64 {
+        Ok(micros as i64)
+    } else {
+        Err(TimespanError::TooLong)
+    }
+}
+
+/// [`parse_timespan_checked`], without the reason.
+pub fn parse_timespan(text: &str) -> Option<i64> {
+    parse_timespan_checked(text).ok()
 }
 
 /// KQL's timespan text: `[-][d.]hh:mm:ss[.ffffff]`.

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use monitor_hunt::time::TimespanError;
 use serde::Deserialize;
 
 use crate::cli::{DEFAULT_CONTROL, Mode, RunArgs, Uninspectable};
@@ -76,24 +77,22 @@ pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel keeps the bound in milliseconds, in 32 bits; a day is already far beyond any use.
 const HOLD_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
-/// `30d`, `12h`, `15m`, `90s`, `500ms`.
+/// `30d`, `12h`, `15m`, `90s`, `500ms`, `1.5h` (KQL's timespans, [`monitor_hunt::time::parse_timespan_checked`]);
+/// a bare number is seconds.
 fn duration(key: &str, text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("{key}: {text:?} is not a duration like 30d, 12h, 15m, 500ms"))?;
-    let millis = match unit {
-        "d" => n.checked_mul(86_400_000),
-        "h" => n.checked_mul(3_600_000),
-        "m" => n.checked_mul(60_000),
-        "s" | "" => n.checked_mul(1_000),
-        "ms" => Some(n),
-        _ => bail!("{key}: unknown unit {unit:?} in {text:?} (d, h, m, s or ms)"),
+    let with_unit = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{text}s")
+    } else {
+        text.to_string()
     };
-    let millis = millis.with_context(|| format!("{key}: {text:?} is too long"))?;
-    Ok(Duration::from_millis(millis))
+    match monitor_hunt::time::parse_timespan_checked(&with_unit) {
+        Ok(micros) => Ok(Duration::from_micros(micros.unsigned_abs())),
+        Err(e @ (TimespanError::UnknownUnit(_) | TimespanError::TooLong)) => bail!("{key}: {text:?}: {e}"),
+        Err(TimespanError::NotATimespan) => {
+            bail!("{key}: {text:?} is not a duration like 30d, 12h, 15m, 90s, 500ms or 1.5h")
+        }
+    }
 }
 
 /// A duration given as a flag (which wins) or a configuration key, with the name it was given under,
@@ -308,6 +307,15 @@ export_replicas = 3
         assert_eq!(name, "x");
         let err = flag_or_key(("--x", None), ("x", Some("soon"))).expect_err("bad value").to_string();
         assert!(err.starts_with("x:"), "names the key: {err}");
-        assert!(duration("hold_timeout", "99999999999999999d").unwrap_err().to_string().contains("too long"));
+        assert!(
+            duration("hold_timeout", "99999999999999999999999d")
+                .unwrap_err()
+                .to_string()
+                .contains("too long")
+        );
+        assert_eq!(duration("k", "90").expect("a bare number"), Duration::from_secs(90), "seconds");
+        assert_eq!(duration("k", "1.5h").expect("1.5h"), Duration::from_secs(5400));
+        let err = duration("k", "2 fortnights").unwrap_err().to_string();
+        assert!(err.contains("unknown unit") && err.starts_with("k:"), "{err}");
     }
 }
