@@ -137,28 +137,16 @@ impl DeviceEvent {
     }
 }
 
-/// RFC 3339 UTC timestamp with microseconds from a UNIX time in nanoseconds.
+/// RFC 3339 UTC timestamp with microseconds (the nanoseconds cut off) from a UNIX time in nanoseconds.
 pub fn rfc3339_utc(unix_nanos: u128) -> String {
-    let secs = (unix_nanos / 1_000_000_000) as i64;
-    let micros = ((unix_nanos % 1_000_000_000) / 1_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    const PRINTER: jiff::fmt::temporal::DateTimePrinter =
+        jiff::fmt::temporal::DateTimePrinter::new().precision(Some(6));
+    let micros = i64::try_from(unix_nanos / 1_000).unwrap_or(i64::MAX);
+    let ts = jiff::Timestamp::from_microsecond(micros).unwrap_or(jiff::Timestamp::MAX);
+    let mut out = String::with_capacity(27);
+    // Printing into a String cannot fail.
+    let _ = PRINTER.print_timestamp(&ts, &mut out);
+    out
 }
 
 #[cfg(test)]

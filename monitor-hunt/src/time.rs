@@ -6,6 +6,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jiff::Timestamp;
+use jiff::civil::{Date, Time};
+use jiff::fmt::temporal::DateTimePrinter;
+use jiff::tz::TimeZone;
+
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 pub const MICROS_PER_MINUTE: i64 = 60 * MICROS_PER_SECOND;
 pub const MICROS_PER_HOUR: i64 = 60 * MICROS_PER_MINUTE;
@@ -19,14 +24,21 @@ pub fn now_micros() -> i64 {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the form events and the store use.
+/// Prints timestamps in the store's form: UTC, always six fraction digits.
+const PRINTER: DateTimePrinter = DateTimePrinter::new().precision(Some(6));
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the form events and the store use. Times past jiff's range (about years
+/// -9999 to 9999) print as its first or last instant.
 pub fn format_datetime(micros: i64) -> String {
-    let secs = micros.div_euclid(MICROS_PER_SECOND);
-    let frac = micros.rem_euclid(MICROS_PER_SECOND);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    let ts = Timestamp::from_microsecond(micros).unwrap_or(if micros < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    });
+    let mut out = String::with_capacity(27);
+    // Printing into a String cannot fail.
+    let _ = PRINTER.print_timestamp(&ts, &mut out);
+    out
 }
 
 /// Parses `YYYY-MM-DD`, optionally followed by `T` or a space, `HH:MM`, `:SS`, a fraction of up to nine
@@ -39,10 +51,10 @@ pub fn parse_datetime(text: &str) -> Option<i64> {
     let month = digits(s, &mut pos, 2)?;
     expect(s, &mut pos, b'-')?;
     let day = digits(s, &mut pos, 2)?;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    let mut micros = days_from_civil(year, month, day) * MICROS_PER_DAY;
+    // Checks the day exists (29 February only in leap years).
+    let date =
+        Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, i8::try_from(day).ok()?).ok()?;
+    let mut micros = TimeZone::UTC.to_timestamp(date.to_datetime(Time::midnight())).ok()?.as_microsecond();
     if pos < s.len() && matches!(s[pos], b'T' | b't' | b' ') {
         pos += 1;
         let hour = digits(s, &mut pos, 2)?;
@@ -113,44 +125,6 @@ fn digits(s: &[u8], pos: &mut usize, n: usize) -> Option<i64> {
 
 fn expect(s: &[u8], pos: &mut usize, byte: u8) -> Option<()> {
     (s.get(*pos) == Some(&byte)).then(|| *pos += 1)
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// (year, month, day) to days since 1970-01-01, proleptic Gregorian (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Days since 1970-01-01 to (year, month, day).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Microseconds in one of KQL's timespan units (`d`, `h`, `m`, `s`, `ms`, `microsecond`, `tick`, and
@@ -235,6 +209,11 @@ mod tests {
         assert_eq!(parse_datetime("1970-01-01T00:00:00.5"), Some(500_000));
         assert_eq!(parse_datetime("1970-01-01T00:00:00.123456789Z"), Some(123_456));
         assert_eq!(format_datetime(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(format_datetime(i64::MAX), "9999-12-30T22:00:00.999999Z", "past the range: its end");
+        assert_eq!(
+            parse_datetime("0001-01-01").map(format_datetime).as_deref(),
+            Some("0001-01-01T00:00:00.000000Z")
+        );
         assert_eq!(
             parse_datetime("2024-02-29T12:34:56.789012Z").map(format_datetime).as_deref(),
             Some("2024-02-29T12:34:56.789012Z")
