@@ -146,13 +146,6 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-fn contains(net: &IpAddr, prefix: u8, addr: &IpAddr) -> bool {
-    match (net, addr) {
-        (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => mask(*addr, prefix) == *net,
-        _ => false,
-    }
-}
-
 /// Parse an indicator list. A bad line fails the whole file with its path and line number.
 pub fn parse_list(path: &Path, text: &str) -> Result<Vec<Indicator>, IndicatorError> {
     let mut out = Vec::new();
@@ -192,6 +185,10 @@ pub enum Decision {
 pub struct IndicatorSet {
     domains: HashMap<Arc<str>, ListBits>,
     nets: BTreeMap<(IpAddr, u8), ListBits>,
+    /// The prefix table: how many ranges of each length there are, per family. Judging an address looks
+    /// its masked forms up once per length present (at most 33 or 129 lookups), not every range.
+    lengths_v4: BTreeMap<u8, usize>,
+    lengths_v6: BTreeMap<u8, usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -215,7 +212,12 @@ impl IndicatorSet {
     pub fn insert(&mut self, kind: ListKind, indicator: Indicator) {
         let bits = match indicator {
             Indicator::Domain(d) => self.domains.entry(d).or_default(),
-            Indicator::Net { addr, prefix } => self.nets.entry((addr, prefix)).or_default(),
+            Indicator::Net { addr, prefix } => {
+                if !self.nets.contains_key(&(addr, prefix)) {
+                    *self.lengths_mut(&addr).entry(prefix).or_default() += 1;
+                }
+                self.nets.entry((addr, prefix)).or_default()
+            }
         };
         match kind {
             ListKind::Allow => bits.allow = true,
@@ -242,6 +244,13 @@ impl IndicatorSet {
                 }
                 Indicator::Net { addr, prefix } => {
                     self.nets.remove(&(*addr, *prefix));
+                    let lengths = self.lengths_mut(addr);
+                    if let Some(n) = lengths.get_mut(prefix) {
+                        *n -= 1;
+                        if *n == 0 {
+                            lengths.remove(prefix);
+                        }
+                    }
                 }
             }
         }
@@ -315,21 +324,37 @@ impl IndicatorSet {
         blocked.map(Decision::Blocked).unwrap_or(Decision::NoMatch)
     }
 
+    fn lengths_mut(&mut self, addr: &IpAddr) -> &mut BTreeMap<u8, usize> {
+        if addr.is_ipv4() { &mut self.lengths_v4 } else { &mut self.lengths_v6 }
+    }
+
+    /// The ranges holding `addr` whose prefix is at most `max_prefix`, longest first.
+    fn ranges_holding(
+        &self,
+        addr: IpAddr,
+        max_prefix: u8,
+    ) -> impl Iterator<Item = (IpAddr, u8, ListBits)> + '_ {
+        let lengths = if addr.is_ipv4() { &self.lengths_v4 } else { &self.lengths_v6 };
+        lengths.range(..=max_prefix).rev().filter_map(move |(&prefix, _)| {
+            let net = mask(addr, prefix);
+            self.nets.get(&(net, prefix)).map(|bits| (net, prefix, *bits))
+        })
+    }
+
+    /// The decision for an address: an allow range holding it wins over any block range; the range
+    /// named is the longest of its kind.
     pub fn judge_addr(&self, addr: &IpAddr) -> Decision {
         let addr = match addr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*addr),
             _ => *addr,
         };
         let mut blocked: Option<Indicator> = None;
-        for ((net, prefix), bits) in &self.nets {
-            if !contains(net, *prefix, &addr) {
-                continue;
-            }
-            let indicator = Indicator::Net { addr: *net, prefix: *prefix };
+        for (net, prefix, bits) in self.ranges_holding(addr, u8::MAX) {
+            let indicator = Indicator::Net { addr: net, prefix };
             if bits.allow {
                 return Decision::Allowed(indicator);
             }
-            if bits.block {
+            if bits.block && blocked.is_none() {
                 blocked = Some(indicator);
             }
         }
@@ -340,11 +365,10 @@ impl IndicatorSet {
     /// over a longer block prefix inside an allowed range, every block prefix covered by an allow
     /// prefix is stored as allow.
     pub fn kernel_nets(&self) -> Vec<(IpAddr, u8, ListBits)> {
-        let allows: Vec<(IpAddr, u8)> = self.nets.iter().filter(|(_, b)| b.allow).map(|(k, _)| *k).collect();
         self.nets
             .iter()
             .map(|((addr, prefix), bits)| {
-                let covered = allows.iter().any(|(a, p)| p <= prefix && contains(a, *p, addr));
+                let covered = self.ranges_holding(*addr, *prefix).any(|(_, _, b)| b.allow);
                 let bits = if covered { ListBits { allow: true, block: bits.block } } else { *bits };
                 (*addr, *prefix, bits)
             })
@@ -453,6 +477,31 @@ mod tests {
         assert_eq!(s.judge_host("192.0.2.8"), Decision::NoMatch);
         assert!(matches!(s.judge_host("[2001:db8::1]"), Decision::Blocked(_)));
         assert!(matches!(s.judge_addr(&"::ffff:10.9.9.9".parse().unwrap()), Decision::Blocked(_)));
+    }
+
+    #[test]
+    fn the_longest_range_is_named_and_removed_ranges_stop_matching() {
+        let mut s = set(&[], &["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "2001:db8::/32"]);
+        let judged = |s: &IndicatorSet, a: &str| s.judge_addr(&a.parse().expect("an address"));
+        let net = |a: &str, prefix| Indicator::Net { addr: a.parse().expect("an address"), prefix };
+        assert_eq!(judged(&s, "10.1.2.3"), Decision::Blocked(net("10.1.2.0", 24)));
+        assert_eq!(judged(&s, "10.1.9.9"), Decision::Blocked(net("10.1.0.0", 16)));
+        assert!(s.remove(ListKind::Block, &net("10.1.2.0", 24)));
+        assert_eq!(judged(&s, "10.1.2.3"), Decision::Blocked(net("10.1.0.0", 16)));
+        assert!(
+            s.remove(ListKind::Block, &net("10.1.0.0", 16)) && s.remove(ListKind::Block, &net("10.0.0.0", 8))
+        );
+        assert_eq!(judged(&s, "10.1.2.3"), Decision::NoMatch);
+        assert_eq!(s.lengths_v4.len(), 0, "no length left without a range");
+        assert_eq!(judged(&s, "2001:db8:1::1"), Decision::Blocked(net("2001:db8::", 32)));
+        // Many ranges of one length: looked up, not scanned, and still exact.
+        for i in 0..=255u8 {
+            s.insert(ListKind::Block, net(&format!("172.16.{i}.0"), 24));
+        }
+        assert_eq!(judged(&s, "172.16.200.1"), Decision::Blocked(net("172.16.200.0", 24)));
+        assert_eq!(judged(&s, "172.17.0.1"), Decision::NoMatch);
+        s.insert(ListKind::Allow, net("172.16.0.0", 12));
+        assert_eq!(judged(&s, "172.16.200.1"), Decision::Allowed(net("172.16.0.0", 12)), "allow wins");
     }
 
     #[test]
