@@ -14,12 +14,12 @@ use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
 use serde_json::{Map, Value as Json};
 
 use crate::FleetError;
-use crate::clickhouse::{ClickHouse, FleetSql as _, TIMESTAMP_MICROS};
+use crate::clickhouse::{FleetSql, TIMESTAMP_MICROS};
 use crate::hunt::{connect, table_splits};
 
 /// Both tables' rows, deduplicated, as one relation with `columns`; `filter` is a condition (or empty).
 /// Each table is read in the DeviceId ranges `splits` gives it, side by side.
-fn both_tables(clickhouse: &ClickHouse, columns: &str, filter: &str, splits: &TableSplits) -> String {
+fn both_tables(clickhouse: &impl FleetSql, columns: &str, filter: &str, splits: &TableSplits) -> String {
     let mut reads = Vec::new();
     for table in TABLES {
         for range in range_conditions(splits.boundaries(table)) {
@@ -41,12 +41,15 @@ fn both_tables(clickhouse: &ClickHouse, columns: &str, filter: &str, splits: &Ta
 }
 
 /// Every device in the fleet store, by name then id; large tables read in ranges side by side.
-pub fn devices(clickhouse: &ClickHouse) -> Result<Vec<DeviceSummary>, FleetError> {
+pub fn devices(clickhouse: &impl FleetSql) -> Result<Vec<DeviceSummary>, FleetError> {
     devices_in(clickhouse, &table_splits(clickhouse))
 }
 
 /// [`devices`], each table read in the DeviceId ranges `splits` gives it.
-pub fn devices_in(clickhouse: &ClickHouse, splits: &TableSplits) -> Result<Vec<DeviceSummary>, FleetError> {
+pub fn devices_in(
+    clickhouse: &impl FleetSql,
+    splits: &TableSplits,
+) -> Result<Vec<DeviceSummary>, FleetError> {
     let columns = format!(
         "ifNull(DeviceName, '') AS Name, DeviceId AS Id, {TIMESTAMP_MICROS} AS Micros, Seq AS N, \
          ifNull(ActionType, '') AS Action"
@@ -84,7 +87,7 @@ pub fn devices_in(clickhouse: &ClickHouse, splits: &TableSplits) -> Result<Vec<D
 /// The timeline of the device named `device`, newest first, as the local store gives it. `now`
 /// (microseconds since the epoch) anchors `since`.
 pub fn timeline(
-    clickhouse: &ClickHouse,
+    clickhouse: &impl FleetSql,
     device: &str,
     filter: &TimelineFilter,
     now: i64,
