@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 use serde_json::{Value as Json, json};
 
 use crate::schema::TABLES;
-use crate::store::{STATE_EXPORT_CURSOR, get_state};
+use crate::state::{STATE_EXPORT_CURSOR, STATE_EXPORT_ENABLED, get_state};
 use crate::time::{format_datetime, now_micros};
 
 /// The ActionType of the row a gap is exported as.
@@ -20,9 +20,6 @@ pub const EXPORT_GAP: &str = "MonitorExportGap";
 /// them may be on its way already, and a gap must stand only for events that were never published, so that
 /// its row can take one of their Seqs.
 pub const EXPORT_WINDOW: usize = 2_000;
-
-/// Set (to 1) in `MonitorState` once an exporter has used the store: from then on, retention counts gaps.
-pub(crate) const STATE_EXPORT_ENABLED: &str = "ExportEnabled";
 
 pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS MonitorExportGaps (LastSeq INTEGER PRIMARY KEY, \
      FirstSeq INTEGER NOT NULL, Events INTEGER NOT NULL, Timestamp TEXT NOT NULL, DeviceId TEXT, DeviceName TEXT);";

@@ -16,6 +16,7 @@ pub mod gaps;
 pub mod kql;
 mod output;
 pub mod schema;
+mod state;
 mod store;
 pub mod time;
 pub mod timeline;

@@ -22,6 +22,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
 use crate::schema::{self, COLUMNS, Cell, TABLES};
+use crate::state::{STATE_EXPORT_CURSOR, STATE_EXPORT_ENABLED, STATE_SEQ_RESERVED, get_state, set_state};
 use crate::time::{format_datetime, now_micros};
 
 /// Events waiting for the writer thread; past this `send` drops and counts.
@@ -38,8 +39,6 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// Seq numbers are reserved on disk this many at a time, ahead of the events that use them, so that a
 /// daemon that crashes before its last events were committed never hands their Seq out again.
 pub const SEQ_BLOCK: u64 = 1_000_000;
-const STATE_SEQ_RESERVED: &str = "SeqReserved";
-pub(crate) const STATE_EXPORT_CURSOR: &str = "ExportCursor";
 /// Size enforcement deletes down to this share of `max_bytes`, so that it does not run at every check.
 const SIZE_LOW_WATER: f64 = 0.9;
 
@@ -417,23 +416,6 @@ fn insert_batch(
     Ok(())
 }
 
-pub(crate) fn get_state(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
-    use rusqlite::OptionalExtension as _;
-    let value: Option<i64> = conn
-        .query_row("SELECT Value FROM MonitorState WHERE Key = ?1", [key], |row| row.get(0))
-        .optional()?;
-    Ok(value.map(|v| u64::try_from(v).unwrap_or(0)))
-}
-
-fn set_state(conn: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO MonitorState (Key, Value) VALUES (?1, ?2) \
-         ON CONFLICT (Key) DO UPDATE SET Value = excluded.Value",
-        rusqlite::params![key, i64::try_from(value).unwrap_or(i64::MAX)],
-    )?;
-    Ok(())
-}
-
 /// The highest Seq in either table (0 in an empty store).
 fn max_stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let max: Option<i64> = conn.query_row(
@@ -743,14 +725,14 @@ impl Spool {
     /// Marks the store as exported from: from now on retention counts the events it deletes before they
     /// were exported as gaps ([`crate::gaps`]).
     pub fn enable_export(&self) -> Result<(), StoreError> {
-        set_state(&self.conn, crate::gaps::STATE_EXPORT_ENABLED, 1).map_err(self.sqlite("mark the export"))
+        set_state(&self.conn, STATE_EXPORT_ENABLED, 1).map_err(self.sqlite("mark the export"))
     }
 
     /// Marks the store as not exported from (a daemon without `--export`): retention deletes by its bounds
     /// alone again. The gaps recorded so far stay, and go out if the export comes back.
     pub fn disable_export(&self) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM MonitorState WHERE Key = ?1", [crate::gaps::STATE_EXPORT_ENABLED])
+            .execute("DELETE FROM MonitorState WHERE Key = ?1", [STATE_EXPORT_ENABLED])
             .map(|_| ())
             .map_err(self.sqlite("unmark the export"))
     }

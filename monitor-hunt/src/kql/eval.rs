@@ -7,7 +7,7 @@ use regex::Regex;
 use serde_json::Value as Json;
 
 use super::ast::{BinaryOp, StringOp};
-use super::compile::{CExpr, Func, RegexArg};
+use super::plan::{CExpr, Func, RegexArg};
 use super::value::{Value, compare, equals};
 use crate::time::parse_datetime;
 

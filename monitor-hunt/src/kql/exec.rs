@@ -9,8 +9,8 @@ use serde_json::Value as Json;
 
 use super::HuntError;
 use super::ast::JoinKind;
-use super::compile::{Aggregate, CExpr, CSortKey, Op, Plan, PlanSource};
 use super::eval::eval;
+use super::plan::{Aggregate, CExpr, CSortKey, Op, Plan, PlanSource};
 use super::value::{Value, compare, sort_order};
 use crate::schema::{COLUMNS, Cell, ColumnType};
 use crate::time::parse_datetime;

@@ -13,7 +13,9 @@ mod error;
 mod eval;
 mod exec;
 mod lexer;
+mod optimize;
 mod parser;
+mod plan;
 pub mod sql;
 mod value;
 
