@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::fleet::{EXPORT_GOAL, FleetResult, INGEST_GOAL, QUERY_GOAL_MS, QueryRun};
-use crate::report::Goal;
+use crate::markdown::{Goal, table};
 
 /// Every fleet goal's text starts so: a run of the fleet part alone replaces these in an earlier run's
 /// results and keeps the others.
@@ -132,7 +132,7 @@ pub fn markdown(f: &FleetResult, out: &mut String) {
             "≥ 100,000/s".into(),
         ],
     ];
-    crate::report::table(out, STEP_COLUMNS, &rows);
+    table(out, STEP_COLUMNS, &rows);
     let _ = writeln!(
         out,
         "Stream messages after the export: {}, after the drain: {} (exporter errors: {} and {}; the drain's are \
@@ -169,7 +169,7 @@ pub fn markdown(f: &FleetResult, out: &mut String) {
             ]
         })
         .collect();
-    crate::report::table(out, QUERY_COLUMNS, &rows);
+    table(out, QUERY_COLUMNS, &rows);
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod fleet_report;
 pub mod kernel;
 pub mod loadgen;
+pub mod markdown;
 pub mod micro;
 pub mod procfs;
 pub mod report;

@@ -4,6 +4,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::markdown::Goal;
+use crate::markdown::table;
 use crate::{
     extraction::ExtractionResult,
     fleet::FleetResult,
@@ -199,13 +201,6 @@ pub struct GatewayResult {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Goal {
-    pub goal: String,
-    pub measured: String,
-    pub met: Option<bool>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Results {
     pub machine: Machine,
     pub settings: Settings,
@@ -242,17 +237,6 @@ fn ratio_cell(ratio: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
         (Some(r), _, _) => format!("{r:.3}"),
         _ => "–".into(),
     }
-}
-
-pub fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
-    let _ = writeln!(out, "| {} |", headers.join(" | "));
-    let _ = writeln!(out, "|{}|", headers.iter().map(|_| "---").collect::<Vec<_>>().join("|"));
-    for row in rows {
-        // A `|` in a cell (a KQL pipe) would end it.
-        let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-    }
-    out.push('\n');
 }
 
 /// The programs in a fixed order: connect, sock_ops, sk_msg, tc.
