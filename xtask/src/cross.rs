@@ -11,8 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 
+use crate::debian::install_debian_packages;
+use crate::elf::{EM_AARCH64, EM_BPF, Endian, expect_elf};
 use crate::{cargo, exec, output, path_with_tools, root, step, tools};
 
 /// A Linux target the daemon cross-builds for, with Debian's cross compiler. rusqlite's bundled SQLite
@@ -51,66 +53,12 @@ const KERNEL_CHECK_TIMEOUT: Duration = Duration::from_secs(300);
 /// The crates that must build on every OS: the daemon binary keeps replay, hunt and timeline there.
 const PORTABLE_PACKAGES: &[&str] = &["monitor-core", "monitor-hunt", "monitor"];
 
-pub const EM_X86_64: u16 = 62;
-const EM_AARCH64: u16 = 183;
-const EM_BPF: u16 = 247;
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Endian {
-    Little,
-    Big,
-}
-
-impl Endian {
-    fn bpf_target(self) -> &'static str {
-        match self {
-            Endian::Little => "bpfel-unknown-none",
-            Endian::Big => "bpfeb-unknown-none",
-        }
-    }
-
-    /// The `bpf_target_arch` aya-build passes: the daemon's architecture. A bpfeb object is what a
-    /// big-endian daemon (s390x) embeds.
-    fn daemon_arch(self) -> &'static str {
-        match self {
-            Endian::Little => "x86_64",
-            Endian::Big => "s390x",
-        }
-    }
-}
-
 /// Run `what`, then say how long it took.
 fn timed(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let start = Instant::now();
     f().with_context(|| what.to_string())?;
     step(&format!("{what}: done in {:.0} s", start.elapsed().as_secs_f64()));
     Ok(())
-}
-
-/// Install the Debian packages that are missing.
-pub fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", p])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-                .unwrap_or(false)
-        })
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
-    exec(Command::new("apt-get").args(["update", "-qq"]))?;
-    exec(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
 }
 
 fn rustup_target_add(triple: &str) -> anyhow::Result<()> {
@@ -141,32 +89,6 @@ fn cargo_for_linux(target: &LinuxTarget) -> anyhow::Result<Command> {
     cmd.env(format!("CARGO_TARGET_{upper}_LINKER"), target.gcc)
         .env(format!("CC_{}", target.triple.replace('-', "_")), target.gcc);
     Ok(cmd)
-}
-
-/// The ELF header's byte order and e_machine.
-fn elf_machine(path: &Path) -> anyhow::Result<(Endian, u16)> {
-    let bytes = fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    let header = bytes.get(..20).filter(|h| h.starts_with(b"\x7fELF"));
-    let header = header.with_context(|| format!("{} is not an ELF file", path.display()))?;
-    let machine = [header[18], header[19]];
-    match header[5] {
-        1 => Ok((Endian::Little, u16::from_le_bytes(machine))),
-        2 => Ok((Endian::Big, u16::from_be_bytes(machine))),
-        other => bail!("{}: unknown ELF byte order {other}", path.display()),
-    }
-}
-
-pub fn expect_elf(path: &Path, endian: Endian, machine: u16) -> anyhow::Result<()> {
-    let found = elf_machine(path)?;
-    if found != (endian, machine) {
-        bail!(
-            "{} is a {:?}-endian ELF for machine {}, expected {endian:?}-endian for machine {machine}",
-            path.display(),
-            found.0,
-            found.1
-        );
-    }
-    Ok(())
 }
 
 /// `cargo xtask build --target T`: the daemon for another Linux architecture, with its kernel programs.

@@ -18,7 +18,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cross::{EM_X86_64, Endian, expect_elf, install_debian_packages},
+    debian::install_debian_packages,
+    elf::{EM_X86_64, Endian, expect_elf},
     exec, output, root, step,
 };
 

@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cross;
+mod debian;
+mod elf;
 mod kernel_check;
 mod programs;
 
@@ -185,7 +187,7 @@ fn setup_test_peers() -> anyhow::Result<()> {
             missing.iter().map(|(p, pkg)| format!("{p} (Debian package {pkg})")).collect();
         bail!("the tests expect these in the base image, and they are not on PATH: {}", named.join(", "));
     }
-    cross::install_debian_packages(&programs::test_packages())
+    debian::install_debian_packages(&programs::test_packages())
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` (CI): enough to catch regressions on the seeds.
