@@ -1,6 +1,7 @@
-//! Command-line interface. The `run` flags are a contract scripts rely on; keep them stable.
+//! The command line's types (what `main` dispatches). The `run` flags are a contract scripts rely on; keep
+//! them stable.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -208,65 +209,4 @@ pub enum IndicatorOp {
 pub enum ListArg {
     Allow,
     Block,
-}
-
-pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Replay(args) => crate::replay::run(&args),
-        #[cfg(target_os = "linux")]
-        Command::Hunt(args) if args.read.fleet.url.is_some() => {
-            monitor_fleet::hunt::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
-        }
-        #[cfg(target_os = "linux")]
-        Command::Timeline(args) if args.fleet.url.is_some() => {
-            monitor_fleet::views::timeline_cli(&args, &mut std::io::stdout().lock())
-                .map(|_| ExitCode::SUCCESS)
-        }
-        #[cfg(target_os = "linux")]
-        Command::Devices(args) if args.fleet.url.is_some() => {
-            monitor_fleet::views::devices_cli(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
-        }
-        #[cfg(not(target_os = "linux"))]
-        Command::Hunt(monitor_hunt::cli::HuntArgs {
-            read: monitor_hunt::cli::ReadArgs { fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. }, .. },
-            ..
-        })
-        | Command::Timeline(monitor_hunt::cli::TimelineArgs {
-            fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. },
-            ..
-        })
-        | Command::Devices(monitor_hunt::cli::DevicesArgs {
-            fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. },
-            ..
-        }) => anyhow::bail!("--fleet runs on Linux only for now"),
-        Command::Hunt(args) => {
-            monitor_hunt::cli::hunt(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
-        }
-        Command::Timeline(args) => {
-            monitor_hunt::cli::timeline(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
-        }
-        Command::Devices(args) => {
-            monitor_hunt::cli::devices(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
-        }
-        #[cfg(target_os = "linux")]
-        Command::Ingest(args) => monitor_fleet::cli::ingest(&args).map(|()| ExitCode::SUCCESS),
-        #[cfg(target_os = "linux")]
-        Command::Run(args) => crate::daemon::run(*args),
-        #[cfg(target_os = "linux")]
-        Command::Indicators(args) => crate::daemon::control::indicators(args),
-        #[cfg(target_os = "linux")]
-        Command::Status(args) => crate::daemon::control::status(args),
-        #[cfg(target_os = "linux")]
-        Command::Probe => crate::daemon::probe::run(),
-        #[cfg(target_os = "linux")]
-        Command::Detach(args) => crate::daemon::detach(args),
-        #[cfg(not(target_os = "linux"))]
-        Command::Run(_)
-        | Command::Indicators(_)
-        | Command::Status(_)
-        | Command::Probe
-        | Command::Detach(_) => {
-            anyhow::bail!("the daemon runs on Linux only; replay, hunt and timeline work here")
-        }
-    }
 }
