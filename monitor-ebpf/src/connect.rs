@@ -18,7 +18,7 @@ use monitor_common::{
 use crate::{
     maps::{EVENTS, config, count_drop},
     policy::{ipv4_bits, ipv6_bits, verdict},
-    send::header,
+    records::header,
 };
 
 const SOCK_STREAM: u32 = 1;

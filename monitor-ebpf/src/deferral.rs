@@ -19,7 +19,7 @@ use monitor_common::{
 use crate::{
     maps::{EVENTS, count_drop},
     parse::{WINDOW, bounded_loop},
-    send::{header, submit_payload},
+    records::{header, submit_payload},
 };
 
 #[inline(always)]

@@ -27,7 +27,7 @@ use crate::{
     deferral::report_defer,
     maps::{EVENTS, config, count_drop, flow_state, resolve_deferred},
     parse::bounded_loop,
-    send::header,
+    records::header,
 };
 
 const IPPROTO_TCP: u8 = 6;

@@ -23,6 +23,7 @@ mod maps;
 mod parse;
 mod policy;
 mod quic;
+mod records;
 mod reply;
 mod send;
 mod sockops;

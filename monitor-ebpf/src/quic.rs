@@ -15,7 +15,7 @@ use monitor_common::{
 
 use crate::{
     maps::{EVENTS, QUIC_DENY, config, count_drop, flow_state, wakeup},
-    send::header,
+    records::header,
 };
 
 const IPPROTO_UDP: u8 = 17;

@@ -11,7 +11,7 @@ use monitor_common::{
 
 use crate::{
     maps::{EVENTS, count_drop, flow_state, wakeup},
-    send::header,
+    records::header,
 };
 
 const IPPROTO_TCP: u8 = 6;

@@ -7,10 +7,7 @@
 //! which the connection is uninspectable and `--uninspectable` decides.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_RB_FORCE_WAKEUP,
-        sk_action::{SK_DROP, SK_PASS},
-    },
+    bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::generated::{
         bpf_ktime_get_ns, bpf_msg_apply_bytes, bpf_msg_cork_bytes, bpf_msg_pull_data, bpf_probe_read_kernel,
     },
@@ -20,9 +17,9 @@ use aya_ebpf::{
 use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, MODE_OFF, UNINSPECTABLE_BLOCK},
     record::{
-        DEFER_LARGE_HELLO, FlowState, HoldRecord, KIND_HOLD, KIND_PAYLOAD, KIND_VERDICT, NAME_MAX,
-        PAYLOAD_CHUNK, PHASE_BLOCKED, PHASE_CAPTURE, PHASE_DONE, PHASE_EGRESS, PHASE_FIRST, PHASE_HTTP,
-        PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, RecordHeader, VerdictRecord,
+        DEFER_LARGE_HELLO, FlowState, HoldRecord, KIND_HOLD, KIND_VERDICT, NAME_MAX, PHASE_BLOCKED,
+        PHASE_CAPTURE, PHASE_DONE, PHASE_EGRESS, PHASE_FIRST, PHASE_HTTP, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL,
+        VerdictRecord,
     },
     verdict::{
         DROP_PULL_FAILED, DROP_RINGBUF_FULL, SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED,
@@ -40,6 +37,7 @@ use crate::{
         WINDOW, head_framing, scan_http, scan_socks, scan_tls_message,
     },
     policy::{domain_bits, ipv4_bits, verdict},
+    records::{header, submit_payload},
 };
 
 #[sk_msg]
@@ -300,48 +298,6 @@ fn capture(state: &mut FlowState, data: *const u8, size: u32, window: u32) {
     submit_payload(state.cookie, base, data, window, CAPTURE_LIMIT, false);
 }
 
-/// Copy `len` bytes at `data` (at most one window) to the ring as payload records at stream offset `base`,
-/// none at or past stream offset `limit`. `force_wake` wakes the reader at once (someone waits on it).
-/// False when the ring is full.
-#[inline(always)]
-pub fn submit_payload(
-    cookie: u64,
-    base: u32,
-    data: *const u8,
-    len: u32,
-    limit: u32,
-    force_wake: bool,
-) -> bool {
-    let mut off = 0u32;
-    for _ in 0..(WINDOW / PAYLOAD_CHUNK as u32) {
-        if off >= len || base + off >= limit {
-            break;
-        }
-        let remaining = len - off;
-        let n = if remaining < PAYLOAD_CHUNK as u32 { remaining } else { PAYLOAD_CHUNK as u32 };
-        // The 6.1 verifier walks a path of the unrolled loop that cannot happen, where `n` looks negative;
-        // a bound on an opaque copy holds on every path.
-        let n = core::hint::black_box(n);
-        if n > PAYLOAD_CHUNK as u32 {
-            break;
-        }
-        let Some(mut entry) = EVENTS.reserve::<PayloadRecord>(0) else {
-            count_drop(DROP_RINGBUF_FULL);
-            return false;
-        };
-        let rec = entry.as_mut_ptr();
-        unsafe {
-            (*rec).header = header(KIND_PAYLOAD, cookie);
-            (*rec).offset = base + off;
-            (*rec).len = n;
-            bpf_probe_read_kernel((*rec).data.as_mut_ptr().cast(), n, data.add(off as usize).cast());
-        }
-        entry.submit(if force_wake { BPF_RB_FORCE_WAKEUP as u64 } else { wakeup() });
-        off += PAYLOAD_CHUNK as u32;
-    }
-    true
-}
-
 #[inline(always)]
 fn report_verdict(state: &FlowState, scratch: &Scratch, outcome: u32, source: u32, start: u32, len: u32) {
     let Some(mut entry) = EVENTS.reserve::<VerdictRecord>(0) else {
@@ -373,9 +329,4 @@ fn report_hold(state: &FlowState, held: u32, need: u32) {
     };
     entry.write(HoldRecord { header: header(KIND_HOLD, state.cookie), held, need });
     entry.submit(wakeup());
-}
-
-#[inline(always)]
-pub fn header(kind: u32, cookie: u64) -> RecordHeader {
-    RecordHeader { kind, _pad: 0, cookie, ktime_ns: unsafe { bpf_ktime_get_ns() } }
 }

@@ -20,7 +20,7 @@ use monitor_common::{
 
 use crate::{
     maps::{EVENTS, SOCKS, config, count_drop, flow_state, wakeup},
-    send::header,
+    records::header,
 };
 
 const TCP_SYN_SENT: u32 = 2;

@@ -39,7 +39,7 @@ use crate::{
         scan_client_hello, scan_http, scan_socks,
     },
     policy::{domain_bits, ipv4_bits, ipv6_bits, verdict},
-    send::header,
+    records::header,
 };
 
 const ETH_HLEN: usize = 14;
