@@ -15,6 +15,9 @@ mod process;
 mod records;
 mod settings;
 mod sink;
+mod status;
+
+use status::Status;
 
 use std::{
     path::PathBuf,
@@ -372,12 +375,14 @@ impl Daemon {
         let mut ring = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
             .map_err(|e| anyhow::anyhow!("watch the ring buffer: {e}"))?;
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+        // The metrics endpoint asks for the status on a channel of its own: it is no control client.
+        let (status_tx, mut status_requests) = mpsc::channel::<tokio::sync::oneshot::Sender<Status>>(16);
         if let Some(addr) = self.args.metrics {
             let metrics = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listen for metrics on {addr}"))?;
             info!("metrics on http://{addr}/metrics");
-            tokio::spawn(metrics::serve(metrics, calls_tx.clone()));
+            tokio::spawn(metrics::serve(metrics, status_tx));
         }
         tokio::spawn(control::serve(listener, calls_tx));
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -392,6 +397,9 @@ impl Daemon {
                     let mut guard = guard.context("wait on the ring buffer")?;
                     self.drain_ring(guard.get_inner_mut());
                     guard.clear_ready();
+                }
+                Some(reply) = status_requests.recv() => {
+                    let _ = reply.send(self.status());
                 }
                 Some(call) = calls.recv() => match call.request {
                     Request::Add { list, values } if call.peer_uid == 0 => self.change(&list, &values, true, call.reply),
@@ -685,39 +693,45 @@ impl Daemon {
         });
     }
 
-    fn status(&self) -> Value {
-        let drops = self.kernel.drops().ok().map(|d| {
-            (0..DROP_REASONS)
-                .map(|i| (drop_reason_name(i).to_string(), Value::from(d[i as usize])))
-                .collect::<serde_json::Map<_, _>>()
-        });
-        let (allow_n, block_n) = self.flows.set.counts();
-        let (socks_n, wire_n) = self.kernel.flow_entries(&self.socks);
+    fn status(&self) -> Status {
+        let kernel_drops =
+            self.kernel.drops().ok().map(|d| {
+                (0..DROP_REASONS).map(|i| (drop_reason_name(i).to_string(), d[i as usize])).collect()
+            });
+        let (allow, block) = self.flows.set.counts();
+        let (sockets_inspected, forwarded_flows) = self.kernel.flow_entries(&self.socks);
         let uptime = self.started.elapsed().as_secs_f64();
-        let store_size = self.store_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len());
-        json!({
-            "mode": format!("{:?}", self.args.mode).to_lowercase(),
-            "pid": std::process::id(),
-            "uptime_seconds": uptime,
-            "attached": self.kernel.attachments.iter().map(|a| json!({"program": a.program, "target": a.target})).collect::<Vec<_>>(),
-            "indicators": { "allow": allow_n, "block": block_n, "files": self.indicator_files },
-            "events": self.sink.emitted,
-            "events_per_second": self.sink.emitted as f64 / uptime.max(1e-3),
-            "write_errors": self.sink.write_errors,
-            "store": { "path": self.store_path.as_ref().map(|p| p.display().to_string()), "bytes": store_size,
-                       "dropped": self.sink.store().map(|s| s.dropped()) },
-            "flows": self.flows.counters,
-            "open_flows": self.flows.open_count(),
-            "kernel_flow_entries": { "sockets_inspected": socks_n, "forwarded_flows": wire_n },
-            "pin_dir": self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
-            "adopted_from": self.adopted,
-            "degraded": self.kernel.degraded,
-            "notes": self.notes,
-            "kernel_features": self.kernel_features,
-            "kernel_drops": drops,
-            "device_id": self.sink.device_id,
-            "export": self.exporter.as_ref().map(monitor_fleet::Exporter::status),
-        })
+        Status {
+            mode: format!("{:?}", self.args.mode).to_lowercase(),
+            pid: std::process::id(),
+            uptime_seconds: uptime,
+            attached: self
+                .kernel
+                .attachments
+                .iter()
+                .map(|a| status::Attached { program: a.program, target: a.target.clone() })
+                .collect(),
+            indicators: status::Indicators { allow, block, files: self.indicator_files.clone() },
+            events: self.sink.emitted,
+            events_per_second: self.sink.emitted as f64 / uptime.max(1e-3),
+            write_errors: self.sink.write_errors,
+            store: status::Store {
+                path: self.store_path.as_ref().map(|p| p.display().to_string()),
+                bytes: self.store_path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.len()),
+                dropped: self.sink.store().map(|s| s.dropped()),
+            },
+            flows: self.flows.counters,
+            open_flows: self.flows.open_count(),
+            kernel_flow_entries: status::KernelFlowEntries { sockets_inspected, forwarded_flows },
+            pin_dir: self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
+            adopted_from: self.adopted.clone(),
+            degraded: self.kernel.degraded.clone(),
+            notes: self.notes.clone(),
+            kernel_features: self.kernel_features.clone(),
+            kernel_drops,
+            device_id: self.sink.device_id.clone(),
+            export: self.exporter.as_ref().map(monitor_fleet::Exporter::status),
+        }
     }
 }
 
