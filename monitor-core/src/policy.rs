@@ -31,6 +31,13 @@ pub enum ListKind {
     Block,
 }
 
+impl ListKind {
+    /// `allow` or `block`, as the control protocol and the configuration name the lists.
+    pub fn from_name(name: &str) -> Option<ListKind> {
+        [ListKind::Allow, ListKind::Block].into_iter().find(|k| k.to_string() == name)
+    }
+}
+
 impl fmt::Display for ListKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

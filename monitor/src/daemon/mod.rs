@@ -623,11 +623,7 @@ impl Daemon {
     }
 
     fn handle(&mut self, request: Request, peer_uid: u32) -> Value {
-        let kind = |list: &str| match list {
-            "allow" => Some(ListKind::Allow),
-            "block" => Some(ListKind::Block),
-            _ => None,
-        };
+        let kind = ListKind::from_name;
         match request {
             Request::Status => json!({ "ok": true, "status": self.status() }),
             Request::List { list } => {
@@ -660,13 +656,9 @@ impl Daemon {
         add: bool,
         reply: tokio::sync::oneshot::Sender<Value>,
     ) {
-        let kind = match list {
-            "allow" => ListKind::Allow,
-            "block" => ListKind::Block,
-            other => {
-                let _ = reply.send(control::error(&format!("unknown list {other:?} (allow or block)")));
-                return;
-            }
+        let Some(kind) = ListKind::from_name(list) else {
+            let _ = reply.send(control::error(&format!("unknown list {list:?} (allow or block)")));
+            return;
         };
         let mut indicators = Vec::new();
         for v in values {
