@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::FleetError;
 use crate::clickhouse::{ClickHouse, FleetSql as _};
 use crate::nats::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, NatsOptions, STREAM, SUBJECT_PREFIX};
-use crate::row::{InvalidEvent, encode_row};
+use crate::row::{InvalidEvent, Row};
 use monitor_hunt::schema::TABLES;
 
 /// The durable consumer's name unless told otherwise.
@@ -220,16 +220,14 @@ async fn commit(
 #[derive(Default)]
 struct Batch {
     lines: [Vec<u8>; TABLES.len()],
-    line: Vec<u8>,
 }
 
 impl Batch {
+    /// Writes the event in `payload` straight onto its table's lines.
     fn add(&mut self, payload: &[u8]) -> Result<(), InvalidEvent> {
-        self.line.clear();
-        let table = encode_row(payload, &mut self.line)?;
-        let index = TABLES.iter().position(|t| *t == table).unwrap_or_default();
-        self.lines[index].extend_from_slice(&self.line);
-        Ok(())
+        let row = Row::parse(payload)?;
+        let index = TABLES.iter().position(|t| *t == row.table).unwrap_or_default();
+        row.write(&mut self.lines[index])
     }
 
     fn insert_into(&self, clickhouse: &ClickHouse) -> Result<(), FleetError> {

@@ -125,8 +125,8 @@ fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn is_null(raw: Option<&RawValue>) -> bool {
-    raw.is_none_or(|r| r.get() == "null")
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
 }
 
 /// A Long cell as the store types it: an integer, or a string holding one; anything else is NULL.
@@ -146,23 +146,45 @@ fn push_str(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// Writes the event in `payload` as one JSONEachRow line (with its newline) onto `out` and returns its
-/// table. On an error `out` is as it was.
-pub fn encode_row(payload: &[u8], out: &mut Vec<u8>) -> Result<&'static str, InvalidEvent> {
-    let mut deserializer = serde_json::Deserializer::from_slice(payload);
-    let fields = FieldsSeed
-        .deserialize(&mut deserializer)
-        .and_then(|fields| deserializer.end().map(|()| fields))
-        .map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
-    let fields = fields.ok_or(RejectReason::NotAnObject)?;
-    let table = fields.table.and_then(json_str).ok_or(InvalidEvent::BadTable)?;
-    let table = TABLES.into_iter().find(|t| *t == table).ok_or(InvalidEvent::BadTable)?;
-    let start = out.len();
-    let written = write_cells(&fields, out);
-    if written.is_err() {
-        out.truncate(start);
+/// An exported event, read from its message: its table, and its values as slices of the message.
+pub struct Row<'a> {
+    pub table: &'static str,
+    fields: Fields<'a>,
+}
+
+impl<'a> Row<'a> {
+    /// Reads the message; what makes it no event of a table (not JSON, not an object, no Table) is an error
+    /// here, what makes a cell invalid is one from [`Row::write`].
+    pub fn parse(payload: &'a [u8]) -> Result<Row<'a>, InvalidEvent> {
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let fields = FieldsSeed
+            .deserialize(&mut deserializer)
+            .and_then(|fields| deserializer.end().map(|()| fields))
+            .map_err(|e| InvalidEvent::NotJson(e.to_string()))?;
+        let fields = fields.ok_or(RejectReason::NotAnObject)?;
+        let table = fields.table.and_then(json_str).ok_or(InvalidEvent::BadTable)?;
+        let table = TABLES.into_iter().find(|t| *t == table).ok_or(InvalidEvent::BadTable)?;
+        Ok(Row { table, fields })
     }
-    written.map(|()| table)
+
+    /// Writes the row as one JSONEachRow line (with its newline) onto `out`. On an error `out` is as it
+    /// was.
+    pub fn write(&self, out: &mut Vec<u8>) -> Result<(), InvalidEvent> {
+        let start = out.len();
+        let written = write_cells(&self.fields, out);
+        if written.is_err() {
+            out.truncate(start);
+        }
+        written
+    }
+}
+
+/// Writes the event in `payload` as one JSONEachRow line onto `out` and returns its table
+/// ([`Row::parse`], then [`Row::write`]).
+pub fn encode_row(payload: &[u8], out: &mut Vec<u8>) -> Result<&'static str, InvalidEvent> {
+    let row = Row::parse(payload)?;
+    row.write(out)?;
+    Ok(row.table)
 }
 
 fn write_cells(fields: &Fields<'_>, out: &mut Vec<u8>) -> Result<(), InvalidEvent> {
@@ -182,7 +204,7 @@ fn write_cells(fields: &Fields<'_>, out: &mut Vec<u8>) -> Result<(), InvalidEven
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b"\":");
         match (*name, ty) {
-            ("DeviceId", _) => match raw.filter(|r| !is_null(Some(r))) {
+            ("DeviceId", _) => match raw.filter(|r| !is_null(r)) {
                 None => return Err(InvalidEvent::MissingDeviceId),
                 Some(raw) => match json_str(raw) {
                     Some(id) if id.is_empty() => return Err(InvalidEvent::MissingDeviceId),
@@ -202,7 +224,7 @@ fn write_cells(fields: &Fields<'_>, out: &mut Vec<u8>) -> Result<(), InvalidEven
                 }
                 None => out.extend_from_slice(b"null"),
             },
-            (_, ty) => match raw.filter(|r| !is_null(Some(r))) {
+            (_, ty) => match raw.filter(|r| !is_null(r)) {
                 None => out.extend_from_slice(b"null"),
                 Some(raw) if *ty == ColumnType::String => match json_str(raw) {
                     // Valid JSON without an escape: as it came.
