@@ -30,7 +30,7 @@ const CGROUP_PROGRAMS: [&str; 7] =
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
 
 /// Where each program is attached, for `monitor status` and the logs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Attachment {
     pub program: &'static str,
     pub target: String,

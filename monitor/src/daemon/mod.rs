@@ -697,12 +697,7 @@ impl Daemon {
             mode: format!("{:?}", self.args.mode).to_lowercase(),
             pid: std::process::id(),
             uptime_seconds: uptime,
-            attached: self
-                .kernel
-                .attachments
-                .iter()
-                .map(|a| status::Attached { program: a.program, target: a.target.clone() })
-                .collect(),
+            attached: self.kernel.attachments.clone(),
             indicators: status::Indicators { allow, block, files: self.indicator_files.clone() },
             events: self.sink.emitted,
             events_per_second: self.sink.emitted as f64 / uptime.max(1e-3),

@@ -7,13 +7,14 @@ use serde::Serialize;
 
 use super::features::Features;
 use super::flows::FlowCounters;
+use super::kernel::Attachment;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub mode: String,
     pub pid: u32,
     pub uptime_seconds: f64,
-    pub attached: Vec<Attached>,
+    pub attached: Vec<Attachment>,
     pub indicators: Indicators,
     pub events: u64,
     pub events_per_second: f64,
@@ -32,12 +33,6 @@ pub struct Status {
     pub device_id: String,
     /// `--export`: the exporter's state.
     pub export: Option<monitor_fleet::ExportStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Attached {
-    pub program: &'static str,
-    pub target: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
