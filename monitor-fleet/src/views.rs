@@ -8,7 +8,7 @@ use std::io::Write;
 use monitor_hunt::cli::{DevicesArgs, TimelineArgs, timeline_filter, write_result, write_timeline};
 use monitor_hunt::devices::{AUDITED, BLOCKED, devices_result};
 use monitor_hunt::gaps::EXPORT_GAP;
-use monitor_hunt::kql::sql::{TableSplits, quote, range_conditions};
+use monitor_hunt::kql::sql::{TableSplits, quote, ranged_reads};
 use monitor_hunt::schema::TABLES;
 use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
 use serde_json::{Map, Value as Json};
@@ -20,24 +20,18 @@ use crate::hunt::{connect, table_splits};
 /// Both tables' rows, deduplicated, as one relation with `columns`; `filter` is a condition (or empty).
 /// Each table is read in the DeviceId ranges `splits` gives it, side by side.
 fn both_tables(clickhouse: &impl FleetSql, columns: &str, filter: &str, splits: &TableSplits) -> String {
-    let mut reads = Vec::new();
-    for table in TABLES {
-        for range in range_conditions(splits.boundaries(table)) {
-            let conditions: Vec<&str> =
-                [filter, range.as_str()].into_iter().filter(|c| !c.is_empty()).collect();
-            let filter = if conditions.is_empty() {
-                String::new()
-            } else {
-                format!(" WHERE {}", conditions.join(" AND "))
-            };
-            reads.push(format!(
-                "SELECT {} AS Source, {columns} FROM {}.{table} FINAL{filter}",
+    TABLES
+        .iter()
+        .map(|table| {
+            let read = format!(
+                "SELECT {} AS Source, {columns} FROM {}.{table} FINAL",
                 quote(table),
                 clickhouse.database()
-            ));
-        }
-    }
-    reads.join(" UNION ALL ")
+            );
+            ranged_reads(&read, filter, splits.boundaries(table))
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// Every device in the fleet store, by name then id; large tables read in ranges side by side.

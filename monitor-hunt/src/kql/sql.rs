@@ -98,11 +98,9 @@ impl TableSplits {
 }
 
 /// The conditions that pick each DeviceId range `boundaries` (sorted) make, in order: every DeviceId is
-/// in exactly one. No boundaries: one empty condition (the whole table).
-pub fn range_conditions(boundaries: &[String]) -> Vec<String> {
-    let (Some(first), Some(last)) = (boundaries.first(), boundaries.last()) else {
-        return vec![String::new()];
-    };
+/// in exactly one. No boundaries: none (the whole table).
+fn range_conditions(boundaries: &[String]) -> Vec<String> {
+    let (Some(first), Some(last)) = (boundaries.first(), boundaries.last()) else { return Vec::new() };
     let device = ident(DEVICE_ID);
     let mut ranges = Vec::with_capacity(boundaries.len() + 1);
     ranges.push(format!("{device} < {}", quote(first)));
@@ -111,6 +109,25 @@ pub fn range_conditions(boundaries: &[String]) -> Vec<String> {
     }
     ranges.push(format!("{device} >= {}", quote(last)));
     ranges
+}
+
+/// `read` (a SELECT ... FROM ... FINAL without WHERE) once per DeviceId range `boundaries` make, each with
+/// `filter` (a condition, or empty) and its range, joined by UNION ALL: the ranges run side by side.
+pub fn ranged_reads(read: &str, filter: &str, boundaries: &[String]) -> String {
+    let ranges = range_conditions(boundaries);
+    let ranges = if ranges.is_empty() { vec![String::new()] } else { ranges };
+    ranges
+        .iter()
+        .map(|range| {
+            let conditions: Vec<&str> = [filter, range].into_iter().filter(|c| !c.is_empty()).collect();
+            if conditions.is_empty() {
+                read.to_string()
+            } else {
+                format!("{read} WHERE {}", conditions.join(" AND "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// Boundaries that cut rows counted per DeviceId (`devices`, in any order) into `parts` ranges of about
@@ -222,12 +239,7 @@ fn table(name: &str, span: Span, target: &Target<'_>) -> Result<Relation> {
         columns.push((column.to_string(), sql_type));
     }
     let read = format!("SELECT {} FROM {}.{} FINAL", select.join(", "), ident(target.database), ident(table));
-    let sql = range_conditions(target.splits.boundaries(table))
-        .iter()
-        .map(|range| if range.is_empty() { read.clone() } else { format!("{read} WHERE {range}") })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    Ok(Relation { sql, columns, sorted: false })
+    Ok(Relation { sql: ranged_reads(&read, "", target.splits.boundaries(table)), columns, sorted: false })
 }
 
 fn column_list(columns: &[(String, SqlType)]) -> String {
