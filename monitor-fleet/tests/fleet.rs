@@ -690,19 +690,25 @@ fn insert_store(fleet: &impl FleetSql, store: &Path, copies: usize) {
     }
 }
 
+/// chdb with a database `name`; without chdb `None` after saying why (outside CI only: under `CI=true`
+/// that fails).
+fn chdb_or_skip(name: &str) -> Option<Chdb> {
+    match Chdb::start(name) {
+        Ok(chdb) => Some(chdb),
+        Err(ServerError::NotInstalled(why)) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped (outside CI): {why}");
+            None
+        }
+        Err(e) => panic!("start chdb: {e}"),
+    }
+}
+
 /// The current-ClickHouse half of the differential test: the same SQL on chdb's embedded ClickHouse
 /// (26.x), with the tables the ingest creates and the rows it sends. Without chdb it is skipped with the
 /// reason, except in CI (`CI=true`), where that fails.
 #[test]
 fn fleet_hunting_on_current_clickhouse_answers_as_the_local_store() {
-    let chdb = match Chdb::start("fleet") {
-        Ok(chdb) => chdb,
-        Err(ServerError::NotInstalled(why)) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipped (outside CI): {why}");
-            return;
-        }
-        Err(e) => panic!("start chdb: {e}"),
-    };
+    let Some(chdb) = chdb_or_skip("fleet") else { return };
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (store, seqs) = write_store(dir.path(), 2_000);
     chdb.ensure_schema().unwrap_or_else(|e| panic!("the fleet tables on chdb {}: {e}", chdb.version()));
@@ -826,14 +832,7 @@ fn assert_views_answer_as_each_local_store(fleet: &impl FleetSql, dir: &Path) {
 /// The views' SQL on a current ClickHouse (chdb's 26.x), as on 18.16 below.
 #[test]
 fn fleet_views_on_current_clickhouse_answer_as_each_local_store() {
-    let chdb = match Chdb::start("fleet") {
-        Ok(chdb) => chdb,
-        Err(ServerError::NotInstalled(why)) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("skipped (outside CI): {why}");
-            return;
-        }
-        Err(e) => panic!("start chdb: {e}"),
-    };
+    let Some(chdb) = chdb_or_skip("fleet") else { return };
     chdb.ensure_schema().unwrap_or_else(|e| panic!("the fleet tables on chdb {}: {e}", chdb.version()));
     let dir = tempfile::tempdir().expect("a temporary directory");
     assert_views_answer_as_each_local_store(&chdb, dir.path());

@@ -844,6 +844,14 @@ fn write_lists(bed: &Bed, name: &str) -> (String, String) {
 }
 
 /// A protection event (Blocked or Audited) of `run`'s process naming `target`.
+/// `run` flags for block mode over `cg` with the block list at `list`.
+fn block_mode_args(cg: &Cgroup, list: &std::path::Path) -> Vec<String> {
+    ["--mode", "block", "--cgroup", &cg.path.display().to_string(), "--block", &list.display().to_string()]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
 fn expect_protection(mon: &Monitor, run: &ClientRun, action: &str, target: &str) -> Value {
     let e = expect_event(mon, run, action, target);
     assert_eq!(e["Table"], "DeviceEvents");
@@ -1845,14 +1853,7 @@ fn idna_cases(r: &mut Runner, bed: &Bed) {
         let cg = Cgroup::new("idna");
         let block = bed.dir.join("idna-block.txt");
         std::fs::write(&block, "# pasted as people read it\nbücher.example\n").expect("write block list");
-        let args: Vec<String> = vec![
-            "--mode".into(),
-            "block".into(),
-            "--cgroup".into(),
-            cg.path.display().to_string(),
-            "--block".into(),
-            block.display().to_string(),
-        ];
+        let args = block_mode_args(&cg, &block);
         let mon = Monitor::start(&bed.dir, "idna", None, &args);
         let listed = mon.ctl(&["indicators", "list", "block"]);
         let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -1888,14 +1889,7 @@ fn idna_cases(r: &mut Runner, bed: &Bed) {
         let cg = Cgroup::new("klog");
         let block = bed.dir.join("klog-block.txt");
         std::fs::write(&block, format!("{ORIGIN2_V4}\n")).expect("write block list");
-        let args: Vec<String> = vec![
-            "--mode".into(),
-            "block".into(),
-            "--cgroup".into(),
-            cg.path.display().to_string(),
-            "--block".into(),
-            block.display().to_string(),
-        ];
+        let args = block_mode_args(&cg, &block);
         let url = format!("http://{ORIGIN2_V4}/");
         for (name, rust_log, logged) in
             [("klog-info", "info", false), ("klog-debug", "info,monitor::connect=debug", true)]
