@@ -29,6 +29,12 @@ pub const KIND_QUIC: u32 = 9;
 pub const QUIC_CHUNK: usize = 1500;
 /// Datagrams per socket handed to user space: a ClientHello spans at most a few Initials.
 pub const QUIC_DATAGRAMS: u32 = 4;
+/// A QUIC long-header datagram of a forwarded UDP flow, seen on TC: a [`QuicRecord`] with cookie 0,
+/// `local` the client.
+pub const KIND_WIRE_QUIC: u32 = 13;
+/// The value of a forwarded QUIC flow in `WIRE_QUIC` once user space has denied it (block mode); below it,
+/// the count of datagrams handed over.
+pub const WIRE_QUIC_DENIED: u32 = u32::MAX;
 
 /// Bytes of a proxy's reply handed to user space: enough for a status line or a SOCKS reply.
 pub const REPLY_CHUNK: usize = 256;
@@ -250,13 +256,16 @@ pub const PHASE_HTTP: u32 = 6;
 /// pass. Used for what the kernel cannot read itself: a ClientHello beyond its window, and bytes that
 /// never passed sk_msg (TCP Fast Open).
 pub const PHASE_EGRESS: u32 = 7;
+/// A forwarded flow (TC) user space refused after the kernel let it through (a late verdict): its next
+/// segment becomes resets to both ends, and the flow is `PHASE_BLOCKED` from then on.
+pub const PHASE_REFUSE: u32 = 18;
 /// Stream bytes from `defer_from` that egress hands to user space: a 64 KiB ClientHello, its record
 /// headers, and room for what precedes it in the same segments.
 pub const DEFER_LIMIT: u32 = 72 * 1024;
 
 /// Key of a forwarded flow in the TC flow table.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WireFlowKey {
     pub family: u32,
     pub client_port: u16,

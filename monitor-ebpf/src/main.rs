@@ -10,7 +10,8 @@
 //!   its window), handed to user space where it leaves, and in block mode held until user space answers.
 //! - `proxy_reply` (cgroup_skb ingress): the proxy's first answer to a CONNECT or SOCKS request.
 //! - `wire_ingress` (TC): forwarded flows that no local socket sends (gateway mode); in block mode it
-//!   judges them too, and resets a refused flow at both ends.
+//!   judges them too, and resets a refused flow at both ends. Their QUIC Initials go to user space
+//!   (`wire_quic`), and the rest of a denied QUIC flow is dropped.
 //!
 //! Each program is a thin entry that calls `try_*`; every early exit is visible there.
 #![no_std]
@@ -28,6 +29,7 @@ mod reply;
 mod send;
 mod sockops;
 mod wire;
+mod wire_quic;
 
 #[cfg(not(test))]
 #[panic_handler]

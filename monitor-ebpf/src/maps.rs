@@ -51,6 +51,12 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Forwarded QUIC flows seen on TC (UDP to port 443): the long-header datagrams handed to user space so
+/// far, or `WIRE_QUIC_DENIED` once user space found the flow going to a denied name (block mode). User space
+/// removes an entry when it forgets the flow (no datagram for two minutes).
+#[map]
+pub static WIRE_QUIC: LruHashMap<WireFlowKey, u32> = LruHashMap::with_max_entries(16_384, 0);
+
 /// QUIC sockets user space found going to a denied name (block mode): their later datagrams are dropped,
 /// so the handshake cannot complete and the client falls back to TCP, where it is judged again.
 #[map]

@@ -22,8 +22,8 @@ use monitor_common::{
     config::{CAPTURE_LIMIT, Config, MODE_BLOCK, UNINSPECTABLE_BLOCK},
     record::{
         AF_INET, AF_INET6, Endpoints, KIND_WIRE, KIND_WIRE_VERDICT, NAME_MAX, PAYLOAD_CHUNK, PHASE_BLOCKED,
-        PHASE_DONE, PHASE_FIRST, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, WireFlowKey, WireFlowState, WireRecord,
-        WireVerdictRecord,
+        PHASE_DONE, PHASE_FIRST, PHASE_REFUSE, PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, WireFlowKey,
+        WireFlowState, WireRecord, WireVerdictRecord,
     },
     verdict::{
         DROP_FLOW_TABLE_FULL, DROP_RINGBUF_FULL, SOURCE_CONNECT, SOURCE_NONE, SOURCE_REMOTE_IP,
@@ -40,6 +40,7 @@ use crate::{
     },
     policy::{domain_bits, ipv4_bits, ipv6_bits, verdict},
     records::header,
+    wire_quic::{NOT_UDP, wire_quic},
 };
 
 const ETH_HLEN: usize = 14;
@@ -111,6 +112,10 @@ struct Segment {
 // Inlined in each entry: as one function called by both, its stack and its callees' exceed 512 bytes.
 #[inline(always)]
 fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
+    let udp = wire_quic(ctx);
+    if udp != NOT_UDP {
+        return Ok(udp);
+    }
     let segment = parse(ctx)?;
     let key = segment.key;
     let block = config().filter(|c| c.mode == MODE_BLOCK);
@@ -155,6 +160,11 @@ fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
         }
         // Refused: nothing more of the flow passes, and a client that missed its reset gets another.
         return Ok(refuse(ctx, hook, &segment, false));
+    }
+    if state.phase == PHASE_REFUSE {
+        // User space refused it late: the server has had the flow's first bytes, and gets a reset too.
+        state.phase = PHASE_BLOCKED;
+        return Ok(refuse(ctx, hook, &segment, true));
     }
     // A SYN's data starts after the SYN's own sequence number.
     let syn = (segment.flags & TCP_SYN != 0) as u32;
