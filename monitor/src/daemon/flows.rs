@@ -17,8 +17,8 @@ use monitor_common::{
     config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF},
     record::{
         DEFER_EARLY_DATA, DEFER_LIMIT, DeferRecord, HoldRecord, PHASE_BLOCKED, PHASE_DONE, PHASE_HTTP,
-        PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, ProcessRecord, QUIC_DATAGRAMS, QuicRecord,
-        ReplyRecord, SocketRecord, VerdictRecord, WireRecord, WireVerdictRecord,
+        PHASE_SOCKS5_REQUEST, PHASE_TUNNEL, PayloadRecord, ProcessRecord, ReplyRecord, SocketRecord,
+        VerdictRecord, WireFlowKey, WireRecord, WireVerdictRecord,
     },
     verdict::{
         SOURCE_ABSOLUTE_FORM, SOURCE_CONNECT, SOURCE_HOLD_EXPIRED, SOURCE_HTTP_HOST, SOURCE_NONE,
@@ -28,7 +28,7 @@ use monitor_common::{
 };
 use monitor_core::{
     event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc},
-    extract::{FlowInspector, QuicInspector, TargetSource, WireProtocol},
+    extract::{FlowInspector, TargetSource, WireProtocol},
     policy::{Decision, IndicatorSet},
     stream::Stream,
 };
@@ -118,6 +118,8 @@ struct Deferral {
 }
 
 struct WireFlow {
+    /// The kernel's key of the flow in `WIRE_FLOWS`.
+    key: WireFlowKey,
     opened_ns: u64,
     established: bool,
     inspector: FlowInspector,
@@ -179,11 +181,16 @@ pub struct Flows {
     hold_timeout: Duration,
     /// Held sockets to abort: their hold ran out and `--uninspectable block` refuses them.
     pub aborts: Vec<Abort>,
-    /// QUIC sockets whose target is denied (block mode): the kernel drops their later datagrams.
-    pub denied_quic: Vec<u64>,
+    /// Forwarded flows the kernel let through whose target user space found denied (block mode): the
+    /// kernel refuses their next segment (resets at both ends) and drops the rest.
+    pub refused_wires: Vec<WireFlowKey>,
+    /// QUIC flows whose target is denied (block mode): the kernel drops their later datagrams.
+    pub denied_quic: Vec<QuicKey>,
+    /// Forwarded QUIC flows forgotten: their `WIRE_QUIC` entries go too.
+    pub expired_wire_quic: Vec<WireFlowKey>,
     /// Answers for deferred connections: the phase the kernel goes on in, by cookie.
     pub deferred_answers: Vec<(u64, u32)>,
-    quic: HashMap<u64, QuicFlow>,
+    quic: HashMap<QuicKey, QuicFlow>,
     /// Processes as they were at their exec (see `process::watch_execs`).
     execs: ExecCache,
     /// Recent /proc answers by tgid, with the comm they were read for (a reused pid has another one).
@@ -192,22 +199,9 @@ pub struct Flows {
     udp_processes: HashMap<u64, (InitiatingProcess, Instant)>,
 }
 
-struct QuicFlow {
-    opened_ns: u64,
-    local: (IpAddr, u16),
-    remote: (IpAddr, u16),
-    process: Option<InitiatingProcess>,
-    inspector: QuicInspector,
-    datagrams: u32,
-    reported: bool,
-    touched: Instant,
-}
-
 /// How long a process's /proc description is reused for its next connections (its command line rarely
 /// changes; a pid reused this quickly by a process with the same comm and uid is not told apart).
 const PROCESS_CACHE_FOR: Duration = Duration::from_secs(2);
-/// QUIC flows (and UDP sockets' processes) are forgotten after this long: UDP has no close to see.
-const QUIC_FORGET_AFTER: Duration = Duration::from_secs(120);
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -240,6 +234,8 @@ impl Flows {
             hold_timeout,
             aborts: Vec::new(),
             denied_quic: Vec::new(),
+            refused_wires: Vec::new(),
+            expired_wire_quic: Vec::new(),
             deferred_answers: Vec::new(),
             quic: HashMap::new(),
             execs,
@@ -556,91 +552,6 @@ impl Flows {
         }
     }
 
-    /// A QUIC long-header datagram of a local UDP socket: decrypt the Initials, name the SNI, and in
-    /// block mode deny the rest of a flow to a blocked name.
-    pub fn on_quic(&mut self, rec: &QuicRecord, sink: &mut Sink) {
-        let cookie = rec.header.cookie;
-        let len = (rec.len as usize).min(rec.data.len());
-        let local = (addr(rec.endpoints.family, rec.endpoints.local_addr), rec.endpoints.local_port as u16);
-        let remote =
-            (addr(rec.endpoints.family, rec.endpoints.remote_addr), rec.endpoints.remote_port as u16);
-        if !self.quic.contains_key(&cookie) {
-            let process = self.udp_processes.remove(&cookie).map(|(p, _)| p);
-            self.quic.insert(
-                cookie,
-                QuicFlow {
-                    opened_ns: rec.header.ktime_ns,
-                    local,
-                    remote,
-                    process,
-                    inspector: QuicInspector::new(),
-                    datagrams: 0,
-                    reported: false,
-                    touched: Instant::now(),
-                },
-            );
-        }
-        let Some(flow) = self.quic.get_mut(&cookie) else { return };
-        flow.touched = Instant::now();
-        if flow.reported {
-            return;
-        }
-        flow.inspector.client_datagram(&rec.data[..len]);
-        flow.datagrams += 1;
-        if !flow.inspector.is_complete() {
-            if flow.datagrams < QUIC_DATAGRAMS {
-                return;
-            }
-            // The kernel hands over no more: what they carry is the answer.
-            flow.inspector.finish();
-        }
-        flow.reported = true;
-        let (local, remote) = (flow.local, flow.remote);
-        let inspection = flow.inspector.inspection().clone();
-        self.counters.connections += 1;
-        let name = inspection.sni.clone().unwrap_or_default();
-        if !name.is_empty() {
-            self.counters.named += 1;
-        }
-        let decision = if name.is_empty() { Decision::NoMatch } else { self.set.judge_host(&name) };
-        let (process, opened_ns) = (flow.process.clone(), flow.opened_ns);
-        let timestamp = self.timestamp(opened_ns);
-        let mut fields = inspection.additional_fields();
-        let emit = |sink: &mut Sink, action: ActionType, fields: Map<String, Value>| {
-            let event = DeviceEvent::new(
-                timestamp.clone(),
-                sink.device_name.clone(),
-                action,
-                to_text(remote),
-                to_text(local),
-                "Udp",
-                name.clone(),
-                process.as_ref(),
-                sink.next_report_id(),
-                fields,
-            );
-            sink.emit(event);
-        };
-        if let Decision::Blocked(indicator) = decision {
-            let blocking = self.block;
-            let mut protection = fields.clone();
-            protection.insert("IsAudit".into(), Value::from(!blocking));
-            protection.insert("ResponseCategory".into(), Value::from("CustomBlockList"));
-            protection.insert("MatchedIndicator".into(), Value::from(indicator.to_string()));
-            if blocking {
-                // The first Initial has left; dropping the rest means the handshake cannot complete.
-                self.denied_quic.push(cookie);
-                self.counters.blocked += 1;
-                emit(sink, ActionType::ExploitGuardNetworkProtectionBlocked, protection);
-                return;
-            }
-            self.counters.audited += 1;
-            emit(sink, ActionType::ExploitGuardNetworkProtectionAudited, protection);
-        }
-        fields.insert("QuicInitials".into(), Value::from(flow_crypto_packets(&self.quic, cookie)));
-        emit(sink, ActionType::ConnectionSuccess, fields);
-    }
-
     /// The proxy's answer to a CONNECT or SOCKS request. A refusal (or a proxy that could not reach the
     /// target) makes the connection a ConnectionFailed for the real target.
     pub fn on_reply(&mut self, rec: &ReplyRecord, sink: &mut Sink) {
@@ -951,6 +862,13 @@ impl Flows {
             self.wires.insert(
                 key,
                 WireFlow {
+                    key: WireFlowKey {
+                        family: e.family,
+                        client_port: e.local_port as u16,
+                        server_port: e.remote_port as u16,
+                        client_addr: e.local_addr,
+                        server_addr: e.remote_addr,
+                    },
                     opened_ns: rec.header.ktime_ns,
                     established: false,
                     inspector: FlowInspector::new(),
@@ -998,19 +916,54 @@ impl Flows {
         if flow.uninspectable {
             fields.insert("Uninspectable".into(), Value::from(true));
         }
-        let event = DeviceEvent::new(
-            self.timestamp(flow.opened_ns),
-            sink.device_name.clone(),
-            action,
-            to_text(key.1),
-            to_text(key.0),
-            "Tcp",
-            inspection.remote_url().unwrap_or("").to_string(),
-            None,
-            sink.next_report_id(),
-            fields,
-        );
-        sink.emit(event);
+        let denied = if self.inspect { denied_name(&self.set, inspection) } else { None };
+        let remote_url = inspection.remote_url().unwrap_or("").to_string();
+        let (timestamp, wire_key) = (self.timestamp(flow.opened_ns), flow.key);
+        let event = |sink: &mut Sink, action: ActionType, remote_url: String, fields: Map<String, Value>| {
+            DeviceEvent::new(
+                timestamp.clone(),
+                sink.device_name.clone(),
+                action,
+                to_text(key.1),
+                to_text(key.0),
+                "Tcp",
+                remote_url,
+                None,
+                sink.next_report_id(),
+                fields,
+            )
+        };
+        let refused_late = self.block && denied.is_some();
+        if let Some(name) = denied {
+            // A name the kernel did not refuse: Audited in audit mode; in block mode the kernel let the flow
+            // through (a form it does not read, or unread), so it is refused now, at its next segment.
+            let mut protection = fields.clone();
+            protection.insert("IsAudit".into(), Value::from(!self.block));
+            protection.insert("ResponseCategory".into(), Value::from("CustomBlockList"));
+            protection
+                .insert("TargetSource".into(), Value::from(source_name(user_source(inspection, &name))));
+            let matched = match self.set.judge_host(&name) {
+                Decision::Blocked(indicator) => Some(indicator.to_string()),
+                _ => None,
+            };
+            protection.insert("MatchedIndicator".into(), matched.map(Value::from).unwrap_or(Value::Null));
+            if self.block {
+                protection.insert("LateVerdict".into(), Value::from(true));
+                self.counters.blocked += 1;
+                self.counters.late_verdicts += 1;
+                self.refused_wires.push(wire_key);
+                let blocked = event(sink, ActionType::ExploitGuardNetworkProtectionBlocked, name, protection);
+                sink.emit(blocked);
+            } else {
+                self.counters.audited += 1;
+                let audited = event(sink, ActionType::ExploitGuardNetworkProtectionAudited, name, protection);
+                sink.emit(audited);
+            }
+        }
+        if !refused_late {
+            let connection = event(sink, action, remote_url, fields);
+            sink.emit(connection);
+        }
         if let Some(flow) = self.wires.get_mut(&key) {
             flow.reported = true;
             flow.deadline = None;
@@ -1127,7 +1080,7 @@ impl Flows {
             self.report_wire(key, sink);
         }
         self.wires.retain(|_, f| !f.reported || f.deadline.is_some());
-        self.quic.retain(|_, f| now.duration_since(f.touched) < QUIC_FORGET_AFTER);
+        self.forget_quic(now);
         self.processes.retain(|_, (seen, _, _)| now.duration_since(*seen) < PROCESS_CACHE_FOR);
         self.udp_processes.retain(|_, (_, seen)| now.duration_since(*seen) < QUIC_FORGET_AFTER);
     }
@@ -1179,13 +1132,13 @@ fn user_source(inspection: &monitor_core::extract::Inspection, name: &str) -> u3
     }
 }
 
-fn flow_crypto_packets(quic: &HashMap<u64, QuicFlow>, cookie: u64) -> usize {
-    quic.get(&cookie).map(|f| f.inspector.crypto_packets()).unwrap_or(0)
-}
-
 fn to_text((ip, port): (IpAddr, u16)) -> (String, u16) {
     (ip.to_string(), port)
 }
+
+mod quic;
+pub use quic::QuicKey;
+use quic::{QUIC_FORGET_AFTER, QuicFlow};
 
 #[cfg(test)]
 #[path = "flows/late_verdict_tests.rs"]

@@ -19,7 +19,7 @@ use aya::{
 };
 use monitor_common::{
     config::{Config, MODE_BLOCK},
-    record::{WireFlowKey, WireFlowState},
+    record::{PHASE_REFUSE, WireFlowKey, WireFlowState},
     verdict::DROP_REASONS,
 };
 
@@ -666,6 +666,24 @@ impl Kernel {
     pub fn take_quic_deny(&mut self) -> anyhow::Result<aya::maps::HashMap<MapData, u64, u32>> {
         aya::maps::HashMap::try_from(self.ebpf.take_map("QUIC_DENY").context("map QUIC_DENY")?)
             .context("map QUIC_DENY")
+    }
+
+    /// Refuse a forwarded flow the kernel let through (block mode, a late verdict): its next segment is
+    /// turned into resets and the rest dropped. `false` when the kernel no longer tracks it (it ended).
+    pub fn refuse_wire_flow(&mut self, key: &WireFlowKey) -> anyhow::Result<bool> {
+        let map = self.ebpf.map_mut("WIRE_FLOWS").context("map WIRE_FLOWS")?;
+        let mut flows = aya::maps::HashMap::<&mut MapData, WireFlowKey, WireFlowState>::try_from(map)
+            .context("map WIRE_FLOWS")?;
+        let Ok(mut state) = flows.get(key, 0) else { return Ok(false) };
+        state.phase = PHASE_REFUSE;
+        flows.insert(key, state, 0).context("write WIRE_FLOWS")?;
+        Ok(true)
+    }
+
+    /// Forwarded QUIC flows on TC: user space writes the denied ones and removes the forgotten ones.
+    pub fn take_wire_quic(&mut self) -> anyhow::Result<aya::maps::HashMap<MapData, WireFlowKey, u32>> {
+        aya::maps::HashMap::try_from(self.ebpf.take_map("WIRE_QUIC").context("map WIRE_QUIC")?)
+            .context("map WIRE_QUIC")
     }
 
     /// User space's answers for connections whose verdict the kernel left to it (`PHASE_EGRESS`).

@@ -29,6 +29,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf, SockHash};
 use monitor_common::{
     config::{Config, MODE_AUDIT, MODE_BLOCK, MODE_OFF, UNINSPECTABLE_ALLOW, UNINSPECTABLE_BLOCK},
+    record::{WIRE_QUIC_DENIED, WireFlowKey},
     verdict::{DROP_REASONS, drop_reason_name},
 };
 use monitor_core::policy::{Indicator, ListKind};
@@ -37,7 +38,7 @@ use tokio::{io::unix::AsyncFd, signal::unix::SignalKind, sync::mpsc};
 
 use crate::cli::{Mode, RunArgs, Uninspectable};
 use control::{Call, Request};
-use flows::Flows;
+use flows::{Flows, QuicKey};
 use indicators::Indicators;
 use kernel::{Kernel, LoadOptions, cgroup2_root};
 use policy::KernelPolicy;
@@ -79,6 +80,7 @@ fn map_bytes(ring_buffer_bytes: u32, domain_capacity: u32, net_capacity: u32) ->
         + 65_536 * 64 // SOCKS
         + 65_536 * 128 // WIRE_FLOWS
         + 16_384 * 64 // QUIC_DENY
+        + 16_384 * 96 // WIRE_QUIC
         + (1 << 20) // CONFIG, DROPS, SCRATCH
 }
 
@@ -275,6 +277,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     let kernel_logger = kernel.take_logger();
     let socks = kernel.take_socks()?;
     let quic_deny = kernel.take_quic_deny()?;
+    let wire_quic = kernel.take_wire_quic()?;
     let deferred = kernel.take_deferred()?;
     for a in &kernel.attachments {
         info!("attached {} to {}", a.program, a.target);
@@ -323,6 +326,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         socks,
         quic_deny,
+        wire_quic,
         deferred,
         started: Instant::now(),
         store_path,
@@ -352,6 +356,8 @@ struct Daemon {
     flows: Flows,
     socks: SockHash<MapData, u64>,
     quic_deny: aya::maps::HashMap<MapData, u64, u32>,
+    /// Forwarded QUIC flows (TC): denied ones, and ones to forget.
+    wire_quic: aya::maps::HashMap<MapData, WireFlowKey, u32>,
     /// User space's answers for connections the kernel left to it.
     deferred: aya::maps::HashMap<MapData, u64, u32>,
     started: Instant,
@@ -466,6 +472,7 @@ impl Daemon {
                 Record::WireVerdict(r) => self.flows.on_wire_verdict(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
                 Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
+                Record::WireQuic(r) => self.flows.on_wire_quic(&r, &mut self.sink),
                 Record::Hold(r) => self.flows.on_hold(&r),
                 Record::Defer(r) => self.flows.on_defer(&r),
             }
@@ -507,10 +514,31 @@ impl Daemon {
                 ),
             }
         }
-        for cookie in self.flows.denied_quic.drain(..) {
-            if let Err(e) = self.quic_deny.insert(cookie, 1, 0) {
+        for key in self.flows.denied_quic.drain(..) {
+            let denied = match key {
+                QuicKey::Socket(cookie) => self.quic_deny.insert(cookie, 1, 0),
+                QuicKey::Wire(key) => self.wire_quic.insert(key, WIRE_QUIC_DENIED, 0),
+            };
+            if let Err(e) = denied {
                 warn!("could not deny a QUIC flow: {e}");
             }
+        }
+        for key in std::mem::take(&mut self.flows.refused_wires) {
+            match self.kernel.refuse_wire_flow(&key) {
+                Ok(true) => info!(
+                    "refused forwarded flow {}:{} -> {}:{}: a denied target the kernel let through",
+                    records::addr(key.family, key.client_addr),
+                    key.client_port,
+                    records::addr(key.family, key.server_addr),
+                    key.server_port
+                ),
+                Ok(false) => {}
+                Err(e) => warn!("could not refuse a forwarded flow: {e:#}"),
+            }
+        }
+        for key in self.flows.expired_wire_quic.drain(..) {
+            // Gone already when the table's LRU evicted it.
+            let _ = self.wire_quic.remove(&key);
         }
     }
 

@@ -4,9 +4,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use monitor_common::record::{
     AF_INET, DeferRecord, Endpoints, HoldRecord, KIND_CLOSED, KIND_DEFER, KIND_ESTABLISHED, KIND_FAILED,
-    KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, KIND_WIRE_VERDICT,
-    PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord, VerdictRecord,
-    WireRecord, WireVerdictRecord,
+    KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, KIND_WIRE_QUIC,
+    KIND_WIRE_VERDICT, PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord,
+    VerdictRecord, WireRecord, WireVerdictRecord,
 };
 
 pub enum Record {
@@ -20,6 +20,8 @@ pub enum Record {
     WireVerdict(Box<WireVerdictRecord>),
     Reply(Box<ReplyRecord>),
     Quic(Box<QuicRecord>),
+    /// A forwarded flow's QUIC datagram, seen on TC.
+    WireQuic(Box<QuicRecord>),
     Hold(HoldRecord),
     Defer(DeferRecord),
 }
@@ -45,6 +47,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         KIND_WIRE_VERDICT => Record::WireVerdict(Box::new(read(bytes)?)),
         KIND_REPLY => Record::Reply(Box::new(read(bytes)?)),
         KIND_QUIC => Record::Quic(Box::new(read(bytes)?)),
+        KIND_WIRE_QUIC => Record::WireQuic(Box::new(read(bytes)?)),
         KIND_HOLD => Record::Hold(read(bytes)?),
         KIND_DEFER => Record::Defer(read(bytes)?),
         _ => return None,
