@@ -5,7 +5,8 @@
 
 No server needs to answer: the monitor names the flow from the client's Initials. The Initial is sent,
 then retransmitted twice, 300 ms apart, as a client whose server is slow would. Prints one JSON object:
-datagrams sent and the errno of the first send that failed (EPERM when the kernel drops the flow).
+datagrams sent, the errno of the first send that failed (EPERM when the kernel drops the flow), the local
+port and the datagrams of each attempt.
 """
 import json
 import socket
@@ -26,7 +27,8 @@ def main(host, port, name):
     sock.connect((host, port))
     conn.connect((host, port), now=time.time())
     datagrams = [data for data, _ in conn.datagrams_to_send(now=time.time())]
-    result = {"sent": 0, "errno": None}
+    # The local port (to find the flow's events and datagrams), and how many datagrams each attempt sends.
+    result = {"sent": 0, "errno": None, "port": sock.getsockname()[1], "per_attempt": len(datagrams)}
     for attempt in range(3):
         for data in datagrams:
             try:

@@ -35,6 +35,39 @@ pub const ORIGIN_NAMES: &[&str] = &[
     "xn--bcher-kva.example",
 ];
 
+/// The origin's unthrottled 100 MiB file.
+pub const HUGE_FILE: &str = "huge.bin";
+const QUIC_SINK_LOG: &str = "quic-sink.log";
+const QUIC_SINK: &str = r#"
+import select, socket, sys
+socks = []
+for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, 443))
+    socks.append(s)
+log = open(sys.argv[1], "a", buffering=1)
+while True:
+    for s in select.select(socks, [], [])[0]:
+        data, peer = s.recvfrom(65535)
+        log.write(f"{peer[0]} {peer[1]} {len(data)}\n")
+"#;
+
+/// 100 MiB from a fixed xorshift sequence: every byte position differs from its neighbours, so a
+/// reordered, repeated or lost segment changes the file.
+fn huge_bytes() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(100 << 20);
+    while out.len() < 100 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
 /// Run a command; panic with its command line and output when it fails.
 pub fn sh(cmd: &mut Command) -> Output {
     let line = format!("{cmd:?}");
@@ -198,6 +231,8 @@ impl Bed {
         fs::write(www.join("index.html"), "origin ok\n").expect("index");
         // 24 MiB served at 4 MiB/s: a download that lasts about six seconds.
         fs::write(www.join("big.bin"), vec![7u8; 24 << 20]).expect("big file");
+        // 100 MiB of pseudo-random bytes served at full speed: a download checked byte for byte.
+        fs::write(www.join(HUGE_FILE), huge_bytes()).expect("huge file");
         let conf = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 512; }}\n\
              http {{\n access_log {d}/nginx-access.log;\n client_body_temp_path {d}/nb; proxy_temp_path {d}/np; fastcgi_temp_path {d}/nf; uwsgi_temp_path {d}/nu; scgi_temp_path {d}/ns;\n\
@@ -211,6 +246,20 @@ impl Bed {
         self.serve(&ns, "nginx", &["nginx", "-c", conf.to_str().expect("utf-8 path"), "-g", "daemon off;"]);
         self.wait_port(&ns, ORIGIN_V4, 443);
         self.wait_port(&ns, ORIGIN_V4, 80);
+        // UDP port 443: a sink that logs each datagram's source, to count what a QUIC client got through.
+        let log = dir.join(QUIC_SINK_LOG).display().to_string();
+        self.serve(&ns, "quic-sink", &["/usr/bin/python3", "-c", QUIC_SINK, &log]);
+    }
+
+    /// The datagrams the origin's UDP port 443 received from `port` (any address) so far.
+    pub fn quic_datagrams_from(&self, port: u16) -> usize {
+        let log = fs::read_to_string(self.dir.join(QUIC_SINK_LOG)).unwrap_or_default();
+        log.lines().filter(|l| l.split(' ').nth(1) == Some(&port.to_string())).count()
+    }
+
+    /// What the origin serves as `/huge.bin`.
+    pub fn huge_file(&self) -> PathBuf {
+        self.dir.join("www").join(HUGE_FILE)
     }
 
     fn proxies(&mut self) {

@@ -6,6 +6,8 @@
 mod early_data;
 #[path = "netns/fleet.rs"]
 mod fleet;
+#[path = "netns/wire.rs"]
+mod wire;
 
 use std::time::Duration;
 
@@ -264,6 +266,7 @@ fn audit_cases(r: &mut Runner, bed: &Bed) {
 fn gateway_cases(r: &mut Runner, bed: &Bed) {
     let cg = Cgroup::new("gateway-empty");
     let clients = Cgroup::new("gateway-clients");
+    let (block, allow) = write_lists(bed, "gateway");
     let Some(mon) = r.setup("gateway_monitor_starts", || {
         Monitor::start(
             &bed.dir,
@@ -274,6 +277,10 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
                 cg.path.display().to_string(),
                 "--iface".into(),
                 bed.router_client_if.clone(),
+                "--block".into(),
+                block.clone(),
+                "--allow".into(),
+                allow.clone(),
             ],
         )
     }) else {
@@ -309,6 +316,7 @@ fn gateway_cases(r: &mut Runner, bed: &Bed) {
         );
         assert_eq!(found[0]["AdditionalFields"]["TargetSource"], "TlsSni");
     });
+    wire::audit_cases(r, bed, &mon, &clients);
     drop(mon);
 }
 
@@ -395,21 +403,24 @@ fn expect_refused_on_wire(
     e
 }
 
-/// A download through the gateway arrives whole: `big.bin` is 24 MiB of 7s.
+/// A download through the gateway arrives whole: `huge.bin` is 100 MiB of pseudo-random bytes, compared
+/// byte for byte with what the origin served.
 fn expect_download_intact(bed: &Bed, clients: &Cgroup, name: &str, args: &[&str]) {
     let out = bed.dir.join(name);
     let out_arg = out.display().to_string();
-    let mut argv = vec!["curl", "-sS", "--max-time", "30", "--cacert"];
+    let mut argv = vec!["curl", "-sS", "--max-time", "60", "--cacert"];
     let cert = bed.cert();
     argv.push(cert.to_str().expect("utf-8 path"));
     argv.extend_from_slice(&["-o", &out_arg]);
     argv.extend_from_slice(args);
-    let run = client(clients, &bed.client_ns, &argv, Duration::from_secs(40));
+    let run = client(clients, &bed.client_ns, &argv, Duration::from_secs(70));
     assert!(run.ok(), "the allowed download failed: {run:?}");
     let body = std::fs::read(&out).unwrap_or_else(|e| panic!("read {}: {e}", out.display()));
-    assert_eq!(body.len(), 24 << 20, "the whole file arrived");
-    assert!(body.iter().all(|&b| b == 7), "the file's bytes arrived intact");
     let _ = std::fs::remove_file(&out);
+    let served = std::fs::read(bed.huge_file()).expect("the served file");
+    assert_eq!(body.len(), served.len(), "the whole file arrived");
+    let first_difference = body.iter().zip(&served).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "the file's bytes arrived intact");
 }
 
 /// Gateway mode in block mode: clients in no watched cgroup, their flows judged and refused on the router's
@@ -452,7 +463,7 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
                 bed,
                 &clients,
                 "gateway-big.bin",
-                &["-x", SQUID, "https://origin.test/big.bin"],
+                &["-x", SQUID, "https://origin.test/huge.bin"],
             );
         });
     }
@@ -532,9 +543,10 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
         assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
     });
-    r.case("gateway_block_client_hello_split_inside_name_uninspectable", || {
+    r.case("gateway_block_client_hello_split_inside_name_refused_late", || {
         // Split inside the name: the first segment cannot be judged and holds part of a name. With the
-        // default `--uninspectable allow` the flow passes, and its event says it was not read.
+        // default `--uninspectable allow` the kernel lets it pass; user space joins the segments, names
+        // the denied target, and the kernel refuses the flow from its next segment on (a late verdict).
         let target = "cut.blocked.test";
         let script = format!(
             "import sys; sys.path.insert(0, {:?}); import rawclient; print(rawclient.client_hello({target:?}).find(b{target:?}))",
@@ -547,9 +559,12 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
             rawclient(bed, &clients, &["tls", ORIGIN_V4, &origin_port, "--sni", target, "--split-at", &split]);
         assert_eq!(res["step"], "done", "an uninspectable flow passes under --uninspectable allow: {run:?}");
         let found = mon.wait_events(10, |e| e["RemoteUrl"] == target && e["AdditionalFields"]["SeenOn"] == "tc");
-        assert!(!found.is_empty(), "the flow is reported:\n{}", describe(&mon.events()));
-        assert_eq!(found[0]["ActionType"], "ConnectionSuccess", "{}", found[0]);
-        assert_eq!(found[0]["AdditionalFields"]["Uninspectable"], true, "{}", found[0]);
+        assert_eq!(found.len(), 1, "the flow is reported once:\n{}", describe(&mon.events()));
+        let e = &found[0];
+        assert_eq!(e["ActionType"], "ExploitGuardNetworkProtectionBlocked", "{e}");
+        assert_eq!(e["AdditionalFields"]["LateVerdict"], true, "{e}");
+        assert_eq!(e["AdditionalFields"]["Uninspectable"], true, "the kernel could not read it: {e}");
+        assert_eq!(e["AdditionalFields"]["TargetSource"], "TlsSni", "{e}");
     });
     r.case("gateway_block_chromium_split_client_hello_allowed", || {
         // Offloads off: Chromium's ~2 KB ClientHello crosses the gateway as two segments.
@@ -588,6 +603,7 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
         });
         assert!(!found.is_empty(), "the allowed flow is reported:\n{}", describe(&mon.events()));
     });
+    wire::block_cases(r, bed, &mon, &clients);
     drop(mon);
 
     // The other direction: TC egress on the router's origin-side interface, the clients on its other side.
@@ -627,7 +643,7 @@ fn gateway_block_cases(r: &mut Runner, bed: &Bed) {
             bed,
             &clients,
             "gateway-egress-big.bin",
-            &["--resolve", &resolve, "https://origin.test/big.bin"],
+            &["--resolve", &resolve, "https://origin.test/huge.bin"],
         );
     });
     drop(mon);
