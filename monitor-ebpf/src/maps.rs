@@ -47,9 +47,11 @@ pub static NETS_V6: LpmTrie<[u8; 16], IndicatorSlots> = LpmTrie::with_max_entrie
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Forwarded flows seen on TC, while their first bytes are captured.
+/// Forwarded flows seen on TC, from the SYN until FIN/RST or until user space reclaims them. A plain hash
+/// map: an LRU would let a flood of SYNs evict a flow that is still to be judged. User space sizes it
+/// (`--wire-flows`); when it is full, block mode refuses new flows.
 #[map]
-pub static WIRE_FLOWS: LruHashMap<WireFlowKey, WireFlowState> = LruHashMap::with_max_entries(65_536, 0);
+pub static WIRE_FLOWS: HashMap<WireFlowKey, WireFlowState> = HashMap::with_max_entries(65_536, 0);
 
 /// Forwarded QUIC flows seen on TC (UDP to port 443): the long-header datagrams handed to user space so
 /// far, or `WIRE_QUIC_DENIED` once user space found the flow going to a denied name (block mode). User space

@@ -140,7 +140,12 @@ fn try_wire(ctx: &TcContext, hook: Hook) -> Result<i32, i64> {
             hello_end: 0,
         };
         if WIRE_FLOWS.insert(&key, &state, 0).is_err() {
+            // The table is full (a hash map, not an LRU: evicting a flow still being judged would let its
+            // first bytes pass unread). Block mode fails closed: the client is reset at once.
             count_drop(DROP_FLOW_TABLE_FULL);
+            if block.is_some() {
+                return Ok(refuse(ctx, hook, &segment, false));
+            }
             return Ok(TC_ACT_OK as i32);
         }
         emit(ctx, &segment, 0, 0, 0);
