@@ -125,6 +125,14 @@ pub struct RunArgs {
     /// Size of the kernel-to-user ring buffer: a power of two, at least 4096 [default: 16 MiB].
     #[arg(long, value_name = "BYTES", value_parser = ring_size)]
     pub ring_buffer_bytes: Option<u32>,
+    /// Gateway mode (`--iface`): forwarded flows the kernel tracks at once while judging their first bytes;
+    /// when full, block mode refuses new flows instead of evicting one [default: 65536].
+    #[arg(long, value_name = "N")]
+    pub wire_flows: Option<u32>,
+    /// Gateway mode, block mode: how long a forwarded flow may stay open without sending its first bytes;
+    /// past it the flow is reset at its next segment instead of judged (e.g. 1h, 90s) [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    pub silent_flow_timeout: Option<String>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9900) [default: off].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -37,7 +37,7 @@ use serde_json::{Map, Value};
 use super::{
     abort::{Abort, AbortReason},
     process::{Accounts, EXEC_REMEMBERED, ExecCache, describe},
-    records::{addr, comm, local, remote},
+    records::{addr, comm, local, remote, wire_key, wire_tuple},
     sink::Sink,
 };
 
@@ -203,7 +203,7 @@ pub struct Flows {
 /// changes; a pid reused this quickly by a process with the same comm and uid is not told apart).
 const PROCESS_CACHE_FOR: Duration = Duration::from_secs(2);
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
+pub(super) fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // Both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
@@ -843,6 +843,11 @@ impl Flows {
         sink.emit(event);
     }
 
+    /// A forwarded flow user space has yet to report (a late verdict may still need its kernel entry).
+    pub fn wire_pending(&self, key: &WireFlowKey) -> bool {
+        self.wires.get(&wire_tuple(key)).is_some_and(|f| !f.reported)
+    }
+
     pub fn on_wire(&mut self, rec: &WireRecord, sink: &mut Sink) {
         const SYN: u32 = 0x02;
         const FIN: u32 = 0x01;
@@ -862,13 +867,7 @@ impl Flows {
             self.wires.insert(
                 key,
                 WireFlow {
-                    key: WireFlowKey {
-                        family: e.family,
-                        client_port: e.local_port as u16,
-                        server_port: e.remote_port as u16,
-                        client_addr: e.local_addr,
-                        server_addr: e.remote_addr,
-                    },
+                    key: wire_key(e),
                     opened_ns: rec.header.ktime_ns,
                     established: false,
                     inspector: FlowInspector::new(),

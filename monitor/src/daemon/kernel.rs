@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::wire_reclaim::Reclaim;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
@@ -84,6 +85,8 @@ pub struct LoadOptions<'a> {
     /// Block mode: pin maps and links here, adopting what a previous daemon left.
     pub pin_dir: Option<&'a Path>,
     pub ring_buffer_bytes: u32,
+    /// The capacity of `WIRE_FLOWS`.
+    pub wire_flows: u32,
     /// Attach sk_msg (payload inspection); the features probe said this kernel can.
     pub inspection: bool,
     /// Attach the cgroup_skb programs (proxy answers, QUIC).
@@ -92,6 +95,9 @@ pub struct LoadOptions<'a> {
 
 /// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
 /// the next daemon adopts them (its events resume from the same ring buffer).
+/// A map update that only replaces an existing entry (linux/bpf.h).
+const BPF_EXIST: u64 = 2;
+
 const PERSISTENT_MAPS: &[&str] =
     &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY", "DEFERRED"];
 
@@ -302,7 +308,8 @@ impl Kernel {
             .map_max_entries("DOMAINS", opts.domain_capacity.max(1024))
             .map_max_entries("NETS_V4", opts.net_capacity.max(1024))
             .map_max_entries("NETS_V6", opts.net_capacity.max(1024))
-            .map_max_entries("EVENTS", opts.ring_buffer_bytes);
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("WIRE_FLOWS", opts.wire_flows);
         let mut fresh_indicator_maps = false;
         let mut adopting = false;
         let map_paths: Vec<(&str, PathBuf)> = match opts.pin_dir {
@@ -678,6 +685,41 @@ impl Kernel {
         state.phase = PHASE_REFUSE;
         flows.insert(key, state, 0).context("write WIRE_FLOWS")?;
         Ok(true)
+    }
+
+    /// Look at the forwarded flows `due` (with their age) and apply what `decide` says of each: delete
+    /// the entry, mark it refused, or keep it. `None` for a flow the kernel no longer has.
+    pub fn reclaim_wire_flows(
+        &mut self,
+        due: &[(WireFlowKey, std::time::Duration)],
+        mut decide: impl FnMut(&WireFlowKey, &WireFlowState, std::time::Duration) -> Reclaim,
+    ) -> anyhow::Result<Vec<(WireFlowKey, Option<Reclaim>)>> {
+        let map = self.ebpf.map_mut("WIRE_FLOWS").context("map WIRE_FLOWS")?;
+        let mut flows = aya::maps::HashMap::<&mut MapData, WireFlowKey, WireFlowState>::try_from(map)
+            .context("map WIRE_FLOWS")?;
+        let mut out = Vec::with_capacity(due.len());
+        for (key, age) in due {
+            let Ok(mut state) = flows.get(key, 0) else {
+                out.push((*key, None));
+                continue;
+            };
+            let outcome = decide(key, &state, *age);
+            match outcome {
+                // Gone already (a FIN raced the look) is as good as removed.
+                Reclaim::Remove => _ = flows.remove(key),
+                Reclaim::Refuse => {
+                    state.phase = PHASE_REFUSE;
+                    // BPF_EXIST: a flow that ended meanwhile is not brought back.
+                    if flows.insert(key, state, BPF_EXIST).is_err() {
+                        out.push((*key, None));
+                        continue;
+                    }
+                }
+                Reclaim::Keep { .. } => {}
+            }
+            out.push((*key, Some(outcome)));
+        }
+        Ok(out)
     }
 
     /// Forwarded QUIC flows on TC: user space writes the denied ones and removes the forgotten ones.

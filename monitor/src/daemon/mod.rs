@@ -16,6 +16,7 @@ mod records;
 mod settings;
 mod sink;
 mod status;
+mod wire_reclaim;
 
 use status::Status;
 
@@ -73,12 +74,12 @@ fn notify_ready() {
 
 /// About how much memory the maps take (kernels before 5.11 charge it to RLIMIT_MEMLOCK): entry
 /// sizes plus the kernel's per-entry overhead, rounded up.
-fn map_bytes(ring_buffer_bytes: u32, domain_capacity: u32, net_capacity: u32) -> u64 {
+fn map_bytes(ring_buffer_bytes: u32, domain_capacity: u32, net_capacity: u32, wire_flows: u32) -> u64 {
     ring_buffer_bytes as u64
         + domain_capacity as u64 * 96
         + 2 * net_capacity as u64 * 96
         + 65_536 * 64 // SOCKS
-        + 65_536 * 128 // WIRE_FLOWS
+        + wire_flows as u64 * 128 // WIRE_FLOWS
         + 16_384 * 64 // QUIC_DENY
         + 16_384 * 96 // WIRE_QUIC
         + (1 << 20) // CONFIG, DROPS, SCRATCH
@@ -142,7 +143,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             mode,
             ifaces: &args.ifaces,
             explicit_cgroups: !args.cgroups.is_empty(),
-            map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity),
+            map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity, args.wire_flows),
         };
         let plan = features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?;
         for note in &plan.notes {
@@ -254,6 +255,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         skb: plan.skb,
         pin_dir: if mode == MODE_BLOCK { pin_dir.as_deref() } else { None },
         ring_buffer_bytes: args.ring_buffer_bytes,
+        wire_flows: args.wire_flows,
     };
     // The indicators are in the maps and the programs attached before anything a previous daemon
     // pinned changes (`commit`); a failure before that leaves its enforcement as it was.
@@ -328,6 +330,8 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         quic_deny,
         wire_quic,
         deferred,
+        reclaim: wire_reclaim::WireReclaim::new(args.silent_flow_timeout),
+        last_sweep: Instant::now(),
         started: Instant::now(),
         store_path,
         exporter,
@@ -360,6 +364,9 @@ struct Daemon {
     wire_quic: aya::maps::HashMap<MapData, WireFlowKey, u32>,
     /// User space's answers for connections the kernel left to it.
     deferred: aya::maps::HashMap<MapData, u64, u32>,
+    /// The forwarded flows the kernel tracks, reclaimed when no FIN or RST ends them.
+    reclaim: wire_reclaim::WireReclaim,
+    last_sweep: Instant,
     started: Instant,
     store_path: Option<PathBuf>,
     /// `--export`: reads the store it started with (a new store path takes a restart).
@@ -419,6 +426,10 @@ impl Daemon {
                     self.drain_ring(ring.get_mut());
                     self.flows.tick(&mut self.sink);
                     self.release_judged();
+                    if self.last_sweep.elapsed() >= wire_reclaim::SWEEP_EVERY {
+                        self.last_sweep = Instant::now();
+                        self.reclaim_wire_flows();
+                    }
                     if last_poll.elapsed() >= DROPS_POLL {
                         last_poll = Instant::now();
                         if let Ok(drops) = self.kernel.drops() {
@@ -468,7 +479,10 @@ impl Daemon {
                 Record::Closed(r) => self.flows.on_closed(&r, &mut self.sink),
                 Record::Payload(r) => self.flows.on_payload(&r, &mut self.sink),
                 Record::Verdict(r) => self.flows.on_verdict(&r, &mut self.sink),
-                Record::Wire(r) => self.flows.on_wire(&r, &mut self.sink),
+                Record::Wire(r) => {
+                    self.reclaim.on_wire(&r);
+                    self.flows.on_wire(&r, &mut self.sink)
+                }
                 Record::WireVerdict(r) => self.flows.on_wire_verdict(&r, &mut self.sink),
                 Record::Reply(r) => self.flows.on_reply(&r, &mut self.sink),
                 Record::Quic(r) => self.flows.on_quic(&r, &mut self.sink),
@@ -526,11 +540,8 @@ impl Daemon {
         for key in std::mem::take(&mut self.flows.refused_wires) {
             match self.kernel.refuse_wire_flow(&key) {
                 Ok(true) => info!(
-                    "refused forwarded flow {}:{} -> {}:{}: a denied target the kernel let through",
-                    records::addr(key.family, key.client_addr),
-                    key.client_port,
-                    records::addr(key.family, key.server_addr),
-                    key.server_port
+                    "refused forwarded flow {}: a denied target the kernel let through",
+                    records::wire_text(&key)
                 ),
                 Ok(false) => {}
                 Err(e) => warn!("could not refuse a forwarded flow: {e:#}"),
@@ -545,6 +556,36 @@ impl Daemon {
     /// SIGHUP: mode, uninspectable policy, hold timeout, indicator files, the events file (reopened, for
     /// rotation) and the store take effect now; what is attached where (cgroups, interfaces, the ring
     /// buffer, sockets, pins) takes a restart, which in block mode opens no gap.
+    /// Forwarded flows no FIN or RST removed from the kernel's table: delete what is judged and
+    /// reported, refuse what stayed silent too long (block mode).
+    fn reclaim_wire_flows(&mut self) {
+        let now = flows::clock_ns(libc::CLOCK_MONOTONIC).max(0) as u64;
+        let due = self.reclaim.due(now);
+        if due.is_empty() {
+            return;
+        }
+        let (block, silent) = (self.args.mode == Mode::Block, self.reclaim.silent_timeout);
+        let flows = &self.flows;
+        let outcomes = self.kernel.reclaim_wire_flows(&due, |key, state, age| {
+            wire_reclaim::decide(state, age, !flows.wire_pending(key), block, silent)
+        });
+        match outcomes {
+            Ok(outcomes) => {
+                for (key, outcome) in outcomes {
+                    if outcome == Some(wire_reclaim::Reclaim::Refuse) {
+                        info!(
+                            "refusing forwarded flow {}: silent for {}s after its handshake (--silent-flow-timeout)",
+                            records::wire_text(&key),
+                            silent.as_secs_f64()
+                        );
+                    }
+                    self.reclaim.settle(&key, outcome);
+                }
+            }
+            Err(e) => warn!("reclaiming forwarded flows: {e:#}"),
+        }
+    }
+
     fn reload_config(&mut self) {
         let new = match Settings::resolve(&self.cli_args) {
             Ok(new) => new,
@@ -631,6 +672,7 @@ impl Daemon {
             ("control", new.control != self.args.control),
             ("pin_dir", new.pin_dir != self.args.pin_dir),
             ("ring_buffer_bytes", new.ring_buffer_bytes != self.args.ring_buffer_bytes),
+            ("wire_flows", new.wire_flows != self.args.wire_flows),
             ("metrics", new.metrics != self.args.metrics),
             ("device_id", new.device_id != self.args.device_id),
             ("export", new.export != self.args.export),
@@ -641,7 +683,10 @@ impl Daemon {
                 warn!("{key} changed: it takes effect when the daemon restarts");
             }
         }
-        let Settings { mode, uninspectable, allow, block, hold_timeout, events, .. } = new;
+        let Settings { mode, uninspectable, allow, block, hold_timeout, events, silent_flow_timeout, .. } =
+            new;
+        self.reclaim.silent_timeout = silent_flow_timeout;
+        self.args.silent_flow_timeout = silent_flow_timeout;
         self.args.events = events;
         self.args.hold_timeout = hold_timeout;
         self.args.mode = mode;
@@ -737,7 +782,13 @@ impl Daemon {
             },
             flows: self.flows.counters,
             open_flows: self.flows.open_count(),
-            kernel_flow_entries: status::KernelFlowEntries { sockets_inspected, forwarded_flows },
+            kernel_flow_entries: status::KernelFlowEntries {
+                sockets_inspected,
+                forwarded_flows,
+                forwarded_capacity: self.args.wire_flows,
+                forwarded_reclaimed: self.reclaim.reclaimed,
+                forwarded_silent_refused: self.reclaim.silent_refused,
+            },
             pin_dir: self.kernel.pin_dir.as_ref().map(|p| p.display().to_string()),
             adopted_from: self.adopted.clone(),
             degraded: self.kernel.degraded.clone(),

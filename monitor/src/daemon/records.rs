@@ -6,7 +6,7 @@ use monitor_common::record::{
     AF_INET, DeferRecord, Endpoints, HoldRecord, KIND_CLOSED, KIND_DEFER, KIND_ESTABLISHED, KIND_FAILED,
     KIND_HOLD, KIND_PAYLOAD, KIND_PROCESS, KIND_QUIC, KIND_REPLY, KIND_VERDICT, KIND_WIRE, KIND_WIRE_QUIC,
     KIND_WIRE_VERDICT, PayloadRecord, ProcessRecord, QuicRecord, RecordHeader, ReplyRecord, SocketRecord,
-    VerdictRecord, WireRecord, WireVerdictRecord,
+    VerdictRecord, WireFlowKey, WireRecord, WireVerdictRecord,
 };
 
 pub enum Record {
@@ -79,4 +79,29 @@ pub fn remote(e: &Endpoints) -> (IpAddr, u16) {
 pub fn comm(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+/// The kernel's key of a forwarded flow, from a record's endpoints (the client is the local side).
+pub fn wire_key(e: &Endpoints) -> WireFlowKey {
+    WireFlowKey {
+        family: e.family,
+        client_port: e.local_port as u16,
+        server_port: e.remote_port as u16,
+        client_addr: e.local_addr,
+        server_addr: e.remote_addr,
+    }
+}
+
+/// `client:port -> server:port`, for logs.
+pub fn wire_text(key: &WireFlowKey) -> String {
+    let (client, server) = wire_tuple(key);
+    format!("{}:{} -> {}:{}", client.0, client.1, server.0, server.1)
+}
+
+/// A forwarded flow's (client, server) addresses and ports.
+pub fn wire_tuple(key: &WireFlowKey) -> ((IpAddr, u16), (IpAddr, u16)) {
+    (
+        (addr(key.family, key.client_addr), key.client_port),
+        (addr(key.family, key.server_addr), key.server_port),
+    )
 }

@@ -36,6 +36,8 @@ struct ConfigFile {
     ring_buffer_bytes: Option<u32>,
     metrics: Option<SocketAddr>,
     hold_timeout: Option<String>,
+    wire_flows: Option<u32>,
+    silent_flow_timeout: Option<String>,
     device_id: Option<String>,
     export: Option<String>,
     export_creds: Option<PathBuf>,
@@ -66,6 +68,10 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// Block mode: how long a send may be held for the bytes that decide.
     pub hold_timeout: Duration,
+    /// Gateway mode: the capacity of the kernel's forwarded-flow table.
+    pub wire_flows: u32,
+    /// Gateway mode, block mode: how long a forwarded flow may stay silent before its first bytes.
+    pub silent_flow_timeout: Duration,
     /// `None`: /etc/machine-id.
     pub device_id: Option<String>,
     /// `None`: no export.
@@ -74,6 +80,10 @@ pub struct Settings {
 
 /// The default bound on a hold: far above what a real client takes to finish a request it started.
 pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Forwarded flows the kernel tracks at once by default: about 8 MiB of kernel memory.
+pub const DEFAULT_WIRE_FLOWS: u32 = 65_536;
+/// A client that has sent nothing for an hour after its handshake is not waiting on anything real.
+pub const DEFAULT_SILENT_FLOW_TIMEOUT: Duration = Duration::from_secs(3_600);
 /// The kernel keeps the bound in milliseconds, in 32 bits; a day is already far beyond any use.
 const HOLD_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
@@ -157,6 +167,8 @@ impl Settings {
             ring_buffer_bytes,
             metrics,
             hold_timeout,
+            wire_flows,
+            silent_flow_timeout,
             device_id,
             export,
             export_creds,
@@ -191,6 +203,18 @@ impl Settings {
             }
             Some((_, _, d)) => d,
             None => DEFAULT_HOLD_TIMEOUT,
+        };
+        let wire_flows = args.wire_flows.or(wire_flows).unwrap_or(DEFAULT_WIRE_FLOWS);
+        if !(16..=(1 << 22)).contains(&wire_flows) {
+            bail!("wire_flows: {wire_flows} must be 16 to 4194304");
+        }
+        let silent_flow_timeout = match flag_or_key(
+            ("--silent-flow-timeout", args.silent_flow_timeout.as_deref()),
+            ("silent_flow_timeout", silent_flow_timeout.as_deref()),
+        )? {
+            Some((key, text, d)) if d.is_zero() => bail!("{key}: {text:?} must be above 0"),
+            Some((_, _, d)) => d,
+            None => DEFAULT_SILENT_FLOW_TIMEOUT,
         };
         let device_id = args.device_id.clone().or(device_id);
         if device_id.as_deref().is_some_and(|id| id.trim().is_empty() || id.contains(':')) {
@@ -236,6 +260,8 @@ impl Settings {
             ring_buffer_bytes,
             metrics: args.metrics.or(metrics),
             hold_timeout,
+            wire_flows,
+            silent_flow_timeout,
             device_id,
             export,
         })
@@ -269,6 +295,8 @@ pin_dir = "/sys/fs/bpf/m"
 ring_buffer_bytes = 65536
 metrics = "127.0.0.1:9900"
 hold_timeout = "2s"
+wire_flows = 131072
+silent_flow_timeout = "30m"
 device_id = "web-1"
 export = "nats://127.0.0.1:4222"
 export_creds = "/etc/monitor/nats.creds"

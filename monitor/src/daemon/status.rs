@@ -53,5 +53,10 @@ pub struct Store {
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelFlowEntries {
     pub sockets_inspected: usize,
+    /// Entries in the forwarded-flow table now, and its size (`--wire-flows`).
     pub forwarded_flows: usize,
+    pub forwarded_capacity: u32,
+    /// Entries user space deleted because no FIN or RST ended them, and silent flows it refused.
+    pub forwarded_reclaimed: u64,
+    pub forwarded_silent_refused: u64,
 }
