@@ -851,7 +851,7 @@ fn policy_monitor(
     Monitor::start(&bed.dir, name, None, &args)
 }
 
-fn write_lists(bed: &Bed, name: &str) -> (String, String) {
+pub(crate) fn write_lists(bed: &Bed, name: &str) -> (String, String) {
     let block = bed.dir.join(format!("{name}-block.txt"));
     let allow = bed.dir.join(format!("{name}-allow.txt"));
     std::fs::write(&block, BLOCK_LIST).expect("write block list");
@@ -1413,7 +1413,7 @@ fn cgroup_programs(cg: &Cgroup) -> Vec<String> {
         .collect()
 }
 
-fn status(mon: &Monitor) -> Value {
+pub(crate) fn status(mon: &Monitor) -> Value {
     let out = mon.ctl(&["status"]);
     assert!(out.status.success(), "monitor status: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("status is JSON")
@@ -1832,6 +1832,7 @@ fn main() {
     audit_cases(&mut r, &bed);
     gateway_cases(&mut r, &bed);
     gateway_block_cases(&mut r, &bed);
+    wire::reclaim_cases(&mut r, &bed);
     degrade_cases(&mut r, &bed);
     block_cases(&mut r, &bed);
     audit_mode_cases(&mut r, &bed);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tests::{Bed, Cgroup, Monitor, Runner, bed::ORIGIN_V4, client};
 
-use super::{SQUID, curl, describe, quic_client};
+use super::{SQUID, curl, describe, quic_client, status, write_lists};
 
 /// A QUIC client behind the router sends three rounds of Initials 300 ms apart; returns the flow's local
 /// port, datagrams per round, and how many of them reached the origin.
@@ -145,4 +145,120 @@ pub fn block_cases(r: &mut Runner, bed: &Bed, mon: &Monitor, clients: &Cgroup) {
         assert!(log.contains("/late-first"), "the first request reached nginx: {log}");
         assert!(!log.contains("/late-second"), "the request after the verdict did not: {log}");
     });
+}
+
+/// A Python client in the client namespace, behind the router; its one JSON line.
+fn python(bed: &Bed, clients: &Cgroup, script: &str, timeout: Duration) -> Value {
+    let run = client(clients, &bed.client_ns, &["/usr/bin/python3", "-c", script], timeout);
+    serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {run:?}"))
+}
+
+fn forwarded(mon: &Monitor) -> Value {
+    status(mon)["kernel_flow_entries"].clone()
+}
+
+/// The forwarded-flow table is a bounded hash map user space reclaims: judged flows that stay open leave
+/// it, a flow silent past `--silent-flow-timeout` is reset instead of judged, and a full table refuses
+/// new flows in block mode rather than evicting one still to be judged.
+pub fn reclaim_cases(r: &mut Runner, bed: &Bed) {
+    let cg = Cgroup::new("gateway-reclaim-empty");
+    let clients = Cgroup::new("gateway-reclaim-clients");
+    let (block, allow) = write_lists(bed, "gateway-reclaim");
+    let Some(mon) = r.setup("gateway_reclaim_monitor_starts", || {
+        let args: Vec<String> = [
+            "--mode",
+            "block",
+            "--cgroup",
+            &cg.path.display().to_string(),
+            "--iface",
+            &bed.router_client_if,
+            "--block",
+            &block,
+            "--allow",
+            &allow,
+            "--wire-flows",
+            "16",
+            "--silent-flow-timeout",
+            "2s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Monitor::start(&bed.dir, "gateway-reclaim", Some(&bed.router_ns), &args)
+    }) else {
+        return;
+    };
+    let tls = "import json, socket, ssl, time\n\
+               ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+               def tls(s): return ctx.wrap_socket(s, server_hostname='origin.test')\n\
+               def tcp(port): return socket.create_connection(('ORIGIN', port), timeout=5)\n"
+        .replace("ORIGIN", ORIGIN_V4);
+    r.case("gateway_reclaims_judged_flows_that_stay_open", || {
+        let before = forwarded(&mon)["forwarded_reclaimed"].as_u64().expect("forwarded_reclaimed");
+        let script = format!(
+            "{tls}conns = [tls(tcp(443)) for _ in range(3)]\n\
+             time.sleep(4)\n\
+             codes = []\n\
+             for c in conns:\n    c.sendall(b'GET / HTTP/1.1\\r\\nHost: origin.test\\r\\n\\r\\n')\n    codes.append(c.recv(4096).decode(errors='replace').split('\\r\\n')[0])\n\
+             print(json.dumps({{'codes': codes}}))\n"
+        );
+        std::thread::scope(|s| {
+            let run = s.spawn(|| python(bed, &clients, &script, Duration::from_secs(15)));
+            // While the three connections stay open, their judged entries leave the kernel's table.
+            let mut entries = Value::Null;
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(100));
+                entries = forwarded(&mon);
+                let reclaimed = entries["forwarded_reclaimed"].as_u64().unwrap_or(0);
+                if reclaimed >= before + 3 && entries["forwarded_flows"] == 0 {
+                    break;
+                }
+            }
+            let res = run.join().expect("client thread");
+            assert_eq!(entries["forwarded_flows"], 0, "judged open flows were reclaimed: {entries}");
+            assert!(entries["forwarded_reclaimed"].as_u64() >= Some(before + 3), "{entries}");
+            assert_eq!(entries["forwarded_capacity"], 16, "{entries}");
+            // And the flows go on untracked: each still gets its answer.
+            let codes = res["codes"].as_array().expect("codes");
+            assert_eq!(codes.len(), 3, "{res}");
+            assert!(codes.iter().all(|c| c == "HTTP/1.1 200 OK"), "reclaimed flows keep working: {res}");
+        });
+    });
+    r.case("gateway_silent_flow_reset_past_timeout", || {
+        let script = format!(
+            "{tls}res = {{}}\n\
+             for name, wait in (('brief', 0.5), ('silent', 4)):\n\
+             \x20   s = tcp(443)\n\
+             \x20   time.sleep(wait)\n\
+             \x20   try:\n        tls(s).close(); res[name] = 'ok'\n\
+             \x20   except OSError as e:\n        res[name] = e.errno\n\
+             print(json.dumps(res))\n"
+        );
+        let res = python(bed, &clients, &script, Duration::from_secs(15));
+        assert_eq!(res["brief"], "ok", "a flow silent for less than the timeout is judged as any: {res}");
+        assert_eq!(res["silent"], 104, "one silent past it is reset at its first bytes: {res}");
+        let entries = forwarded(&mon);
+        assert!(entries["forwarded_silent_refused"].as_u64() >= Some(1), "{entries}");
+    });
+    r.case("gateway_full_flow_table_refuses_new_flows", || {
+        // Sixteen entries: hold connections open until one is refused at its SYN; once they close, the
+        // table has room again.
+        let script = format!(
+            "{tls}held, errno = [], None\n\
+             for _ in range(24):\n\
+             \x20   try:\n        held.append(tcp(80))\n\
+             \x20   except OSError as e:\n        errno = e.errno; break\n\
+             for s in held: s.close()\n\
+             time.sleep(0.5)\n\
+             after = tls(tcp(443)); after.close()\n\
+             print(json.dumps({{'held': len(held), 'errno': errno}}))\n"
+        );
+        let res = python(bed, &clients, &script, Duration::from_secs(20));
+        let held = res["held"].as_u64().expect("held");
+        assert!((8..=16).contains(&held), "at most the table's 16 flows are open at once: {res}");
+        assert_eq!(res["errno"], 111, "the next SYN is answered with a reset (ECONNREFUSED): {res}");
+        let drops = &status(&mon)["kernel_drops"];
+        assert!(drops["flow_table_full"].as_u64() >= Some(1), "the refusal is counted: {drops}");
+    });
+    drop(mon);
 }
