@@ -32,7 +32,7 @@ use crate::{
     procfs::{self, Memory},
     report::{
         BulkRow, CpuRow, DaemonRow, EventsRow, GatewayResult, Goal, KernelRow, Machine, ProgRow, RateRow,
-        ReloadUnderLoad, Results, Settings,
+        ReloadUnderLoad, Results, Settings, ratio_cell,
     },
     stats::{median, range},
 };
@@ -98,8 +98,8 @@ pub struct Args {
     /// Indicator reloads to time.
     #[arg(long, default_value_t = 3)]
     pub reloads: usize,
-    /// Rounds of the gateway-mode comparison.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the gateway-mode comparison (each: a daemon start with the big list).
+    #[arg(long, default_value_t = 6)]
     pub gateway_rounds: usize,
     /// Parts to leave out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -322,6 +322,21 @@ impl Bench {
         Ok((report, cpu))
     }
 
+    /// One request of `workload` naming `host`: the gateway bench's check that a denied name is refused.
+    fn probe(&self, cgroup: &Cgroup, workload: Workload, host: &str) -> anyhow::Result<LoadReport> {
+        let mut argv = vec![self.loadgen.display().to_string()];
+        argv.extend(workload.argv(&self.bed.cert()));
+        if let Some(at) = argv.iter().position(|a| a == "--host") {
+            argv[at + 1] = host.into();
+        }
+        argv.extend(["--requests".into(), "1".into(), "--workers".into(), "1".into()]);
+        let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let run = client(cgroup, &self.bed.client_ns, &argv_ref, RUN_LIMIT);
+        serde_json::from_str(run.stdout.trim()).with_context(|| {
+            format!("load generator printed no report ({:?}): {}", run.code, run.stderr.trim())
+        })
+    }
+
     fn run(
         &self,
         variant: &mut Variant,
@@ -392,6 +407,22 @@ fn machine() -> Machine {
 }
 
 /// Deterministic domain names, none of them a test name or a parent of one.
+/// The file nginx serves for the download workloads, unless a part before wrote it already.
+fn write_bulk(path: &Path, mib: u64) -> anyhow::Result<()> {
+    if fs::metadata(path).is_ok_and(|m| m.len() == mib << 20) {
+        return Ok(());
+    }
+    eprintln!("bench: writing a {mib} MiB file for nginx");
+    let mut out = std::io::BufWriter::new(
+        fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
+    let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    for _ in 0..mib {
+        out.write_all(&block).with_context(|| format!("write {}", path.display()))?;
+    }
+    out.flush().with_context(|| format!("write {}", path.display()))
+}
+
 fn write_domains(path: &Path, count: usize, salt: &str) -> anyhow::Result<()> {
     const WORDS: &[&str] = &[
         "cdn", "login", "update", "api", "mail", "static", "track", "secure", "files", "img", "portal",
@@ -579,10 +610,12 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     let mut variants: Vec<Variant> = Vec::new();
     let big_list = bed.dir.join("block-many.txt");
     let small_list = bed.dir.join("block-100.txt");
-    if args.runs(Part::Rate) || args.runs(Part::Bulk) {
+    if args.runs(Part::Rate) || args.runs(Part::Bulk) || args.runs(Part::Gateway) {
         eprintln!("bench: writing indicator lists ({} and 100 domains)", settings.indicators);
         write_domains(&big_list, settings.indicators, "m")?;
         write_domains(&small_list, 100, "s")?;
+    }
+    if args.runs(Part::Rate) || args.runs(Part::Bulk) {
         let many = if settings.indicators >= 1_000_000 && settings.indicators.is_multiple_of(1_000_000) {
             format!("{}M", settings.indicators / 1_000_000)
         } else {
@@ -676,18 +709,7 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
 
     if args.runs(Part::Bulk) {
         let bulk = bed.dir.join("www/bulk.bin");
-        eprintln!("bench: writing a {} MiB file for nginx", settings.bulk_mib);
-        {
-            let mut out = std::io::BufWriter::new(
-                fs::File::create(&bulk).with_context(|| format!("create {}", bulk.display()))?,
-            );
-            let block: Vec<u8> =
-                (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
-            for _ in 0..settings.bulk_mib {
-                out.write_all(&block).with_context(|| format!("write {}", bulk.display()))?;
-            }
-            out.flush().with_context(|| format!("write {}", bulk.display()))?;
-        }
+        write_bulk(&bulk, settings.bulk_mib)?;
         let pair: Vec<usize> =
             [Kind::None, Kind::BlockMany].into_iter().filter_map(|k| index(&variants, k)).collect();
         let mut bulk_samples = Vec::new();
@@ -831,7 +853,7 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     }
 
     if args.runs(Part::Gateway) {
-        results.gateway = Some(gateway(&bench, &settings, args.gateway_rounds)?);
+        results.gateway = Some(gateway(&bench, &settings, args.gateway_rounds, &big_list)?);
     }
     drop(variants);
 
@@ -913,54 +935,109 @@ fn reload(mon: &Monitor, list: &Path, k: usize) -> anyhow::Result<(f64, f64)> {
     }
 }
 
-/// Gateway mode: the daemon in the router namespace, tc on the client-facing interface, a client in a
-/// cgroup nothing watches. Alternates runs without and with the daemon.
-fn gateway(bench: &Bench, settings: &Settings, rounds: usize) -> anyhow::Result<GatewayResult> {
+/// Gateway mode: the daemon in block mode with the big list in the router namespace, tc on the
+/// client-facing interface, a client in a cgroup nothing watches. Each round measures the connection rate
+/// and a download forwarded through the router without the daemon, then with it, and checks that a
+/// denied name is refused while it runs (a bench of a gateway that blocks nothing would flatter it).
+fn gateway(bench: &Bench, settings: &Settings, rounds: usize, list: &Path) -> anyhow::Result<GatewayResult> {
     let bed = &bench.bed;
     let clients = Cgroup::new("bench-gateway-clients");
     let empty = Cgroup::new("bench-gateway-empty");
     let workload = Workload::HttpsDirect;
-    let (mut none, mut with) = (Vec::new(), Vec::new());
+    write_bulk(&bed.dir.join("www/bulk.bin"), settings.bulk_mib)?;
+    let denied = fs::read_to_string(list)
+        .with_context(|| format!("read {}", list.display()))?
+        .lines()
+        .next()
+        .map(str::to_string)
+        .context("the indicator list is empty")?;
+    let mib_s = |r: &LoadReport| r.bytes as f64 / r.elapsed_s.max(1e-9) / (1 << 20) as f64;
+    let (mut none, mut with, mut down_none, mut down_with) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut wire = ProgStats::default();
-    let (mut connections, mut events) = (0u64, 0u64);
+    let (mut connections, mut events, mut daemon_s, mut refused) = (0u64, 0u64, 0.0, 0usize);
+    let mut download_wire = ProgStats::default();
+    let programs = |pid: u32| -> anyhow::Result<ProgStats> {
+        Ok(kernel::programs(pid)?
+            .get("wire_ingress")
+            .map_or(ProgStats::default(), |p| ProgStats { runs: p.runs, run_time_ns: p.run_time_ns }))
+    };
+    let margs = vec![
+        "--mode".to_string(),
+        "block".into(),
+        "--block".into(),
+        list.display().to_string(),
+        "--cgroup".into(),
+        empty.path.display().to_string(),
+        "--iface".into(),
+        bed.router_client_if.clone(),
+    ];
     for round in 1..=rounds {
-        let (r, _) = bench.load(&clients, None, workload, settings.requests, settings.workers)?;
-        eprintln!("bench: gateway round {round} without the daemon: {:.0} req/s", r.rate);
-        none.push((round, r.rate));
-        let margs = vec![
-            "--mode".to_string(),
-            "audit".into(),
-            "--cgroup".into(),
-            empty.path.display().to_string(),
-            "--iface".into(),
-            bed.router_client_if.clone(),
-        ];
-        let mon = Monitor::start(&bed.dir, &format!("bench-gateway-{round}"), Some(&bed.router_ns), &margs);
-        let (r, _) = bench.load(&clients, None, workload, settings.requests, settings.workers)?;
-        eprintln!("bench: gateway round {round} with the daemon:    {:.0} req/s", r.rate);
-        with.push((round, r.rate));
-        connections += (r.ok + r.errors) as u64;
-        settle(&mon, Duration::from_secs(15))?;
-        if let Some(p) = kernel::programs(mon.pid())?.get("wire_ingress") {
-            wire.runs += p.runs;
-            wire.run_time_ns += p.run_time_ns;
+        // Odd rounds measure without the daemon first, even rounds with it first: drift cancels out.
+        for with_daemon in if round % 2 == 1 { [false, true] } else { [true, false] } {
+            if !with_daemon {
+                let (r, _) = bench.load(&clients, None, workload, settings.requests, settings.workers)?;
+                let (d, _) = bench.load(&clients, None, Workload::BulkDirect, 1, 1)?;
+                ensure!(d.ok == 1, "the download without the daemon failed: {:?}", d.first_error);
+                eprintln!(
+                    "bench: gateway round {round} without the daemon: {:.0} req/s, {:.0} MiB/s forwarded",
+                    r.rate,
+                    mib_s(&d)
+                );
+                none.push((round, r.rate));
+                down_none.push((round, mib_s(&d)));
+                continue;
+            }
+            let mon =
+                Monitor::start(&bed.dir, &format!("bench-gateway-{round}"), Some(&bed.router_ns), &margs);
+            let (r, cpu) =
+                bench.load(&clients, Some(mon.pid()), workload, settings.requests, settings.workers)?;
+            connections += (r.ok + r.errors) as u64;
+            daemon_s += cpu.monitor;
+            settle(&mon, Duration::from_secs(15))?;
+            let after_load = programs(mon.pid())?;
+            wire.runs += after_load.runs;
+            wire.run_time_ns += after_load.run_time_ns;
+            let (d, _) = bench.load(&clients, None, Workload::BulkDirect, 1, 1)?;
+            ensure!(d.ok == 1, "the download through the gateway failed: {:?}", d.first_error);
+            let after_download = programs(mon.pid())?;
+            download_wire.runs += after_download.runs - after_load.runs;
+            download_wire.run_time_ns += after_download.run_time_ns - after_load.run_time_ns;
+            eprintln!(
+                "bench: gateway round {round} with the daemon:    {:.0} req/s, {:.0} MiB/s forwarded",
+                r.rate,
+                mib_s(&d)
+            );
+            with.push((round, r.rate));
+            down_with.push((round, mib_s(&d)));
+            let probe = bench.probe(&clients, workload, &denied)?;
+            refused += usize::from(probe.ok == 0 && probe.errors == 1);
+            let path = mon.events_path.clone();
+            mon.stop();
+            events += count_events(&path)?.0;
         }
-        let path = mon.events_path.clone();
-        mon.stop();
-        events += count_events(&path)?.0;
     }
     let (ratio, ratio_min, ratio_max) = ratios(&with, &none);
-    let rates =
-        |v: &[(usize, f64)]| median(&v.iter().map(|(_, r)| *r).collect::<Vec<_>>()).unwrap_or(f64::NAN);
+    let (throughput_ratio, throughput_ratio_min, throughput_ratio_max) = ratios(&down_with, &down_none);
+    let mid = |v: &[(usize, f64)]| median(&v.iter().map(|(_, r)| *r).collect::<Vec<_>>()).unwrap_or(f64::NAN);
     let per = |x: f64| x / connections.max(1) as f64;
     Ok(GatewayResult {
         rounds,
         workload: workload.label().into(),
-        rate_none: rates(&none),
-        rate_gateway: rates(&with),
+        mode: format!("block, {} indicators", settings.indicators),
+        rate_none: mid(&none),
+        rate_gateway: mid(&with),
         ratio,
         ratio_min,
         ratio_max,
+        download_mib: settings.bulk_mib,
+        mib_s_none: mid(&down_none),
+        mib_s_gateway: mid(&down_with),
+        throughput_ratio,
+        throughput_ratio_min,
+        throughput_ratio_max,
+        daemon_us_per_connection: per(daemon_s * 1e6),
+        download_ns_per_packet: download_wire.ns_per_run(),
+        denied_refused: refused,
         wire_ingress: ProgRow {
             runs: wire.runs,
             ns_per_run: wire.ns_per_run(),
@@ -1063,6 +1140,21 @@ fn goals(r: &Results) -> Vec<Goal> {
         }),
         met: rss.map(|d| d.peak_rss_mib <= 64.0),
     });
+    if let Some(g) = &r.gateway {
+        let low = [g.ratio, g.throughput_ratio].into_iter().flatten().reduce(f64::min);
+        goals.push(Goal {
+            goal: format!("gateway ({}): connection rate and forwarded throughput ≥ 0.97 of no monitor", g.mode),
+            measured: format!(
+                "rate {}, throughput {}; wire_ingress {} ns per packet; a listed name refused in {} of {} rounds",
+                ratio_cell(g.ratio, g.ratio_min, g.ratio_max),
+                ratio_cell(g.throughput_ratio, g.throughput_ratio_min, g.throughput_ratio_max),
+                g.wire_ingress.ns_per_run.map_or("–".into(), |v| format!("{v:.0}")),
+                g.denied_refused,
+                g.rounds
+            ),
+            met: low.map(|lo| lo >= 0.97 && g.denied_refused == g.rounds),
+        });
+    }
     let i = &r.indicators;
     goals.push(Goal {
         goal: format!("{} indicators loaded < 1 s", i.count),

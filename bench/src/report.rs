@@ -190,11 +190,35 @@ pub struct ReloadUnderLoad {
 pub struct GatewayResult {
     pub rounds: usize,
     pub workload: String,
+    /// The daemon's mode and list ("block, 1000000 indicators"); empty in results from audit-mode runs.
+    #[serde(default)]
+    pub mode: String,
     pub rate_none: f64,
     pub rate_gateway: f64,
     pub ratio: Option<f64>,
     pub ratio_min: Option<f64>,
     pub ratio_max: Option<f64>,
+    /// One TLS download of this size forwarded through the router per round and side.
+    #[serde(default)]
+    pub download_mib: u64,
+    #[serde(default)]
+    pub mib_s_none: f64,
+    #[serde(default)]
+    pub mib_s_gateway: f64,
+    #[serde(default)]
+    pub throughput_ratio: Option<f64>,
+    #[serde(default)]
+    pub throughput_ratio_min: Option<f64>,
+    #[serde(default)]
+    pub throughput_ratio_max: Option<f64>,
+    #[serde(default)]
+    pub daemon_us_per_connection: f64,
+    /// wire_ingress time per packet during the download (full-sized, GRO-merged segments).
+    #[serde(default)]
+    pub download_ns_per_packet: Option<f64>,
+    /// Rounds in which a request naming a listed domain failed while the daemon ran.
+    #[serde(default)]
+    pub denied_refused: usize,
     pub wire_ingress: ProgRow,
     pub connections: u64,
     pub events: u64,
@@ -231,7 +255,7 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".into(), |v| num(v, decimals))
 }
 
-fn ratio_cell(ratio: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
+pub(crate) fn ratio_cell(ratio: Option<f64>, lo: Option<f64>, hi: Option<f64>) -> String {
     match (ratio, lo, hi) {
         (Some(r), Some(lo), Some(hi)) => format!("{r:.3} ({lo:.3}–{hi:.3})"),
         (Some(r), _, _) => format!("{r:.3}"),
@@ -533,18 +557,30 @@ impl Results {
             let _ = writeln!(out, "## Gateway mode\n");
             let _ = writeln!(
                 out,
-                "Daemon in the router namespace with tc on the client-facing interface, {} ({} rounds): \
-                 {:.0} req/s without, {:.0} with, ratio {}; wire_ingress {} ns per packet, {:.1} packets \
-                 per connection; {} events for {} connections.\n",
-                g.workload,
+                "Daemon in the router namespace ({}) with tc on the client-facing interface, {} rounds \
+                 alternating without and with it. {}: {:.0} req/s without, {:.0} with, ratio {}. A {} MiB TLS \
+                 download forwarded through the router: {:.0} MiB/s without, {:.0} with, ratio {} \
+                 (wire_ingress on the client's packets, mostly ACKs: {} ns each). Connections: wire_ingress {} ns per packet, {:.1} packets \
+                 per connection; daemon {:.1} µs of CPU per \
+                 connection; {} events for {} connections; a listed name refused in {} of {} rounds.\n",
+                if g.mode.is_empty() { "audit" } else { &g.mode },
                 g.rounds,
+                g.workload,
                 g.rate_none,
                 g.rate_gateway,
                 ratio_cell(g.ratio, g.ratio_min, g.ratio_max),
+                g.download_mib,
+                g.mib_s_none,
+                g.mib_s_gateway,
+                ratio_cell(g.throughput_ratio, g.throughput_ratio_min, g.throughput_ratio_max),
+                opt(g.download_ns_per_packet, 0),
                 opt(g.wire_ingress.ns_per_run, 0),
                 g.wire_ingress.runs_per_connection,
+                g.daemon_us_per_connection,
                 g.events,
-                g.connections
+                g.connections,
+                g.denied_refused,
+                g.rounds
             );
         }
 

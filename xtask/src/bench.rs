@@ -25,7 +25,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .as_secs();
     // Short measurements keep the whole bench within minutes; the medians are stable to a few percent.
     let (warm_up, measure) = if args.iter().any(|a| a == "--quick") { ("0.5", "1") } else { ("1", "3") };
-    if !args.iter().any(|a| a == "--only" || a.starts_with("--only=")) {
+    let parsers = !args.iter().any(|a| a == "--only" || a.starts_with("--only="));
+    if parsers {
         step("parser micro-benchmarks (criterion, monitor-core/benches/parsers.rs)");
         exec(
             cargo()
@@ -36,14 +37,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 
     step("running the bench driver as root: test bed, daemons, load, capture replay against tshark, fleet");
-    exec(
-        Command::new(target.join("release/bench"))
-            .args(args)
-            .arg("--criterion-dir")
-            .arg(&criterion)
-            .arg("--criterion-since")
-            .arg(since.to_string())
-            .env("MONITOR_BIN", target.join("release/monitor"))
-            .current_dir(root()),
-    )
+    let mut driver = Command::new(target.join("release/bench"));
+    driver.args(args);
+    if parsers {
+        // Only this run's measurements: an --only run leaves the parser figures out.
+        driver.arg("--criterion-dir").arg(&criterion).arg("--criterion-since").arg(since.to_string());
+    }
+    exec(driver.env("MONITOR_BIN", target.join("release/monitor")).current_dir(root()))
 }
