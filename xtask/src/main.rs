@@ -29,7 +29,7 @@ struct Cli {
 enum Task {
     /// Install the toolchain pieces the kernel programs need (rust-src, bpf-linker).
     Setup {
-        /// Also install the Debian packages the integration tests use.
+        /// Also install what the integration tests use: Debian packages, the QUIC client, the fleet servers.
         #[arg(long)]
         test_peers: bool,
     },
@@ -279,6 +279,7 @@ fn main() -> anyhow::Result<()> {
             setup_toolchain()?;
             if test_peers {
                 setup_test_peers()?;
+                setup_quic_client()?;
                 setup_fleet_servers()?;
             }
             Ok(())
