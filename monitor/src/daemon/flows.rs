@@ -37,7 +37,7 @@ use serde_json::{Map, Value};
 use super::{
     abort::{Abort, AbortReason},
     process::{Accounts, EXEC_REMEMBERED, ExecCache, describe},
-    records::{addr, comm, local, remote, wire_key, wire_tuple},
+    records::{addr, comm, local, remote, wire_acks, wire_ends, wire_key, wire_opens, wire_tuple},
     sink::Sink,
 };
 
@@ -849,20 +849,14 @@ impl Flows {
     }
 
     pub fn on_wire(&mut self, rec: &WireRecord, sink: &mut Sink) {
-        const SYN: u32 = 0x02;
-        const FIN: u32 = 0x01;
-        const RST: u32 = 0x04;
-        const ACK: u32 = 0x10;
         let e = &rec.endpoints;
-        let client = (addr(e.family, e.local_addr), e.local_port as u16);
-        let server = (addr(e.family, e.remote_addr), e.remote_port as u16);
-        let key = (client, server);
+        let key = wire_tuple(&wire_key(e));
         if self.local_tuples.contains(&key) {
             self.counters.wire_duplicates += 1;
             return;
         }
         // The SYN's own record has no bytes; data on a SYN (TCP Fast Open) follows in records of its own.
-        if rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0 && rec.len == 0 {
+        if wire_opens(rec) && rec.len == 0 {
             self.counters.wire_flows += 1;
             self.wires.insert(
                 key,
@@ -880,7 +874,7 @@ impl Flows {
             return;
         }
         let Some(flow) = self.wires.get_mut(&key) else { return };
-        if rec.tcp_flags & ACK != 0 {
+        if wire_acks(rec) {
             flow.established = true;
         }
         let len = (rec.len as usize).min(rec.data.len());
@@ -890,7 +884,7 @@ impl Flows {
             flow.inspector.client_bytes(&ready);
             flow.deadline = Some(Instant::now() + TUNNEL_OPEN_WAIT);
         }
-        let ended = rec.tcp_flags & (FIN | RST) != 0;
+        let ended = wire_ends(rec);
         if ended {
             flow.inspector.finish();
         }

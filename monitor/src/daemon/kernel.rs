@@ -93,11 +93,11 @@ pub struct LoadOptions<'a> {
     pub skb: bool,
 }
 
-/// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
-/// the next daemon adopts them (its events resume from the same ring buffer).
 /// A map update that only replaces an existing entry (linux/bpf.h).
 const BPF_EXIST: u64 = 2;
 
+/// Maps that must outlive a daemon in block mode: the programs of a crashed daemon keep using them, and
+/// the next daemon adopts them (its events resume from the same ring buffer).
 const PERSISTENT_MAPS: &[&str] =
     &["EVENTS", "CONFIG", "DROPS", "SOCKS", "DOMAINS", "NETS_V4", "NETS_V6", "QUIC_DENY", "DEFERRED"];
 

@@ -330,7 +330,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         quic_deny,
         wire_quic,
         deferred,
-        reclaim: wire_reclaim::WireReclaim::new(args.silent_flow_timeout),
+        reclaim: wire_reclaim::WireReclaim::default(),
         last_sweep: Instant::now(),
         started: Instant::now(),
         store_path,
@@ -553,9 +553,6 @@ impl Daemon {
         }
     }
 
-    /// SIGHUP: mode, uninspectable policy, hold timeout, indicator files, the events file (reopened, for
-    /// rotation) and the store take effect now; what is attached where (cgroups, interfaces, the ring
-    /// buffer, sockets, pins) takes a restart, which in block mode opens no gap.
     /// Forwarded flows no FIN or RST removed from the kernel's table: delete what is judged and
     /// reported, refuse what stayed silent too long (block mode).
     fn reclaim_wire_flows(&mut self) {
@@ -564,7 +561,7 @@ impl Daemon {
         if due.is_empty() {
             return;
         }
-        let (block, silent) = (self.args.mode == Mode::Block, self.reclaim.silent_timeout);
+        let (block, silent) = (self.args.mode == Mode::Block, self.args.silent_flow_timeout);
         let flows = &self.flows;
         let outcomes = self.kernel.reclaim_wire_flows(&due, |key, state, age| {
             wire_reclaim::decide(state, age, !flows.wire_pending(key), block, silent)
@@ -586,6 +583,9 @@ impl Daemon {
         }
     }
 
+    /// SIGHUP: mode, uninspectable policy, hold timeout, indicator files, the events file (reopened, for
+    /// rotation) and the store take effect now; what is attached where (cgroups, interfaces, the ring
+    /// buffer, sockets, pins) takes a restart, which in block mode opens no gap.
     fn reload_config(&mut self) {
         let new = match Settings::resolve(&self.cli_args) {
             Ok(new) => new,
@@ -685,7 +685,6 @@ impl Daemon {
         }
         let Settings { mode, uninspectable, allow, block, hold_timeout, events, silent_flow_timeout, .. } =
             new;
-        self.reclaim.silent_timeout = silent_flow_timeout;
         self.args.silent_flow_timeout = silent_flow_timeout;
         self.args.events = events;
         self.args.hold_timeout = hold_timeout;

@@ -1,6 +1,6 @@
 //! Decoding ring-buffer records. A record of unknown kind or short length is counted, never trusted.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use monitor_common::record::{
     AF_INET, DeferRecord, Endpoints, HoldRecord, KIND_CLOSED, KIND_DEFER, KIND_ESTABLISHED, KIND_FAILED,
@@ -81,6 +81,27 @@ pub fn comm(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// A forwarded segment's TCP flags, as the kernel copied them into its record.
+const TCP_FIN: u32 = 0x01;
+const TCP_SYN: u32 = 0x02;
+const TCP_RST: u32 = 0x04;
+const TCP_ACK: u32 = 0x10;
+
+/// The client's SYN (not the server's SYN-ACK): the segment that opens a forwarded flow.
+pub fn wire_opens(rec: &WireRecord) -> bool {
+    rec.tcp_flags & TCP_SYN != 0 && rec.tcp_flags & TCP_ACK == 0
+}
+
+/// A FIN or RST: the kernel has removed the flow's entry.
+pub fn wire_ends(rec: &WireRecord) -> bool {
+    rec.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// The segment acknowledges the server: the handshake completed.
+pub fn wire_acks(rec: &WireRecord) -> bool {
+    rec.tcp_flags & TCP_ACK != 0
+}
+
 /// The kernel's key of a forwarded flow, from a record's endpoints (the client is the local side).
 pub fn wire_key(e: &Endpoints) -> WireFlowKey {
     WireFlowKey {
@@ -95,7 +116,7 @@ pub fn wire_key(e: &Endpoints) -> WireFlowKey {
 /// `client:port -> server:port`, for logs.
 pub fn wire_text(key: &WireFlowKey) -> String {
     let (client, server) = wire_tuple(key);
-    format!("{}:{} -> {}:{}", client.0, client.1, server.0, server.1)
+    format!("{} -> {}", SocketAddr::from(client), SocketAddr::from(server))
 }
 
 /// A forwarded flow's (client, server) addresses and ports.

@@ -13,7 +13,7 @@ use monitor_common::record::{
     PHASE_BLOCKED, PHASE_DONE, PHASE_REFUSE, WireFlowKey, WireFlowState, WireRecord,
 };
 
-use super::records::wire_key;
+use super::records::{wire_ends, wire_key, wire_opens};
 
 /// How often the tracked flows are looked at.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -80,26 +80,15 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct WireReclaim {
     tracked: HashMap<WireFlowKey, Tracked>,
-    pub silent_timeout: Duration,
     /// Entries deleted here, and silent flows marked refused.
     pub reclaimed: u64,
     pub silent_refused: u64,
 }
 
 impl WireReclaim {
-    pub fn new(silent_timeout: Duration) -> Self {
-        WireReclaim { silent_timeout, ..Default::default() }
-    }
-
     /// A forwarded flow's segment, as the kernel reported it.
     pub fn on_wire(&mut self, rec: &WireRecord) {
-        const FIN: u32 = 0x01;
-        const SYN: u32 = 0x02;
-        const RST: u32 = 0x04;
-        const ACK: u32 = 0x10;
-        let opened = rec.tcp_flags & SYN != 0 && rec.tcp_flags & ACK == 0;
-        let ended = rec.tcp_flags & (FIN | RST) != 0;
-        self.on_segment(wire_key(&rec.endpoints), opened, ended, rec.header.ktime_ns);
+        self.on_segment(wire_key(&rec.endpoints), wire_opens(rec), wire_ends(rec), rec.header.ktime_ns);
     }
 
     /// A SYN opened the flow (its retransmits keep the first time); a FIN or RST ended it, and the
@@ -121,8 +110,10 @@ impl WireReclaim {
     pub fn due(&self, now_ns: u64) -> Vec<(WireFlowKey, Duration)> {
         self.tracked
             .iter()
-            .map(|(k, t)| (*k, Duration::from_nanos(now_ns.saturating_sub(t.syn_ns))))
-            .filter(|(k, age)| self.tracked.get(k).is_some_and(|t| *age >= t.next))
+            .filter_map(|(k, t)| {
+                let age = Duration::from_nanos(now_ns.saturating_sub(t.syn_ns));
+                (age >= t.next).then_some((*k, age))
+            })
             .collect()
     }
 
@@ -136,12 +127,8 @@ impl WireReclaim {
                 self.tracked.remove(key);
                 self.reclaimed += 1;
             }
-            Some(Reclaim::Refuse) => {
-                self.silent_refused += 1;
-                if let Some(t) = self.tracked.get_mut(key) {
-                    t.next = self.silent_timeout + SILENT_REFUSED_KEEP;
-                }
-            }
+            // Looked at again by the next sweep, where `decide` keeps the refused entry its while.
+            Some(Reclaim::Refuse) => self.silent_refused += 1,
             Some(Reclaim::Keep { until }) => {
                 if let Some(t) = self.tracked.get_mut(key) {
                     t.next = until;
@@ -224,7 +211,7 @@ mod tests {
     #[test]
     fn the_tracker_follows_syn_and_fin_and_looks_when_due() {
         let key = WireFlowKey { family: 2, client_port: 1, server_port: 443, ..Default::default() };
-        let mut r = WireReclaim::new(HOUR);
+        let mut r = WireReclaim::default();
         r.on_segment(key, true, false, 1_000);
         r.on_segment(key, true, false, 9_000_000_000); // a retransmitted SYN keeps the first time
         assert_eq!(r.due(2_000_000_000), vec![(key, Duration::from_nanos(1_999_999_000))]);
