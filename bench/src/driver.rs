@@ -956,10 +956,8 @@ fn gateway(bench: &Bench, settings: &Settings, rounds: usize, list: &Path) -> an
     let mut wire = ProgStats::default();
     let (mut connections, mut events, mut daemon_s, mut refused) = (0u64, 0u64, 0.0, 0usize);
     let mut download_wire = ProgStats::default();
-    let programs = |pid: u32| -> anyhow::Result<ProgStats> {
-        Ok(kernel::programs(pid)?
-            .get("wire_ingress")
-            .map_or(ProgStats::default(), |p| ProgStats { runs: p.runs, run_time_ns: p.run_time_ns }))
+    let wire_ingress = |pid: u32| -> anyhow::Result<ProgStats> {
+        Ok(kernel::programs(pid)?.remove("wire_ingress").unwrap_or_default())
     };
     let margs = vec![
         "--mode".to_string(),
@@ -974,46 +972,47 @@ fn gateway(bench: &Bench, settings: &Settings, rounds: usize, list: &Path) -> an
     for round in 1..=rounds {
         // Odd rounds measure without the daemon first, even rounds with it first: drift cancels out.
         for with_daemon in if round % 2 == 1 { [false, true] } else { [true, false] } {
-            if !with_daemon {
-                let (r, _) = bench.load(&clients, None, workload, settings.requests, settings.workers)?;
-                let (d, _) = bench.load(&clients, None, Workload::BulkDirect, 1, 1)?;
-                ensure!(d.ok == 1, "the download without the daemon failed: {:?}", d.first_error);
-                eprintln!(
-                    "bench: gateway round {round} without the daemon: {:.0} req/s, {:.0} MiB/s forwarded",
-                    r.rate,
-                    mib_s(&d)
-                );
-                none.push((round, r.rate));
-                down_none.push((round, mib_s(&d)));
-                continue;
-            }
-            let mon =
-                Monitor::start(&bed.dir, &format!("bench-gateway-{round}"), Some(&bed.router_ns), &margs);
-            let (r, cpu) =
-                bench.load(&clients, Some(mon.pid()), workload, settings.requests, settings.workers)?;
-            connections += (r.ok + r.errors) as u64;
-            daemon_s += cpu.monitor;
-            settle(&mon, Duration::from_secs(15))?;
-            let after_load = programs(mon.pid())?;
-            wire.runs += after_load.runs;
-            wire.run_time_ns += after_load.run_time_ns;
+            let mon = with_daemon.then(|| {
+                Monitor::start(&bed.dir, &format!("bench-gateway-{round}"), Some(&bed.router_ns), &margs)
+            });
+            let pid = mon.as_ref().map(Monitor::pid);
+            let (r, cpu) = bench.load(&clients, pid, workload, settings.requests, settings.workers)?;
+            // The connection load's packets, apart from the download's.
+            let after_load = match &mon {
+                Some(mon) => {
+                    settle(mon, Duration::from_secs(15))?;
+                    wire_ingress(mon.pid())?
+                }
+                None => ProgStats::default(),
+            };
             let (d, _) = bench.load(&clients, None, Workload::BulkDirect, 1, 1)?;
-            ensure!(d.ok == 1, "the download through the gateway failed: {:?}", d.first_error);
-            let after_download = programs(mon.pid())?;
-            download_wire.runs += after_download.runs - after_load.runs;
-            download_wire.run_time_ns += after_download.run_time_ns - after_load.run_time_ns;
+            let side = if with_daemon { "with the daemon:   " } else { "without the daemon:" };
+            ensure!(d.ok == 1, "the download {} failed: {:?}", side.trim_end(), d.first_error);
             eprintln!(
-                "bench: gateway round {round} with the daemon:    {:.0} req/s, {:.0} MiB/s forwarded",
+                "bench: gateway round {round} {side} {:.0} req/s, {:.0} MiB/s forwarded",
                 r.rate,
                 mib_s(&d)
             );
-            with.push((round, r.rate));
-            down_with.push((round, mib_s(&d)));
+            let (rates, downloads) =
+                if with_daemon { (&mut with, &mut down_with) } else { (&mut none, &mut down_none) };
+            rates.push((round, r.rate));
+            downloads.push((round, mib_s(&d)));
+            let Some(mon) = mon else { continue };
+            connections += (r.ok + r.errors) as u64;
+            daemon_s += cpu.monitor;
+            let after_download = wire_ingress(mon.pid())?;
+            wire.runs += after_load.runs;
+            wire.run_time_ns += after_load.run_time_ns;
+            download_wire.runs += after_download.runs - after_load.runs;
+            download_wire.run_time_ns += after_download.run_time_ns - after_load.run_time_ns;
             let probe = bench.probe(&clients, workload, &denied)?;
-            refused += usize::from(probe.ok == 0 && probe.errors == 1);
             let path = mon.events_path.clone();
             mon.stop();
             events += count_events(&path)?.0;
+            // Refused, and for the listed name: the client failed and the daemon wrote its Blocked row.
+            let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            let blocked = text.lines().any(|l| l.contains("NetworkProtectionBlocked") && l.contains(&denied));
+            refused += usize::from(probe.ok == 0 && probe.errors == 1 && blocked);
         }
     }
     let (ratio, ratio_min, ratio_max) = ratios(&with, &none);
