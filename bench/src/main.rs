@@ -12,10 +12,10 @@ fn main() -> anyhow::Result<()> {
     let earlier = dir.join("latest.json");
     let results = match &args.render {
         Some(json) => bench::driver::load(json)?,
-        // The fleet figures alone replace their section of the results already there.
-        None if args.fleet_only() && earlier.exists() => {
+        // The fleet or gateway figures alone replace their sections of the results already there.
+        None if !args.merged_sections().is_empty() && earlier.exists() => {
             let earlier = bench::driver::load(&earlier)?;
-            bench::driver::merge_fleet(earlier, bench::driver::run(&args)?)
+            bench::driver::merge_sections(earlier, bench::driver::run(&args)?, &args.merged_sections())
         }
         None => bench::driver::run(&args)?,
     };

@@ -62,6 +62,7 @@ pub fn memory(pid: u32) -> anyhow::Result<Memory> {
 /// Busy and total jiffies of the whole machine, from the `cpu` line of /proc/stat.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuTimes {
+    /// Seconds every CPU spent working for this machine (user, system, interrupts; no idle, no steal).
     pub busy: f64,
     pub total: f64,
 }
@@ -70,11 +71,13 @@ pub fn machine_cpu() -> CpuTimes {
     let Ok(stat) = fs::read_to_string("/proc/stat") else { return CpuTimes::default() };
     let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return CpuTimes::default() };
     let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    // user nice system idle iowait irq softirq steal (guest time is already in user). Steal is time
+    // the hypervisor gave to someone else: part of the capacity, not work done here.
+    let field = |i: usize| v.get(i).copied().unwrap_or(0.0);
     let total: f64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let not_ours = field(3) + field(4) + field(7);
     let ticks = clock_ticks();
-    CpuTimes { busy: (total - idle) / ticks, total: total / ticks }
+    CpuTimes { busy: (total - not_ours) / ticks, total: total / ticks }
 }
 
 /// A BPF program or map a process holds a file descriptor to.

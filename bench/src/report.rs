@@ -211,6 +211,30 @@ pub struct GatewayResult {
     pub throughput_ratio_min: Option<f64>,
     #[serde(default)]
     pub throughput_ratio_max: Option<f64>,
+    /// Busy CPU of the whole machine per connection of the load (median of rounds), µs.
+    #[serde(default)]
+    pub machine_us_per_connection_none: f64,
+    #[serde(default)]
+    pub machine_us_per_connection_gateway: f64,
+    /// That cost without the daemon over the cost with it, paired by round: the connection rate a
+    /// saturated gateway keeps.
+    #[serde(default)]
+    pub cpu_ratio: Option<f64>,
+    #[serde(default)]
+    pub cpu_ratio_min: Option<f64>,
+    #[serde(default)]
+    pub cpu_ratio_max: Option<f64>,
+    /// Busy CPU of the whole machine per forwarded MiB of the download, ms.
+    #[serde(default)]
+    pub machine_ms_per_mib_none: f64,
+    #[serde(default)]
+    pub machine_ms_per_mib_gateway: f64,
+    #[serde(default)]
+    pub throughput_cpu_ratio: Option<f64>,
+    #[serde(default)]
+    pub throughput_cpu_ratio_min: Option<f64>,
+    #[serde(default)]
+    pub throughput_cpu_ratio_max: Option<f64>,
     #[serde(default)]
     pub daemon_us_per_connection: f64,
     /// wire_ingress time per packet during the download (full-sized, GRO-merged segments).
@@ -562,7 +586,10 @@ impl Results {
                  download forwarded through the router: {:.0} MiB/s without, {:.0} with, ratio {} \
                  (wire_ingress on the client's packets, mostly ACKs: {} ns each). Connections: wire_ingress {} ns per packet, {:.1} packets \
                  per connection; daemon {:.1} µs of CPU per \
-                 connection; {} events for {} connections; a listed name refused in {} of {} rounds.\n",
+                 connection; {} events for {} connections; a listed name refused in {} of {} rounds. \
+                 Busy CPU of the whole machine (every process, forwarding softirqs, the programs, the \
+                 daemon): {:.0} µs per connection without, {:.0} with, ratio {}; {:.2} ms per forwarded MiB \
+                 without, {:.2} with, ratio {}.\n",
                 if g.mode.is_empty() { "audit" } else { &g.mode },
                 g.rounds,
                 g.workload,
@@ -580,7 +607,13 @@ impl Results {
                 g.events,
                 g.connections,
                 g.denied_refused,
-                g.rounds
+                g.rounds,
+                g.machine_us_per_connection_none,
+                g.machine_us_per_connection_gateway,
+                ratio_cell(g.cpu_ratio, g.cpu_ratio_min, g.cpu_ratio_max),
+                g.machine_ms_per_mib_none,
+                g.machine_ms_per_mib_gateway,
+                ratio_cell(g.throughput_cpu_ratio, g.throughput_cpu_ratio_min, g.throughput_cpu_ratio_max),
             );
         }
 
