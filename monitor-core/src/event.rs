@@ -24,6 +24,16 @@ pub enum ActionType {
 }
 
 impl ActionType {
+    /// The name as it is written (serde writes the same).
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionType::ConnectionSuccess => "ConnectionSuccess",
+            ActionType::ConnectionFailed => "ConnectionFailed",
+            ActionType::ExploitGuardNetworkProtectionAudited => "ExploitGuardNetworkProtectionAudited",
+            ActionType::ExploitGuardNetworkProtectionBlocked => "ExploitGuardNetworkProtectionBlocked",
+        }
+    }
+
     pub fn table(self) -> Table {
         match self {
             ActionType::ConnectionSuccess | ActionType::ConnectionFailed => Table::DeviceNetworkEvents,
@@ -137,6 +147,95 @@ impl DeviceEvent {
     }
 }
 
+/// The tables, in the order `union` lists them.
+pub const TABLES: [&str; 2] = ["DeviceNetworkEvents", "DeviceEvents"];
+
+impl Table {
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::DeviceNetworkEvents => TABLES[0],
+            Table::DeviceEvents => TABLES[1],
+        }
+    }
+}
+
+/// How a column is stored and typed in KQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    /// RFC 3339 text in the store, `datetime` in KQL.
+    DateTime,
+    String,
+    /// An integer in the store, `long` in KQL.
+    Long,
+    /// JSON text in the store, `dynamic` in KQL.
+    Dynamic,
+}
+
+/// Every column of both tables: [`DeviceEvent`]'s fields in their order, by their JSON names (a test
+/// holds the two together). `Table` is not a column: it picks the table.
+pub const COLUMNS: [(&str, ColumnType); 19] = [
+    ("Timestamp", ColumnType::DateTime),
+    ("DeviceId", ColumnType::String),
+    ("DeviceName", ColumnType::String),
+    ("ActionType", ColumnType::String),
+    ("RemoteIP", ColumnType::String),
+    ("RemotePort", ColumnType::Long),
+    ("RemoteUrl", ColumnType::String),
+    ("LocalIP", ColumnType::String),
+    ("LocalPort", ColumnType::Long),
+    ("Protocol", ColumnType::String),
+    ("InitiatingProcessId", ColumnType::Long),
+    ("InitiatingProcessParentId", ColumnType::Long),
+    ("InitiatingProcessFileName", ColumnType::String),
+    ("InitiatingProcessFolderPath", ColumnType::String),
+    ("InitiatingProcessCommandLine", ColumnType::String),
+    ("InitiatingProcessAccountName", ColumnType::String),
+    ("ReportId", ColumnType::Long),
+    ("Seq", ColumnType::Long),
+    ("AdditionalFields", ColumnType::Dynamic),
+];
+
+/// One stored cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Text(String),
+    Integer(i64),
+}
+
+impl DeviceEvent {
+    /// The event's cells, one per [`COLUMNS`] entry, as the store keeps them: no JSON in between.
+    pub fn into_cells(self) -> Vec<Cell> {
+        let text = Cell::Text;
+        let opt_text = |v: Option<String>| v.map_or(Cell::Null, Cell::Text);
+        let opt_int = |v: Option<u32>| v.map_or(Cell::Null, |v| Cell::Integer(v.into()));
+        // Past i64 (never in practice) a number has no integer cell: NULL, as the JSON path files it.
+        let int = |v: u64| i64::try_from(v).map_or(Cell::Null, Cell::Integer);
+        vec![
+            text(self.timestamp),
+            text(self.device_id),
+            text(self.device_name),
+            text(self.action_type.name().to_string()),
+            text(self.remote_ip),
+            Cell::Integer(self.remote_port.into()),
+            text(self.remote_url),
+            text(self.local_ip),
+            Cell::Integer(self.local_port.into()),
+            text(self.protocol),
+            opt_int(self.initiating_process_id),
+            opt_int(self.initiating_process_parent_id),
+            opt_text(self.initiating_process_file_name),
+            opt_text(self.initiating_process_folder_path),
+            opt_text(self.initiating_process_command_line),
+            opt_text(self.initiating_process_account_name),
+            int(self.report_id),
+            int(self.seq),
+            // A map of strings and numbers serialises without fail.
+            text(serde_json::to_string(&self.additional_fields).unwrap_or_else(|_| "{}".into())),
+        ]
+    }
+}
+
 /// RFC 3339 UTC timestamp with microseconds (the nanoseconds cut off) from a UNIX time in nanoseconds.
 pub fn rfc3339_utc(unix_nanos: u128) -> String {
     const PRINTER: jiff::fmt::temporal::DateTimePrinter =
@@ -152,6 +251,49 @@ pub fn rfc3339_utc(unix_nanos: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_columns_are_the_events_fields_in_order() {
+        let mut event = DeviceEvent::new(
+            rfc3339_utc(0),
+            "host".into(),
+            ActionType::ExploitGuardNetworkProtectionBlocked,
+            ("10.0.0.5".into(), 3128),
+            ("10.0.0.2".into(), 40000),
+            "Tcp",
+            "example.com".into(),
+            None,
+            7,
+            Map::new(),
+        );
+        event.seq = 9;
+        let json: Value = serde_json::from_str(&event.to_json_line()).expect("a JSON object");
+        let keys: Vec<&str> = json.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut columns: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).chain(["Table"]).collect();
+        columns.sort_unstable();
+        // serde_json's map is ordered by key: compare as sets, then check each cell against its key.
+        assert_eq!(keys, columns);
+        let cells = event.clone().into_cells();
+        for ((name, ty), cell) in COLUMNS.iter().zip(&cells) {
+            let expected = match (&json[*name], ty) {
+                (Value::Null, _) => Cell::Null,
+                (Value::Number(n), ColumnType::Long) => Cell::Integer(n.as_i64().expect("integer")),
+                (Value::String(s), _) => Cell::Text(s.clone()),
+                (other, ColumnType::Dynamic) => Cell::Text(other.to_string()),
+                (other, _) => panic!("{name}: {other}"),
+            };
+            assert_eq!(*cell, expected, "{name}");
+        }
+        for action in [
+            ActionType::ConnectionSuccess,
+            ActionType::ConnectionFailed,
+            ActionType::ExploitGuardNetworkProtectionAudited,
+            ActionType::ExploitGuardNetworkProtectionBlocked,
+        ] {
+            assert_eq!(serde_json::to_value(action).expect("a name"), action.name());
+            assert_eq!(action.table().name(), serde_json::to_value(action.table()).expect("a name"));
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -1,47 +1,11 @@
-//! The two Defender tables as the store keeps them: one column per key of the JSON events.
+//! The two Defender tables as the store keeps them: one column per field of the event
+//! ([`monitor_core::event`] owns the list), and the filing of events that arrive as JSON.
 
 use serde_json::Value as Json;
 
 use crate::time::{format_datetime, parse_datetime};
 
-/// The tables `hunt` knows, in the order `union` lists them.
-pub const TABLES: [&str; 2] = ["DeviceNetworkEvents", "DeviceEvents"];
-
-/// How a column is stored in SQLite and typed in KQL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ColumnType {
-    /// RFC 3339 text in the store, `datetime` in KQL.
-    DateTime,
-    String,
-    /// INTEGER in the store, `long` in KQL.
-    Long,
-    /// JSON text in the store, `dynamic` in KQL.
-    Dynamic,
-}
-
-/// Every column of both tables, in the order the events' schema lists them. `Table` is not a column: it
-/// picks the table.
-pub const COLUMNS: [(&str, ColumnType); 19] = [
-    ("Timestamp", ColumnType::DateTime),
-    ("DeviceId", ColumnType::String),
-    ("DeviceName", ColumnType::String),
-    ("ActionType", ColumnType::String),
-    ("RemoteIP", ColumnType::String),
-    ("RemotePort", ColumnType::Long),
-    ("RemoteUrl", ColumnType::String),
-    ("LocalIP", ColumnType::String),
-    ("LocalPort", ColumnType::Long),
-    ("Protocol", ColumnType::String),
-    ("InitiatingProcessId", ColumnType::Long),
-    ("InitiatingProcessParentId", ColumnType::Long),
-    ("InitiatingProcessFileName", ColumnType::String),
-    ("InitiatingProcessFolderPath", ColumnType::String),
-    ("InitiatingProcessCommandLine", ColumnType::String),
-    ("InitiatingProcessAccountName", ColumnType::String),
-    ("ReportId", ColumnType::Long),
-    ("Seq", ColumnType::Long),
-    ("AdditionalFields", ColumnType::Dynamic),
-];
+pub use monitor_core::event::{COLUMNS, Cell, ColumnType, TABLES};
 
 /// Index of `Timestamp` in [`COLUMNS`].
 pub const TIMESTAMP: usize = 0;
@@ -88,19 +52,19 @@ pub fn insert_statement(table: &str) -> String {
     format!("INSERT INTO {table} ({}) VALUES ({})", names.join(", "), params.join(", "))
 }
 
-/// One stored cell.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Null,
-    Text(String),
-    Integer(i64),
-}
-
 /// An event ready for its table: the table's name and one cell per [`COLUMNS`] entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub table: &'static str,
     pub cells: Vec<Cell>,
+}
+
+impl From<monitor_core::event::DeviceEvent> for StoredEvent {
+    /// A typed event is filed without JSON: its fields are the cells, its timestamp already in
+    /// [`format_datetime`]'s form.
+    fn from(event: monitor_core::event::DeviceEvent) -> Self {
+        StoredEvent { table: event.table.name(), cells: event.into_cells() }
+    }
 }
 
 /// Why an event could not be stored.
@@ -183,6 +147,44 @@ mod tests {
         assert_eq!(stored.cells[8], Cell::Integer(40000));
         assert_eq!(stored.cells[15], Cell::Null);
         assert_eq!(stored.cells[18], Cell::Text(r#"{"Sni":"example.com"}"#.into()));
+    }
+
+    #[test]
+    fn a_typed_event_is_filed_as_its_json_line_would_be() {
+        use monitor_core::event::{ActionType, DeviceEvent, InitiatingProcess, rfc3339_utc};
+        let process = InitiatingProcess {
+            pid: 42,
+            parent_pid: None,
+            file_name: "curl".into(),
+            folder_path: Some("/usr/bin".into()),
+            command_line: "curl -x http://10.0.0.5:3128 https://b\u{fc}cher.example".into(),
+            account_name: "root".into(),
+            account_uid: 0,
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("Sni".into(), json!("b\u{fc}cher.example"));
+        fields.insert("LateVerdict".into(), json!(true));
+        for (action, process) in [
+            (ActionType::ConnectionSuccess, Some(&process)),
+            (ActionType::ExploitGuardNetworkProtectionBlocked, None),
+        ] {
+            let mut event = DeviceEvent::new(
+                rfc3339_utc(1_709_210_096_789_012_345),
+                "host".into(),
+                action,
+                ("10.0.0.5".into(), 3128),
+                ("10.0.0.2".into(), 40000),
+                "Tcp",
+                "xn--bcher-kva.example".into(),
+                process,
+                7,
+                fields.clone(),
+            );
+            event.device_id = "id-1".into();
+            event.seq = u64::MAX;
+            let line: Json = serde_json::from_str(&event.to_json_line()).expect("a JSON line");
+            assert_eq!(to_stored(&line), Ok(StoredEvent::from(event)), "{action:?}");
+        }
     }
 
     #[test]

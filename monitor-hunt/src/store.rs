@@ -12,7 +12,7 @@ use std::io::Write as _;
 #[cfg(unix)]
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql};
 
-use crate::schema::{self, COLUMNS, Cell, TABLES};
+use crate::schema::{self, COLUMNS, Cell, StoredEvent, TABLES};
 use crate::state::{STATE_EXPORT_CURSOR, STATE_EXPORT_ENABLED, STATE_SEQ_RESERVED, get_state, set_state};
 use crate::time::{format_datetime, now_micros};
 
@@ -86,14 +86,16 @@ pub struct RetentionReport {
 
 enum Command {
     Event(serde_json::Value),
-    /// A JSON line, parsed on the writer thread.
-    Line(String),
+    /// Typed events' cells, a batch at a time (one hand-off per batch, not a thread wake-up per event).
+    Batch(Vec<StoredEvent>),
     Flush(mpsc::Sender<Result<(), StoreError>>),
     Retention(mpsc::Sender<Result<RetentionReport, StoreError>>),
 }
 
 struct Shared {
     dropped: AtomicU64,
+    /// Events of [`Command::Batch`]es sent and not yet taken by the writer.
+    queued: AtomicUsize,
     /// The first background failure not yet reported through `flush`.
     failure: Mutex<Option<StoreError>>,
 }
@@ -129,7 +131,11 @@ impl StoreWriter {
             path: path.to_path_buf(),
             source,
         })?;
-        let shared = Arc::new(Shared { dropped: AtomicU64::new(0), failure: Mutex::new(None) });
+        let shared = Arc::new(Shared {
+            dropped: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            failure: Mutex::new(None),
+        });
         let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let mut writer =
             Writer { conn, path: path.to_path_buf(), retention, shared: Arc::clone(&shared), seq_reserved };
@@ -171,12 +177,19 @@ impl StoreWriter {
         }
     }
 
-    /// As [`StoreWriter::send`], for an event already serialised as one JSON line (what the JSON-lines sink
-    /// writes): the caller only copies the text; parsing happens on the writer thread.
-    pub fn send_line(&self, line: &str) {
+    /// As [`StoreWriter::send`], for typed events (the daemon's path: `StoredEvent::from(DeviceEvent)`):
+    /// their cells go to the writer thread as they are, with no JSON in between, in one hand-off. The
+    /// queue holds at most [`CHANNEL_CAPACITY`] events; a batch that would pass it is dropped and counted.
+    pub fn send_stored(&self, batch: Vec<StoredEvent>) {
         let Some(sender) = &self.sender else { return };
-        if sender.try_send(Command::Line(line.to_string())).is_err() {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let queued = self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        if queued + n > CHANNEL_CAPACITY || sender.try_send(Command::Batch(batch)).is_err() {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            self.shared.dropped.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
@@ -259,20 +272,19 @@ struct Writer {
 
 impl Writer {
     fn run(&mut self, receiver: &mpsc::Receiver<Command>) {
-        let mut pending: Vec<serde_json::Value> = Vec::with_capacity(BATCH_MAX_EVENTS);
+        let mut pending: Vec<StoredEvent> = Vec::with_capacity(BATCH_MAX_EVENTS);
         let mut batch_deadline: Option<Instant> = None;
         let mut next_retention = Instant::now() + RETENTION_INTERVAL;
         loop {
             let wake = batch_deadline.map_or(next_retention, |d| d.min(next_retention));
             match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(Command::Event(event)) => self.queue(event, &mut pending, &mut batch_deadline),
-                Ok(Command::Line(line)) => match serde_json::from_str(&line) {
-                    Ok(event) => self.queue(event, &mut pending, &mut batch_deadline),
-                    Err(e) => {
-                        tracing::debug!("event store: line not stored: {e}");
-                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(Command::Batch(events)) => {
+                    self.shared.queued.fetch_sub(events.len(), Ordering::AcqRel);
+                    for event in events {
+                        self.queue(event, &mut pending, &mut batch_deadline);
                     }
-                },
+                }
+                Ok(Command::Event(event)) => self.queue_json(&event, &mut pending, &mut batch_deadline),
                 Ok(Command::Flush(reply)) => {
                     let result = self.commit(&mut pending);
                     batch_deadline = None;
@@ -308,11 +320,28 @@ impl Writer {
         }
     }
 
+    /// Files a JSON event as [`StoreWriter::send`] describes, then queues it; one that cannot be filed is
+    /// counted as dropped.
+    fn queue_json(
+        &mut self,
+        event: &serde_json::Value,
+        pending: &mut Vec<StoredEvent>,
+        batch_deadline: &mut Option<Instant>,
+    ) {
+        match schema::to_stored(event) {
+            Ok(stored) => self.queue(stored, pending, batch_deadline),
+            Err(reason) => {
+                tracing::debug!("event store: event not stored: {reason}");
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Adds an event to the batch; commits the batch when it is full.
     fn queue(
         &mut self,
-        event: serde_json::Value,
-        pending: &mut Vec<serde_json::Value>,
+        event: StoredEvent,
+        pending: &mut Vec<StoredEvent>,
         batch_deadline: &mut Option<Instant>,
     ) {
         pending.push(event);
@@ -323,19 +352,19 @@ impl Writer {
         }
     }
 
-    fn commit_in_background(&mut self, pending: &mut Vec<serde_json::Value>) {
+    fn commit_in_background(&mut self, pending: &mut Vec<StoredEvent>) {
         if let Err(e) = self.commit(pending) {
             self.shared.record_failure(e);
         }
     }
 
     /// Commits `pending` in one transaction and empties it. A failed batch is counted as dropped.
-    fn commit(&mut self, pending: &mut Vec<serde_json::Value>) -> Result<(), StoreError> {
+    fn commit(&mut self, pending: &mut Vec<StoredEvent>) -> Result<(), StoreError> {
         if pending.is_empty() {
             return Ok(());
         }
         let count = pending.len() as u64;
-        let result = insert_batch(&mut self.conn, pending, &self.shared.dropped, &mut self.seq_reserved);
+        let result = insert_batch(&mut self.conn, pending, &mut self.seq_reserved);
         pending.clear();
         result.map_err(|source| {
             self.shared.dropped.fetch_add(count, Ordering::Relaxed);
@@ -367,9 +396,12 @@ impl Writer {
     }
 }
 
-impl ToSql for Cell {
+/// A cell as an SQL parameter (the event's crate knows no SQL).
+pub(crate) struct SqlCell<'a>(pub &'a Cell);
+
+impl ToSql for SqlCell<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
             Cell::Null => ValueRef::Null,
             Cell::Text(s) => ValueRef::Text(s.as_bytes()),
             Cell::Integer(i) => ValueRef::Integer(*i),
@@ -379,26 +411,19 @@ impl ToSql for Cell {
 
 fn insert_batch(
     conn: &mut Connection,
-    events: &[serde_json::Value],
-    dropped: &AtomicU64,
+    events: &[StoredEvent],
     seq_reserved: &mut u64,
 ) -> rusqlite::Result<()> {
+    let inserts = TABLES.map(schema::insert_statement);
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
-    for event in events {
-        match schema::to_stored(event) {
-            Ok(stored) => {
-                if let Cell::Integer(seq) = stored.cells[schema::SEQ] {
-                    max_seq = max_seq.max(u64::try_from(seq).unwrap_or(0));
-                }
-                let mut statement = tx.prepare_cached(&schema::insert_statement(stored.table))?;
-                statement.execute(rusqlite::params_from_iter(stored.cells.iter()))?;
-            }
-            Err(reason) => {
-                tracing::debug!("event store: event not stored: {reason}");
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    for stored in events {
+        if let Cell::Integer(seq) = stored.cells[schema::SEQ] {
+            max_seq = max_seq.max(u64::try_from(seq).unwrap_or(0));
         }
+        let insert = if stored.table == TABLES[0] { &inserts[0] } else { &inserts[1] };
+        let mut statement = tx.prepare_cached(insert)?;
+        statement.execute(rusqlite::params_from_iter(stored.cells.iter().map(SqlCell)))?;
     }
     // Keep the reservation half a block ahead of what is committed: the events still queued (at most the
     // channel's capacity) then always have reserved numbers, even if the daemon dies now.

@@ -13,6 +13,7 @@ use super::eval::eval;
 use super::plan::{Aggregate, CExpr, CSortKey, Op, Plan, PlanSource};
 use super::value::{Value, compare, sort_order};
 use crate::schema::{COLUMNS, Cell, ColumnType};
+use crate::store::SqlCell;
 use crate::time::parse_datetime;
 
 pub type Row = Vec<Value>;
@@ -120,8 +121,9 @@ fn scan(
     }
     let read = |source| HuntError::Read { table, source };
     let mut statement = conn.prepare(&sql).map_err(read)?;
-    let mut rows =
-        statement.query(rusqlite::params_from_iter(filters.iter().map(|(_, cell)| cell))).map_err(read)?;
+    let mut rows = statement
+        .query(rusqlite::params_from_iter(filters.iter().map(|(_, cell)| SqlCell(cell))))
+        .map_err(read)?;
     while let Some(sql_row) = rows.next().map_err(read)? {
         let mut row = Vec::with_capacity(COLUMNS.len());
         for (i, ((_, ty), needed)) in COLUMNS.iter().zip(needed).enumerate() {

@@ -76,3 +76,10 @@ pub fn synthetic_event(report_id: u64, timestamp: &str, padding: usize) -> serde
         "AdditionalFields": {"Method": "CONNECT", "Padding": "x".repeat(padding)},
     })
 }
+
+/// [`synthetic_event`] as the daemon hands it to the store: typed, timestamped now.
+pub fn typed_event(report_id: u64) -> monitor_core::event::DeviceEvent {
+    let json =
+        synthetic_event(report_id, &monitor_hunt::time::format_datetime(monitor_hunt::time::now_micros()), 0);
+    serde_json::from_value(json).expect("a synthetic event is a DeviceEvent")
+}

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use monitor_hunt::schema::StoredEvent;
 use monitor_hunt::time::{format_datetime, now_micros};
 use monitor_hunt::{Retention, Store, StoreWriter};
 
-use crate::common::synthetic_event;
+use crate::common::{synthetic_event, typed_event};
 
 const CHILD_DB_ENV: &str = "MONITOR_HUNT_CRASH_CHILD_DB";
 /// Events between the child's flushes.
@@ -227,8 +228,8 @@ fn new_store_is_private_and_malformed_events_are_counted() {
     writer.send(&serde_json::json!(["not", "an", "object"]));
     writer.send(&serde_json::json!({"ActionType": "ConnectionSuccess"}));
     writer.send(&synthetic_event(1, &format_datetime(now_micros()), 0));
-    writer.send_line(&synthetic_event(2, &format_datetime(now_micros()), 0).to_string());
-    writer.send_line("{not json");
+    writer.send(&serde_json::json!({"Timestamp": "yesterday"}));
+    writer.send_stored(vec![StoredEvent::from(typed_event(2))]);
     writer.flush().expect("flush");
     assert_eq!(writer.dropped(), 3, "the three malformed events are counted");
     writer.close().expect("close");
@@ -238,7 +239,7 @@ fn new_store_is_private_and_malformed_events_are_counted() {
         assert_eq!(mode(&created), 0o700, "{} is private", created.display());
     }
     let store = Store::open(&path).expect("open");
-    assert_eq!(store.count().expect("count"), 2, "the event and the line are stored");
+    assert_eq!(store.count().expect("count"), 2, "the JSON event and the typed one are stored");
     drop(store);
     let missing = Store::open(&dir.path().join("nothing.db")).expect_err("no store there");
     assert!(missing.to_string().contains("no event store at"), "{missing}");
