@@ -455,6 +455,7 @@ impl Daemon {
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
+            self.sink.flush_events();
         }
         info!("stopping: flushing events");
         self.drain_ring(ring.get_mut());

@@ -1,4 +1,6 @@
-//! Where events go: JSON lines to stdout or a file (flushed per event), and the embedded store.
+//! Where events go: JSON lines to stdout or a file (flushed after each wake-up of the event loop, so a
+//! reader sees an event within a loop turn of its record, with one write per batch, not per event), and
+//! the embedded store.
 
 use std::{
     fs::OpenOptions,
@@ -9,6 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use monitor_core::event::DeviceEvent;
+use monitor_hunt::schema::StoredEvent;
 
 pub struct Sink {
     out: Box<dyn Write + Send>,
@@ -18,8 +21,16 @@ pub struct Sink {
     next_report_id: u64,
     next_seq: u64,
     pub emitted: u64,
+    /// Events the JSON-lines sink could not write.
     pub write_errors: u64,
+    /// Events written since the last flush: lost with it if it fails.
+    unflushed: u64,
+    /// Events for the store, handed to its thread in one go per flush (or per [`STORE_BATCH`]).
+    stored: Vec<StoredEvent>,
 }
+
+/// The most events handed to the store's thread at once.
+const STORE_BATCH: usize = 1024;
 
 pub fn device_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -73,6 +84,8 @@ impl Sink {
             next_seq,
             emitted: 0,
             write_errors: 0,
+            unflushed: 0,
+            stored: Vec::new(),
         })
     }
 
@@ -80,7 +93,7 @@ impl Sink {
     /// stays in use.
     pub fn reopen_events(&mut self, events: &str) -> anyhow::Result<()> {
         let out = open_events(events)?;
-        let _ = self.out.flush();
+        self.flush_events();
         self.out = out;
         Ok(())
     }
@@ -91,6 +104,8 @@ impl Sink {
         if let Some(store) = &store {
             self.next_seq = self.next_seq.max(store.first_seq());
         }
+        // Events not handed over yet belong to the old store.
+        self.hand_to_store();
         match std::mem::replace(&mut self.store, store) {
             Some(old) => old.close().context("close the previous event store"),
             None => Ok(()),
@@ -109,22 +124,46 @@ impl Sink {
         event.seq = self.next_seq;
         self.next_seq += 1;
         let line = event.to_json_line();
-        let ok = writeln!(self.out, "{line}").and_then(|_| self.out.flush()).is_ok();
-        if !ok {
+        if writeln!(self.out, "{line}").is_ok() {
+            self.unflushed += 1;
+        } else {
             self.write_errors += 1;
         }
-        if let Some(store) = &self.store {
-            // Parsed again on the store's own thread, off the event path.
-            store.send_line(&line);
+        if self.store.is_some() {
+            self.stored.push(StoredEvent::from(event));
+            if self.stored.len() >= STORE_BATCH {
+                self.hand_to_store();
+            }
         }
         self.emitted += 1;
+    }
+
+    /// Writes out the events emitted since the last call (the event loop calls it at the end of each turn).
+    pub fn flush_events(&mut self) {
+        self.hand_to_store();
+        if self.unflushed == 0 {
+            return;
+        }
+        if self.out.flush().is_err() {
+            self.write_errors += self.unflushed;
+        }
+        self.unflushed = 0;
+    }
+
+    fn hand_to_store(&mut self) {
+        if let Some(store) = &self.store
+            && !self.stored.is_empty()
+        {
+            store.send_stored(std::mem::replace(&mut self.stored, Vec::with_capacity(STORE_BATCH)));
+        }
     }
 
     pub fn store(&self) -> Option<&EventStore> {
         self.store.as_ref()
     }
 
-    pub fn close(self) -> anyhow::Result<()> {
+    pub fn close(mut self) -> anyhow::Result<()> {
+        self.hand_to_store();
         let Sink { mut out, store, .. } = self;
         out.flush().context("flush events")?;
         if let Some(store) = store {
