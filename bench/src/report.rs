@@ -235,6 +235,16 @@ pub struct GatewayResult {
     pub throughput_cpu_ratio_min: Option<f64>,
     #[serde(default)]
     pub throughput_cpu_ratio_max: Option<f64>,
+    /// The monitor's own CPU (daemon and TC program) per connection, µs, and per forwarded MiB, ms.
+    #[serde(default)]
+    pub monitor_us_per_connection: f64,
+    #[serde(default)]
+    pub monitor_ms_per_mib: f64,
+    /// The machine's cost without the monitor over that cost plus the monitor's own.
+    #[serde(default)]
+    pub cost_estimate_ratio: Option<f64>,
+    #[serde(default)]
+    pub throughput_cost_estimate_ratio: Option<f64>,
     #[serde(default)]
     pub daemon_us_per_connection: f64,
     /// wire_ingress time per packet during the download (full-sized, GRO-merged segments).
@@ -589,7 +599,9 @@ impl Results {
                  connection; {} events for {} connections; a listed name refused in {} of {} rounds. \
                  Busy CPU of the whole machine (every process, forwarding softirqs, the programs, the \
                  daemon): {:.0} µs per connection without, {:.0} with, ratio {}; {:.2} ms per forwarded MiB \
-                 without, {:.2} with, ratio {}.\n",
+                 without, {:.2} with, ratio {}. The monitor's own CPU (daemon and TC): {:.1} µs per connection, \
+                 {:.3} ms per forwarded MiB, so a saturated gateway keeps {} of its connection rate and {} of \
+                 its throughput.\n",
                 if g.mode.is_empty() { "audit" } else { &g.mode },
                 g.rounds,
                 g.workload,
@@ -614,6 +626,10 @@ impl Results {
                 g.machine_ms_per_mib_none,
                 g.machine_ms_per_mib_gateway,
                 ratio_cell(g.throughput_cpu_ratio, g.throughput_cpu_ratio_min, g.throughput_cpu_ratio_max),
+                g.monitor_us_per_connection,
+                g.monitor_ms_per_mib,
+                ratio_cell(g.cost_estimate_ratio, None, None),
+                ratio_cell(g.throughput_cost_estimate_ratio, None, None),
             );
         }
 
