@@ -105,3 +105,88 @@ pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     );
     result
 }
+
+/// What `monitor indicators --fleet` and `monitor policy` do to the fleet's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    Indicators {
+        kind: monitor_core::policy::ListKind,
+        values: Vec<String>,
+        add: bool,
+    },
+    Mode(crate::policy::FleetMode),
+    /// Print the lists (of one kind) of the scope.
+    List(Option<monitor_core::policy::ListKind>),
+    /// Print everything in the bucket, every scope.
+    Show,
+}
+
+/// Writes or reads the fleet's policy (`MONITOR_POLICY`, created with `replicas` when absent) for the
+/// fleet, or for `group` when given. Every value is checked before anything is written.
+pub fn policy(
+    nats: &NatsOptions,
+    replicas: usize,
+    group: Option<&str>,
+    change: PolicyChange,
+) -> anyhow::Result<()> {
+    use crate::policy::{self, Scope};
+    let scope = match group {
+        Some(name) => Scope::group(name)?,
+        None => Scope::Fleet,
+    };
+    if !(1..=5).contains(&replicas) {
+        anyhow::bail!("--replicas {replicas}: must be 1 to 5 (JetStream's limit)");
+    }
+    let indicators = match &change {
+        PolicyChange::Indicators { values, .. } => values
+            .iter()
+            .map(|v| {
+                monitor_core::policy::Indicator::parse(v.trim())
+                    .map_err(|reason| anyhow::anyhow!("{v:?}: {reason}; nothing was changed"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
+    runtime.block_on(async {
+        let store = policy::open_bucket(nats, replicas).await?;
+        match change {
+            PolicyChange::Indicators { kind, add, .. } => {
+                let revision = policy::change_indicators(&store, &scope, kind, &indicators, add).await?;
+                println!(
+                    "{} {} {kind} indicator(s) for {scope}; policy revision {revision}",
+                    if add { "added" } else { "removed" },
+                    indicators.len()
+                );
+            }
+            PolicyChange::Mode(mode) => {
+                let revision = policy::set_mode(&store, &scope, mode).await?;
+                println!("mode {} for {scope}; policy revision {revision}", mode.name());
+            }
+            PolicyChange::List(kind) => {
+                let state = policy::snapshot(&store).await?;
+                let groups: Vec<String> = match &scope {
+                    Scope::Group(name) => vec![name.clone()],
+                    Scope::Fleet => Vec::new(),
+                };
+                let mine = state.effective(&groups);
+                for (list, entries) in [("allow", &mine.allow), ("block", &mine.block)] {
+                    if kind.is_none_or(|k| k.to_string() == list) {
+                        for entry in entries {
+                            println!("{list}\t{entry}");
+                        }
+                    }
+                }
+            }
+            PolicyChange::Show => {
+                let state = policy::snapshot(&store).await?;
+                println!("revision {}", state.revision);
+                for line in policy::describe(&state) {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+}

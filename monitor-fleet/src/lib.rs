@@ -13,6 +13,7 @@ pub mod export;
 pub mod hunt;
 pub mod ingest;
 pub mod nats;
+pub mod policy;
 pub mod row;
 pub mod samples;
 pub mod servers;

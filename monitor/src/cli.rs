@@ -22,6 +22,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Change or list the indicators of the running daemon.
     Indicators(IndicatorsArgs),
+    /// Set or show the fleet's policy (with --fleet): the protection mode of every agent or of a group.
+    Policy(PolicyArgs),
     /// Show what the running daemon is doing.
     Status(ControlArgs),
     /// Remove the enforcement a block-mode daemon left pinned (its programs and maps).
@@ -157,6 +159,28 @@ pub struct RunArgs {
     /// Replicas of the stream MONITOR_EVENTS when the export creates it [default: 1].
     #[arg(long, value_name = "N")]
     pub export_replicas: Option<usize>,
+    /// Take indicators and the mode from the fleet's policy (the NATS KV bucket MONITOR_POLICY):
+    /// nats://HOST:PORT[,nats://HOST:PORT...]; the last set applied is kept beside the store, so a restart
+    /// while NATS is down enforces it [default: off].
+    #[arg(long, value_name = "URLS")]
+    pub policy: Option<String>,
+    /// A NATS credentials file for the policy (read access to MONITOR_POLICY is enough).
+    #[arg(long, value_name = "FILE")]
+    pub policy_creds: Option<PathBuf>,
+    #[arg(long, value_name = "NAME")]
+    pub policy_user: Option<String>,
+    /// Visible to other local users in the process list: prefer the configuration file.
+    #[arg(long, value_name = "PASSWORD")]
+    pub policy_password: Option<String>,
+    /// Trust this CA (PEM) and require TLS to the policy's NATS.
+    #[arg(long, value_name = "FILE")]
+    pub policy_tls_ca: Option<PathBuf>,
+    /// A group whose fleet policy applies to this agent besides the fleet's (repeatable).
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
+    /// The mode of this configuration (`--mode` or `mode`) wins over the fleet policy's mode.
+    #[arg(long)]
+    pub prefer_local_mode: bool,
 }
 
 pub fn ring_size(text: &str) -> Result<u32, String> {
@@ -188,6 +212,54 @@ pub struct IndicatorsArgs {
     pub op: IndicatorOp,
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL, global = true)]
     pub control: PathBuf,
+    #[command(flatten)]
+    pub fleet: FleetTarget,
+}
+
+/// `monitor policy`: the fleet's protection mode.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub op: PolicyOp,
+    #[command(flatten)]
+    pub fleet: FleetTarget,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyOp {
+    /// Set the protection mode of the fleet's agents (or of a group's, with --group).
+    Mode {
+        #[arg(value_enum)]
+        mode: Mode,
+    },
+    /// Print the whole fleet policy: every list entry and mode, by scope.
+    Show,
+}
+
+/// The fleet's policy (the NATS KV bucket MONITOR_POLICY) as the target of `monitor indicators` and
+/// `monitor policy`. Give operators write access to `$KV.MONITOR_POLICY.>` and agents only read access.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FleetTarget {
+    /// Change the fleet's policy, not the local daemon's: nats://HOST:PORT[,nats://HOST:PORT...].
+    #[arg(long, value_name = "URLS", global = true)]
+    pub fleet: Option<String>,
+    /// With --fleet: only the agents of this group (`monitor run --group NAME`) [default: every agent].
+    #[arg(long, value_name = "NAME", global = true)]
+    pub group: Option<String>,
+    /// A NATS credentials file.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    #[arg(long, value_name = "NAME", global = true)]
+    pub nats_user: Option<String>,
+    /// Visible to other local users in the process list: prefer a credentials file.
+    #[arg(long, value_name = "PASSWORD", global = true)]
+    pub nats_password: Option<String>,
+    /// Trust this CA (PEM) and require TLS to NATS.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Replicas of MONITOR_POLICY when this command creates it.
+    #[arg(long, value_name = "N", global = true, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,6 +3,8 @@
 mod cli;
 #[cfg(target_os = "linux")]
 mod daemon;
+#[cfg(target_os = "linux")]
+mod fleet_policy;
 mod logging;
 mod replay;
 
@@ -68,7 +70,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(target_os = "linux")]
         Command::Run(args) => crate::daemon::run(*args),
         #[cfg(target_os = "linux")]
+        Command::Indicators(args) if args.fleet.fleet.is_some() || args.fleet.group.is_some() => {
+            crate::fleet_policy::indicators(args.op, &args.fleet)
+        }
+        #[cfg(target_os = "linux")]
         Command::Indicators(args) => crate::daemon::control::indicators(args),
+        #[cfg(target_os = "linux")]
+        Command::Policy(args) => crate::fleet_policy::policy(args),
         #[cfg(target_os = "linux")]
         Command::Status(args) => crate::daemon::control::status(args),
         #[cfg(target_os = "linux")]
@@ -78,6 +86,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(not(target_os = "linux"))]
         Command::Run(_)
         | Command::Indicators(_)
+        | Command::Policy(_)
         | Command::Status(_)
         | Command::Probe
         | Command::Detach(_) => {

@@ -6,6 +6,8 @@
 mod early_data;
 #[path = "netns/fleet.rs"]
 mod fleet;
+#[path = "netns/fleet_policy.rs"]
+mod fleet_policy;
 #[path = "netns/wire.rs"]
 mod wire;
 
@@ -1860,6 +1862,7 @@ fn main() {
     proxy_form_cases(&mut r, &bed, false);
     late_verdict_cases(&mut r, &bed);
     fleet::cases(&mut r, &bed);
+    fleet_policy::cases(&mut r, &bed);
     drop(bed);
     r.finish();
 }

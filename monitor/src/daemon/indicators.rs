@@ -1,5 +1,5 @@
-//! The daemon's indicator lists: the files (watched, reloaded on change) plus changes made at run time
-//! with `monitor indicators add|remove`.
+//! The daemon's indicator lists: the files (watched, reloaded on change), the fleet policy's lists
+//! (`--policy`), plus changes made at run time with `monitor indicators add|remove`.
 
 use std::{
     fs,
@@ -31,6 +31,8 @@ struct ListFile {
 
 pub struct Indicators {
     files: Vec<ListFile>,
+    /// The fleet policy's lists, as last applied.
+    fleet: Vec<(ListKind, Indicator)>,
     added: Vec<(ListKind, Indicator)>,
     removed: Vec<(ListKind, Indicator)>,
 }
@@ -46,7 +48,7 @@ impl Indicators {
                 files.push(ListFile { kind, path: path.to_path_buf(), stamp, entries });
             }
         }
-        Ok(Indicators { files, added: Vec::new(), removed: Vec::new() })
+        Ok(Indicators { files, fleet: Vec::new(), added: Vec::new(), removed: Vec::new() })
     }
 
     pub fn effective(&self) -> IndicatorSet {
@@ -56,7 +58,7 @@ impl Indicators {
                 set.insert(file.kind, i.clone());
             }
         }
-        for (kind, i) in &self.added {
+        for (kind, i) in self.fleet.iter().chain(&self.added) {
             set.insert(*kind, i.clone());
         }
         for (kind, i) in &self.removed {
@@ -94,6 +96,15 @@ impl Indicators {
             self.files[index].entries = entries;
         }
         Ok(true)
+    }
+
+    /// The fleet policy's lists now (they replace the previous ones; the files and run-time changes stay).
+    pub fn set_fleet(&mut self, block: Vec<Indicator>, allow: Vec<Indicator>) {
+        self.fleet = block
+            .into_iter()
+            .map(|i| (ListKind::Block, i))
+            .chain(allow.into_iter().map(|i| (ListKind::Allow, i)))
+            .collect();
     }
 
     pub fn add(&mut self, kind: ListKind, indicator: Indicator) {

@@ -3,6 +3,7 @@
 mod abort;
 pub mod control;
 mod features;
+mod fleet_policy;
 mod flows;
 mod indicators;
 mod kernel;
@@ -338,6 +339,9 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         kernel_features,
         notes: plan.notes,
         adopted,
+        running: (args.mode, args.uninspectable, args.hold_timeout),
+        fleet_mode: None,
+        fleet: args.policy.as_ref().map(|p| fleet_policy::FleetPolicyStatus::new(&p.nats.servers, &p.groups)),
     };
     let logger = kernel_logger.map(|logger| runtime.spawn(kernel::forward_logs(logger)));
     let result = runtime.block_on(daemon.serve(events, listener));
@@ -376,6 +380,11 @@ struct Daemon {
     notes: Vec<String>,
     /// The pin directory whose enforcement this daemon adopted at start.
     adopted: Option<String>,
+    /// The mode, uninspectable choice and hold timeout the kernel runs with now.
+    running: (Mode, Uninspectable, std::time::Duration),
+    /// `--policy`: the fleet's mode for this agent, and what status shows of the policy.
+    fleet_mode: Option<Mode>,
+    fleet: Option<fleet_policy::FleetPolicyStatus>,
 }
 
 impl Daemon {
@@ -398,6 +407,12 @@ impl Daemon {
             tokio::spawn(metrics::serve(metrics, status_tx));
         }
         tokio::spawn(control::serve(listener, calls_tx));
+        let (fleet_tx, mut fleet_events) = mpsc::unbounded_channel();
+        if let Some(options) = self.args.policy.clone() {
+            tokio::spawn(monitor_fleet::policy::watch(options, fleet_tx));
+        } else {
+            drop(fleet_tx);
+        }
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = tokio::signal::unix::signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -442,6 +457,7 @@ impl Daemon {
                         }
                     }
                 }
+                Some(event) = fleet_events.recv() => self.on_fleet_policy(event),
                 Some(set) = self.policy_updates.recv() => {
                     // The previous set goes here; with a million indicators that is a lot of heap.
                     self.flows.set = set;
@@ -562,7 +578,7 @@ impl Daemon {
         if due.is_empty() {
             return;
         }
-        let (block, silent) = (self.args.mode == Mode::Block, self.args.silent_flow_timeout);
+        let (block, silent) = (self.running.0 == Mode::Block, self.args.silent_flow_timeout);
         let flows = &self.flows;
         let outcomes = self.kernel.reclaim_wire_flows(&due, |key, state, age| {
             wire_reclaim::decide(state, age, !flows.wire_pending(key), block, silent)
@@ -607,36 +623,6 @@ impl Daemon {
                 }
             }
         }
-        if new.mode != self.args.mode
-            || new.uninspectable != self.args.uninspectable
-            || new.hold_timeout != self.args.hold_timeout
-        {
-            let mode = mode_value(new.mode);
-            let uninspectable = match new.uninspectable {
-                Uninspectable::Allow => UNINSPECTABLE_ALLOW,
-                Uninspectable::Block => UNINSPECTABLE_BLOCK,
-            };
-            let (reply, answer) = std::sync::mpsc::channel();
-            let hold_timeout_ms = hold_millis(new.hold_timeout);
-            let _ =
-                self.policy.send(policy_worker::Job::Mode { mode, uninspectable, hold_timeout_ms, reply });
-            // One map write on the policy thread (after any reload it is busy with): wait for it.
-            match answer.recv().unwrap_or_else(|_| Err("the policy thread stopped".into())) {
-                Ok(()) => {
-                    self.flows.set_mode(mode, uninspectable == UNINSPECTABLE_BLOCK, new.hold_timeout);
-                    info!(
-                        "mode now {:?}, uninspectable {:?}, hold timeout {:?}",
-                        new.mode, new.uninspectable, new.hold_timeout
-                    );
-                    if (new.mode == Mode::Block) != (self.args.mode == Mode::Block) {
-                        warn!(
-                            "pinning of enforcement follows the mode the daemon started in until it restarts"
-                        );
-                    }
-                }
-                Err(e) => error!("writing the new mode: {e}"),
-            }
-        }
         // The events file is opened again even when its path is the same: that is how rotation works.
         match self.sink.reopen_events(&new.events) {
             Ok(()) => info!("events: {} (re)opened", new.events),
@@ -677,6 +663,7 @@ impl Daemon {
             ("metrics", new.metrics != self.args.metrics),
             ("device_id", new.device_id != self.args.device_id),
             ("export", new.export != self.args.export),
+            ("policy", new.policy != self.args.policy),
             ("store (for the export)", store_changed && self.exporter.is_some()),
         ];
         for (key, changed) in restart_only {
@@ -684,8 +671,20 @@ impl Daemon {
                 warn!("{key} changed: it takes effect when the daemon restarts");
             }
         }
-        let Settings { mode, uninspectable, allow, block, hold_timeout, events, silent_flow_timeout, .. } =
-            new;
+        let Settings {
+            mode,
+            uninspectable,
+            allow,
+            block,
+            hold_timeout,
+            events,
+            silent_flow_timeout,
+            prefer_local_mode,
+            mode_given,
+            ..
+        } = new;
+        self.args.prefer_local_mode = prefer_local_mode;
+        self.args.mode_given = mode_given;
         self.args.silent_flow_timeout = silent_flow_timeout;
         self.args.events = events;
         self.args.hold_timeout = hold_timeout;
@@ -693,6 +692,65 @@ impl Daemon {
         self.args.uninspectable = uninspectable;
         self.args.allow = allow;
         self.args.block = block;
+        self.apply_mode();
+    }
+
+    /// The mode the kernel should run: the fleet policy's, unless this configuration sets one and says
+    /// that it wins (`prefer_local_mode`).
+    fn wanted_mode(&self) -> Mode {
+        match self.fleet_mode {
+            Some(mode) if !(self.args.prefer_local_mode && self.args.mode_given) => mode,
+            _ => self.args.mode,
+        }
+    }
+
+    /// Writes the wanted mode, uninspectable choice and hold timeout to the kernel when they differ from
+    /// what it runs.
+    fn apply_mode(&mut self) {
+        let want = (self.wanted_mode(), self.args.uninspectable, self.args.hold_timeout);
+        if want == self.running {
+            return;
+        }
+        let mode = mode_value(want.0);
+        let uninspectable = match want.1 {
+            Uninspectable::Allow => UNINSPECTABLE_ALLOW,
+            Uninspectable::Block => UNINSPECTABLE_BLOCK,
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        let hold_timeout_ms = hold_millis(want.2);
+        let _ = self.policy.send(policy_worker::Job::Mode { mode, uninspectable, hold_timeout_ms, reply });
+        // One map write on the policy thread (after any reload it is busy with): wait for it.
+        match answer.recv().unwrap_or_else(|_| Err("the policy thread stopped".into())) {
+            Ok(()) => {
+                self.flows.set_mode(mode, uninspectable == UNINSPECTABLE_BLOCK, want.2);
+                info!("mode now {:?}, uninspectable {:?}, hold timeout {:?}", want.0, want.1, want.2);
+                if (want.0 == Mode::Block) != (self.running.0 == Mode::Block) {
+                    warn!("pinning of enforcement follows the mode the daemon started in until it restarts");
+                }
+                self.running = want;
+            }
+            Err(e) => error!("writing the new mode: {e}"),
+        }
+    }
+
+    /// `--policy`: what the watcher sends.
+    fn on_fleet_policy(&mut self, event: monitor_fleet::policy::PolicyEvent) {
+        use monitor_fleet::policy::PolicyEvent;
+        let Some(status) = &mut self.fleet else { return };
+        match event {
+            PolicyEvent::Link { connected, error } => status.link(connected, error),
+            PolicyEvent::Apply(policy, source) => {
+                status.applying(&policy, source);
+                self.fleet_mode = policy.mode.map(fleet_policy::mode);
+                let job = policy_worker::Job::Fleet {
+                    block: policy.block,
+                    allow: policy.allow,
+                    revision: policy.revision,
+                };
+                let _ = self.policy.send(job);
+                self.apply_mode();
+            }
+        }
     }
 
     fn handle(&mut self, request: Request, peer_uid: u32) -> Value {
@@ -767,7 +825,7 @@ impl Daemon {
         let (sockets_inspected, forwarded_flows) = self.kernel.flow_entries(&self.socks);
         let uptime = self.started.elapsed().as_secs_f64();
         Status {
-            mode: format!("{:?}", self.args.mode).to_lowercase(),
+            mode: format!("{:?}", self.running.0).to_lowercase(),
             pid: std::process::id(),
             uptime_seconds: uptime,
             attached: self.kernel.attachments.clone(),
@@ -797,6 +855,7 @@ impl Daemon {
             kernel_drops,
             device_id: self.sink.device_id.clone(),
             export: self.exporter.as_ref().map(monitor_fleet::Exporter::status),
+            fleet_policy: self.fleet.clone(),
         }
     }
 }

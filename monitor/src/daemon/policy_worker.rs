@@ -32,6 +32,12 @@ pub enum Job {
     },
     /// Re-read the files now (SIGHUP).
     Reload,
+    /// The fleet policy's lists changed (`--policy`).
+    Fleet {
+        block: Vec<Indicator>,
+        allow: Vec<Indicator>,
+        revision: u64,
+    },
 }
 
 /// How often the list files are checked for changes.
@@ -85,6 +91,12 @@ impl PolicyWorker {
                     self.policy.config.mode = mode;
                     self.policy.config.uninspectable = uninspectable;
                     let _ = reply.send(self.policy.write_config().map_err(|e| format!("{e:#}")));
+                }
+                Ok(Job::Fleet { block, allow, revision }) => {
+                    self.indicators.set_fleet(block, allow);
+                    if let Err(e) = self.apply() {
+                        error!("applying fleet policy revision {revision}: {e:#}");
+                    }
                 }
                 Ok(Job::Reload) | Err(mpsc::RecvTimeoutError::Timeout) => self.reload_files(),
                 // The daemon is stopping.

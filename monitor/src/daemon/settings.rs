@@ -45,6 +45,13 @@ struct ConfigFile {
     export_password: Option<String>,
     export_tls_ca: Option<PathBuf>,
     export_replicas: Option<usize>,
+    policy: Option<String>,
+    policy_creds: Option<PathBuf>,
+    policy_user: Option<String>,
+    policy_password: Option<String>,
+    policy_tls_ca: Option<PathBuf>,
+    groups: Option<Vec<String>>,
+    prefer_local_mode: Option<bool>,
 }
 
 /// Everything `monitor run` needs, resolved.
@@ -76,6 +83,12 @@ pub struct Settings {
     pub device_id: Option<String>,
     /// `None`: no export.
     pub export: Option<monitor_fleet::ExportOptions>,
+    /// `None`: no fleet policy.
+    pub policy: Option<monitor_fleet::policy::PolicyOptions>,
+    /// The local mode wins over the fleet policy's.
+    pub prefer_local_mode: bool,
+    /// Whether the mode was set here (`--mode` or `mode`), not left to its default.
+    pub mode_given: bool,
 }
 
 /// The default bound on a hold: far above what a real client takes to finish a request it started.
@@ -176,6 +189,13 @@ impl Settings {
             export_password,
             export_tls_ca,
             export_replicas,
+            policy,
+            policy_creds,
+            policy_user,
+            policy_password,
+            policy_tls_ca,
+            groups,
+            prefer_local_mode,
         } = file;
         let ring_buffer_bytes = match (args.ring_buffer_bytes, ring_buffer_bytes) {
             (Some(n), _) => n,
@@ -240,6 +260,32 @@ impl Settings {
                 })
             }
         };
+        let groups = if args.groups.is_empty() { groups.unwrap_or_default() } else { args.groups.clone() };
+        for group in &groups {
+            monitor_fleet::policy::Scope::group(group).map_err(|e| anyhow::anyhow!("groups: {e}"))?;
+        }
+        let policy = match args.policy.as_deref().or(policy.as_deref()) {
+            None if groups.is_empty() => None,
+            None => {
+                bail!("groups: a group only means something with a fleet policy (policy = \"nats://...\")")
+            }
+            Some(urls) => Some(monitor_fleet::policy::PolicyOptions {
+                nats: monitor_fleet::NatsOptions {
+                    servers: monitor_fleet::NatsOptions::parse_servers(urls).context("policy")?,
+                    creds: args.policy_creds.clone().or(policy_creds),
+                    user: args.policy_user.clone().or(policy_user),
+                    password: args.policy_password.clone().or(policy_password),
+                    tls_ca: args.policy_tls_ca.clone().or(policy_tls_ca),
+                },
+                groups,
+                // Beside the store (this daemon's own state), named after it: two daemons on one host
+                // keep two copies.
+                cache: store.as_deref().map_or_else(
+                    || PathBuf::from("/var/lib/monitor/fleet-policy.json"),
+                    |store| store.with_extension("fleet-policy.json"),
+                ),
+            }),
+        };
         if export.is_some() && store.is_none() {
             bail!("export: needs the event store (it is the export's spool); remove store = \"none\"");
         }
@@ -264,6 +310,9 @@ impl Settings {
             silent_flow_timeout,
             device_id,
             export,
+            policy,
+            prefer_local_mode: args.prefer_local_mode || prefer_local_mode.unwrap_or(false),
+            mode_given: args.mode.is_some() || mode.is_some(),
         })
     }
 }
@@ -304,9 +353,17 @@ export_user = "agent"
 export_password = "secret"
 export_tls_ca = "/etc/monitor/ca.pem"
 export_replicas = 3
+policy = "nats://127.0.0.1:4222"
+policy_creds = "/etc/monitor/policy.creds"
+policy_user = "agent"
+policy_password = "secret"
+policy_tls_ca = "/etc/monitor/ca.pem"
+groups = ["web", "eu-west"]
+prefer_local_mode = true
 "#,
         )
         .expect("valid configuration");
+        assert_eq!(file.groups, Some(vec!["web".to_string(), "eu-west".to_string()]));
         assert_eq!(file.mode, Some(Mode::Block));
         assert_eq!(file.metrics, Some("127.0.0.1:9900".parse().expect("address")));
     }

@@ -33,6 +33,8 @@ pub struct Status {
     pub device_id: String,
     /// `--export`: the exporter's state.
     pub export: Option<monitor_fleet::ExportStatus>,
+    /// `--policy`: the fleet policy applied.
+    pub fleet_policy: Option<super::fleet_policy::FleetPolicyStatus>,
 }
 
 #[derive(Debug, Clone, Serialize)]

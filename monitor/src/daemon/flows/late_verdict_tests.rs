@@ -80,7 +80,9 @@ impl Run {
         self.flows.on_verdict(&verdict, &mut self.sink);
     }
 
-    fn events(&self) -> Vec<Value> {
+    /// The events written so far (the event loop flushes at the end of each turn; here, now).
+    fn events(&mut self) -> Vec<Value> {
+        self.sink.flush_events();
         let text = std::fs::read_to_string(&self.events).expect("read events file");
         text.lines().map(|l| serde_json::from_str(l).expect("event is JSON")).collect()
     }
