@@ -4,6 +4,8 @@
 //!   JetStream (stream `MONITOR_EVENTS`), at least once, from the store as its spool.
 //! - [`ingest`]: the central side. `monitor ingest` reads the stream with a durable pull consumer and
 //!   inserts batches into ClickHouse ([`clickhouse`]), acknowledging only what ClickHouse accepted.
+//! - [`policy`]: the fleet's indicators and modes in the NATS KV bucket `MONITOR_POLICY`, written by
+//!   `monitor indicators --fleet` and `monitor policy`, watched by every agent started with `--policy`.
 //! - [`hunt`] and [`views`]: `monitor hunt`, `monitor devices` and `monitor timeline` over the fleet store.
 //! - [`samples`]: sample events and stores of them; [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
 
