@@ -514,10 +514,11 @@ mod tests {
         assert_eq!(plain.revision, 7);
         assert_eq!(plain.invalid.len(), 1, "{:?}", plain.invalid);
 
-        let in_web = state.effective(&["web".into()]);
+        let groups = |names: &str| names.split(',').map(str::to_string).collect::<Vec<_>>();
+        let in_web = state.effective(&groups("web"));
         assert_eq!(in_web.block, vec![ind("x.test"), ind("y.test")]);
         assert_eq!(in_web.mode, Some(FleetMode::Audit), "the group's mode wins over the fleet's");
-        let in_both = state.effective(&["web".into(), "db".into()]);
+        let in_both = state.effective(&groups("web,db"));
         assert_eq!(in_both.allow, vec![ind("z.test")]);
         assert_eq!(in_both.mode, Some(FleetMode::Audit), "of two groups' modes, the strictest");
 

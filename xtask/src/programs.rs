@@ -153,6 +153,7 @@ mod tests {
         "depends",
         "describe",
         "ingest",
+        "policy",
         "x509",
         // The URL schemes a ClickHouse URL may have.
         "http",

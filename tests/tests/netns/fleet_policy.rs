@@ -9,12 +9,11 @@ use tests::{Bed, Cgroup, Monitor, Runner, monitor::monitor_bin};
 
 use super::{SQUID, curl, status};
 
-const CASES: [&str; 4] = [
-    "fleet_policy_block_reaches_every_agent_and_a_group_only_its_own",
-    "fleet_policy_agent_restarted_while_nats_is_down_still_blocks",
-    "fleet_policy_mode_change_reaches_every_agent",
-    "fleet_policy_removal_unblocks",
-];
+const REACHES: &str = "fleet_policy_block_reaches_every_agent_and_a_group_only_its_own";
+const RESTART: &str = "fleet_policy_agent_restarted_while_nats_is_down_still_blocks";
+const MODE: &str = "fleet_policy_mode_change_reaches_every_agent";
+const REMOVAL: &str = "fleet_policy_removal_unblocks";
+const CASES: [&str; 4] = [REACHES, RESTART, MODE, REMOVAL];
 /// How long a change may take to reach an agent in the test (the bench's goal is 1 s).
 const REACH: Duration = Duration::from_secs(5);
 
@@ -95,7 +94,7 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
     };
     wait("both agents watch the bucket", &|| connected(get(&web)) && connected(&other));
 
-    r.case(CASES[0], || {
+    r.case(REACHES, || {
         assert!(
             passes(bed, &web_cg, "other.test") && passes(bed, &other_cg, "other.test"),
             "allowed at first"
@@ -142,7 +141,7 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
         );
     });
 
-    r.case(CASES[1], || {
+    r.case(RESTART, || {
         nats.kill();
         // Stopped first: the new daemon takes the same control socket, files and pin directory.
         drop(web.take());
@@ -165,7 +164,7 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
         });
     });
 
-    r.case(CASES[2], || {
+    r.case(MODE, || {
         fleet_command(&nats, &["policy", "mode", "audit"]);
         for (mon, cg) in [(get(&web), &web_cg), (&other, &other_cg)] {
             until(bed, cg, "other.test", false, mon);
@@ -182,7 +181,7 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
         }
     });
 
-    r.case(CASES[3], || {
+    r.case(REMOVAL, || {
         fleet_command(&nats, &["indicators", "remove", "block", "other.test"]);
         until(bed, &web_cg, "other.test", false, get(&web));
         until(bed, &other_cg, "other.test", false, &other);
