@@ -269,21 +269,14 @@ pub struct PolicyOptions {
     pub cache: PathBuf,
 }
 
-/// The agent's side: applies the copy on disk first, then watches the bucket and sends every change,
-/// reconnecting (and catching up from a fresh snapshot) after any failure. Runs until `events` closes.
+/// The agent's side: watches the bucket and sends every change, reconnecting (and catching up from a
+/// fresh snapshot) after any failure; each state it sends is first kept at `options.cache`. The caller
+/// applies the copy there itself at start ([`PolicyState::load`]), before anything is attached. Runs until
+/// `events` closes.
 pub async fn watch(options: PolicyOptions, events: UnboundedSender<PolicyEvent>) {
-    match PolicyState::load(&options.cache) {
-        Ok(Some(state)) => {
-            let _ = events.send(PolicyEvent::Apply(state.effective(&options.groups), PolicySource::Disk));
-        }
-        Ok(None) => {}
-        Err(e) => {
-            let _ = events.send(PolicyEvent::Link { connected: false, error: Some(e.to_string()) });
-        }
-    }
     let mut wait = BACKOFF.0;
     while !events.is_closed() {
-        let error = match session(&options, &events).await {
+        let error = match session(&options, &events, &mut wait).await {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -293,21 +286,29 @@ pub async fn watch(options: PolicyOptions, events: UnboundedSender<PolicyEvent>)
     }
 }
 
-/// One connection: a snapshot of the bucket, then its changes. `Ok` only when the daemon stops.
-async fn session(options: &PolicyOptions, events: &UnboundedSender<PolicyEvent>) -> Result<(), FleetError> {
+/// One connection: a snapshot of the bucket, then its changes. `Ok` only when the daemon stops. Once
+/// connected, the next failure's wait starts again from the shortest.
+async fn session(
+    options: &PolicyOptions,
+    events: &UnboundedSender<PolicyEvent>,
+    wait: &mut Duration,
+) -> Result<(), FleetError> {
     let client = options.nats.connect("monitor-policy").await?;
     let store = jetstream::new(client.clone()).get_key_value(POLICY_BUCKET).await.map_err(|e| {
         FleetError::Nats(format!(
             "open the bucket {POLICY_BUCKET} (set a policy first, e.g. `monitor policy mode`): {e}"
         ))
     })?;
-    let empty =
-        store.status().await.map_err(|e| FleetError::Nats(format!("{POLICY_BUCKET}: {e}")))?.values() == 0;
     let mut changes = store
         .watch_with_history(">")
         .await
         .map_err(|e| FleetError::Nats(format!("watch {POLICY_BUCKET}: {e}")))?;
+    // Asked after the watch exists: an empty bucket now delivers nothing to wait for; one with values
+    // delivers them all, the last with nothing pending after it.
+    let empty =
+        store.status().await.map_err(|e| FleetError::Nats(format!("{POLICY_BUCKET}: {e}")))?.values() == 0;
     let _ = events.send(PolicyEvent::Link { connected: true, error: None });
+    *wait = BACKOFF.0;
     let mut state = PolicyState::default();
     // Until the snapshot is whole nothing is applied: a part of the lists is not the policy.
     let mut current = empty;

@@ -36,9 +36,8 @@ impl FleetPolicyStatus {
         FleetPolicyStatus { servers: servers.to_vec(), groups: groups.to_vec(), ..Self::default() }
     }
 
-    /// Notes a policy about to be applied (logged once per revision).
-    pub fn applying(&mut self, policy: &FleetPolicy, source: PolicySource) {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    /// Notes a policy received, before the kernel maps have it (logged once per revision).
+    pub fn received(&mut self, policy: &FleetPolicy, source: PolicySource) {
         if policy.invalid != self.invalid {
             for entry in &policy.invalid {
                 warn!("fleet policy: not applied: {entry}");
@@ -55,13 +54,34 @@ impl FleetPolicyStatus {
             policy.allow.len(),
             policy.mode.map_or("not set", FleetMode::name)
         );
-        self.revision = Some(policy.revision);
-        self.applied_at_unix = Some(now);
         self.source = Some(source);
         self.block = policy.block.len();
         self.allow = policy.allow.len();
         self.mode = policy.mode;
         self.invalid.clone_from(&policy.invalid);
+    }
+
+    /// The policy worker's outcome for a revision: in the kernel maps now, or why not.
+    pub fn applied(&mut self, revision: u64, outcome: Result<(), String>) {
+        match outcome {
+            Ok(()) => {
+                let now =
+                    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                self.revision = Some(revision);
+                self.applied_at_unix = Some(now);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.last_error = Some(format!("revision {revision} not applied: {e}"));
+            }
+        }
+    }
+
+    /// A problem of this agent's, not of the link: counted and shown.
+    pub fn failed(&mut self, error: String) {
+        warn!("fleet policy: {error}");
+        self.errors += 1;
+        self.last_error = Some(error);
     }
 
     /// Notes the link's state; a change is logged.
@@ -86,10 +106,50 @@ impl FleetPolicyStatus {
     }
 }
 
+/// The mode to run: the fleet policy's for this agent, unless the configuration sets one and says that it
+/// wins (`prefer_local_mode`).
+pub fn choose_mode(local: Mode, fleet: Option<Mode>, prefer_local: bool, local_given: bool) -> Mode {
+    match fleet {
+        Some(mode) if !(prefer_local && local_given) => mode,
+        _ => local,
+    }
+}
+
 pub fn mode(mode: FleetMode) -> Mode {
     match mode {
         FleetMode::Off => Mode::Off,
         FleetMode::Audit => Mode::Audit,
         FleetMode::Block => Mode::Block,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleets_mode_wins_unless_the_configuration_sets_one_and_prefers_it() {
+        assert_eq!(choose_mode(Mode::Block, Some(Mode::Audit), false, true), Mode::Audit);
+        assert_eq!(choose_mode(Mode::Block, Some(Mode::Audit), true, true), Mode::Block);
+        assert_eq!(
+            choose_mode(Mode::Audit, Some(Mode::Block), true, false),
+            Mode::Block,
+            "no local mode given"
+        );
+        assert_eq!(choose_mode(Mode::Off, None, false, true), Mode::Off);
+    }
+
+    #[test]
+    fn a_revision_counts_as_applied_only_once_the_maps_have_it() {
+        let mut status = FleetPolicyStatus::new(&["nats://n:4222".into()], &[]);
+        let policy = FleetPolicy { revision: 7, mode: Some(FleetMode::Block), ..FleetPolicy::default() };
+        status.received(&policy, PolicySource::Nats);
+        assert_eq!((status.revision, status.mode), (None, Some(FleetMode::Block)));
+        status.applied(7, Err("write DOMAINS: map full".into()));
+        assert_eq!((status.revision, status.errors), (None, 1));
+        assert!(status.last_error.as_deref().is_some_and(|e| e.contains("revision 7 not applied")));
+        status.applied(7, Ok(()));
+        assert_eq!(status.revision, Some(7));
+        assert!(status.applied_at_unix.is_some());
     }
 }

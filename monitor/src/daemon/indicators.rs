@@ -107,6 +107,11 @@ impl Indicators {
             .collect();
     }
 
+    /// Takes the fleet policy's lists of `old` (new files replace the files, not the fleet's lists).
+    pub fn keep_fleet_of(&mut self, old: &mut Indicators) {
+        self.fleet = std::mem::take(&mut old.fleet);
+    }
+
     pub fn add(&mut self, kind: ListKind, indicator: Indicator) {
         self.removed.retain(|(k, i)| !(*k == kind && *i == indicator));
         self.added.push((kind, indicator));

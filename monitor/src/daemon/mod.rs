@@ -43,6 +43,7 @@ use control::{Call, Request};
 use flows::{Flows, QuicKey};
 use indicators::Indicators;
 use kernel::{Kernel, LoadOptions, cgroup2_root};
+use monitor_fleet::policy::PolicyState;
 use policy::KernelPolicy;
 use records::Record;
 use settings::Settings;
@@ -122,8 +123,23 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             settings::check_owner(what, path)?;
         }
     }
-    let indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())
+    let mut indicators = Indicators::load(args.allow.as_deref(), args.block.as_deref())
         .map_err(|e| kernel::left_as_it_was(e.into(), args.pin_dir.as_deref()))?;
+    // `--policy`: the copy of the fleet policy on disk applies from the first moment, to the maps and the
+    // mode the daemon starts with (NATS may be down; a block-mode restart must not drop the fleet's blocks).
+    let fleet_at_start = args.policy.as_ref().and_then(|p| match PolicyState::load(&p.cache) {
+        Ok(state) => state.map(|state| state.effective(&p.groups)),
+        Err(e) => {
+            warn!("fleet policy: {e}; starting without the copy on disk");
+            None
+        }
+    });
+    if let Some(fleet) = &fleet_at_start {
+        indicators.set_fleet(fleet.block.clone(), fleet.allow.clone());
+    }
+    let fleet_mode = fleet_at_start.as_ref().and_then(|f| f.mode).map(fleet_policy::mode);
+    let start_mode =
+        fleet_policy::choose_mode(args.mode, fleet_mode, args.prefer_local_mode, args.mode_given);
     let set = indicators.effective();
     for cgroup in &args.cgroups {
         if !cgroup.join("cgroup.procs").exists() {
@@ -133,7 +149,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     for iface in &args.ifaces {
         kernel::check_iface(iface)?;
     }
-    let mode = mode_value(args.mode);
+    let mode = mode_value(start_mode);
     let capacity = |n: usize| ((n + n / 4).max(1024).min(u32::MAX as usize / 2)) as u32;
     let domain_capacity = capacity(set.domains().count() + 65_536);
     let net_capacity = capacity(set.nets().count() + 16_384);
@@ -146,7 +162,13 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             explicit_cgroups: !args.cgroups.is_empty(),
             map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity, args.wire_flows),
         };
-        let plan = features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?;
+        // An agent under a fleet policy may be told to block later: it loads what block mode needs when
+        // the kernel has it, and otherwise knows that it cannot block.
+        let for_block = features::Wanted { mode: MODE_BLOCK, ..wanted };
+        let plan = match features::decide(&found, &for_block) {
+            Ok(plan) if args.policy.is_some() => plan,
+            _ => features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?,
+        };
         for note in &plan.notes {
             warn!("{note}");
         }
@@ -168,7 +190,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         let (allow_n, block_n) = set.counts();
         println!(
             "configuration ok: mode {:?}, {} cgroup(s), {} interface(s), {allow_n} allow and {block_n} block indicators{}",
-            args.mode,
+            start_mode,
             cgroups.len(),
             args.ifaces.len(),
             args.config.as_ref().map(|c| format!(", from {}", c.display())).unwrap_or_default()
@@ -293,9 +315,9 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     release_freed_memory();
     if kernel.degraded.is_empty() {
-        info!("mode {:?}; ready", args.mode);
+        info!("mode {:?}; ready", start_mode);
     } else {
-        info!("mode {:?}; ready, degraded (not attached: {})", args.mode, kernel.degraded.join(", "));
+        info!("mode {:?}; ready, degraded (not attached: {})", start_mode, kernel.degraded.join(", "));
     }
     notify_ready();
 
@@ -311,7 +333,15 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("start tokio")?;
     let indicator_files = indicators.paths();
     let (updates, policy_updates) = tokio::sync::mpsc::unbounded_channel();
-    let policy = policy_worker::PolicyWorker::spawn(indicators, policy, updates)?;
+    let (fleet_applied_tx, fleet_applied) = tokio::sync::mpsc::unbounded_channel();
+    let policy = policy_worker::PolicyWorker::spawn(indicators, policy, updates, fleet_applied_tx)?;
+    let mut fleet =
+        args.policy.as_ref().map(|p| fleet_policy::FleetPolicyStatus::new(&p.nats.servers, &p.groups));
+    if let (Some(status), Some(policy)) = (&mut fleet, &fleet_at_start) {
+        status.received(policy, monitor_fleet::policy::PolicySource::Disk);
+        status.applied(policy.revision, Ok(()));
+    }
+    let can_block = plan.inspection && plan.skb;
     let daemon = Daemon {
         cli_args: cli_args.clone(),
         args: args.clone(),
@@ -339,9 +369,11 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         kernel_features,
         notes: plan.notes,
         adopted,
-        running: (args.mode, args.uninspectable, args.hold_timeout),
-        fleet_mode: None,
-        fleet: args.policy.as_ref().map(|p| fleet_policy::FleetPolicyStatus::new(&p.nats.servers, &p.groups)),
+        running: (start_mode, args.uninspectable, args.hold_timeout),
+        fleet_mode,
+        fleet,
+        fleet_applied,
+        can_block,
     };
     let logger = kernel_logger.map(|logger| runtime.spawn(kernel::forward_logs(logger)));
     let result = runtime.block_on(daemon.serve(events, listener));
@@ -385,6 +417,10 @@ struct Daemon {
     /// `--policy`: the fleet's mode for this agent, and what status shows of the policy.
     fleet_mode: Option<Mode>,
     fleet: Option<fleet_policy::FleetPolicyStatus>,
+    /// The policy worker's outcome for each fleet revision.
+    fleet_applied: tokio::sync::mpsc::UnboundedReceiver<policy_worker::FleetApplied>,
+    /// What was loaded can enforce block mode (a fleet policy may ask for it later).
+    can_block: bool,
 }
 
 impl Daemon {
@@ -458,6 +494,11 @@ impl Daemon {
                     }
                 }
                 Some(event) = fleet_events.recv() => self.on_fleet_policy(event),
+                Some((revision, outcome)) = self.fleet_applied.recv() => {
+                    if let Some(status) = &mut self.fleet {
+                        status.applied(revision, outcome);
+                    }
+                }
                 Some(set) = self.policy_updates.recv() => {
                     // The previous set goes here; with a million indicators that is a lot of heap.
                     self.flows.set = set;
@@ -663,7 +704,11 @@ impl Daemon {
             ("metrics", new.metrics != self.args.metrics),
             ("device_id", new.device_id != self.args.device_id),
             ("export", new.export != self.args.export),
-            ("policy", new.policy != self.args.policy),
+            (
+                "policy",
+                new.policy.as_ref().map(|p| (&p.nats, &p.groups))
+                    != self.args.policy.as_ref().map(|p| (&p.nats, &p.groups)),
+            ),
             ("store (for the export)", store_changed && self.exporter.is_some()),
         ];
         for (key, changed) in restart_only {
@@ -696,12 +741,23 @@ impl Daemon {
     }
 
     /// The mode the kernel should run: the fleet policy's, unless this configuration sets one and says
-    /// that it wins (`prefer_local_mode`).
-    fn wanted_mode(&self) -> Mode {
-        match self.fleet_mode {
-            Some(mode) if !(self.args.prefer_local_mode && self.args.mode_given) => mode,
-            _ => self.args.mode,
+    /// that it wins (`prefer_local_mode`); audit where the kernel cannot block.
+    fn wanted_mode(&mut self) -> Mode {
+        let mode = fleet_policy::choose_mode(
+            self.args.mode,
+            self.fleet_mode,
+            self.args.prefer_local_mode,
+            self.args.mode_given,
+        );
+        if mode == Mode::Block && !self.can_block {
+            let why = "block mode asked for, but this kernel cannot enforce it (see the notes in `monitor status`): running audit";
+            match &mut self.fleet {
+                Some(status) if self.fleet_mode == Some(Mode::Block) => status.failed(why.into()),
+                _ => warn!("{why}"),
+            }
+            return Mode::Audit;
         }
+        mode
     }
 
     /// Writes the wanted mode, uninspectable choice and hold timeout to the kernel when they differ from
@@ -740,15 +796,21 @@ impl Daemon {
         match event {
             PolicyEvent::Link { connected, error } => status.link(connected, error),
             PolicyEvent::Apply(policy, source) => {
-                status.applying(&policy, source);
+                status.received(&policy, source);
                 self.fleet_mode = policy.mode.map(fleet_policy::mode);
+                // The mode first: its one map write is not then queued behind a rewrite of large lists,
+                // which the event loop would wait for.
+                self.apply_mode();
                 let job = policy_worker::Job::Fleet {
                     block: policy.block,
                     allow: policy.allow,
                     revision: policy.revision,
                 };
-                let _ = self.policy.send(job);
-                self.apply_mode();
+                if self.policy.send(job).is_err()
+                    && let Some(status) = &mut self.fleet
+                {
+                    status.failed("the policy thread stopped".into());
+                }
             }
         }
     }

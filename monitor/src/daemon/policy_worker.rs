@@ -32,7 +32,7 @@ pub enum Job {
     },
     /// Re-read the files now (SIGHUP).
     Reload,
-    /// The fleet policy's lists changed (`--policy`).
+    /// The fleet policy's lists changed (`--policy`); the outcome goes back on `FleetApplied`.
     Fleet {
         block: Vec<Indicator>,
         allow: Vec<Indicator>,
@@ -43,10 +43,14 @@ pub enum Job {
 /// How often the list files are checked for changes.
 const FILE_POLL: Duration = Duration::from_millis(250);
 
+/// A fleet policy revision's outcome: applied to the kernel maps, or why not.
+pub type FleetApplied = (u64, Result<(), String>);
+
 pub struct PolicyWorker {
     indicators: Indicators,
     policy: KernelPolicy,
     updates: tokio_mpsc::UnboundedSender<Arc<IndicatorSet>>,
+    fleet_applied: tokio_mpsc::UnboundedSender<FleetApplied>,
 }
 
 impl PolicyWorker {
@@ -54,9 +58,10 @@ impl PolicyWorker {
         indicators: Indicators,
         policy: KernelPolicy,
         updates: tokio_mpsc::UnboundedSender<Arc<IndicatorSet>>,
+        fleet_applied: tokio_mpsc::UnboundedSender<FleetApplied>,
     ) -> anyhow::Result<mpsc::Sender<Job>> {
         let (jobs, inbox) = mpsc::channel();
-        let mut worker = PolicyWorker { indicators, policy, updates };
+        let mut worker = PolicyWorker { indicators, policy, updates, fleet_applied };
         std::thread::Builder::new()
             .name("policy".into())
             .spawn(move || worker.run(inbox))
@@ -67,7 +72,9 @@ impl PolicyWorker {
     fn run(&mut self, inbox: mpsc::Receiver<Job>) {
         loop {
             match inbox.recv_timeout(FILE_POLL) {
-                Ok(Job::Files { indicators }) => {
+                Ok(Job::Files { mut indicators }) => {
+                    // New files; the fleet's lists stay what they were.
+                    indicators.keep_fleet_of(&mut self.indicators);
                     self.indicators = indicators;
                     self.apply_logged();
                 }
@@ -94,9 +101,11 @@ impl PolicyWorker {
                 }
                 Ok(Job::Fleet { block, allow, revision }) => {
                     self.indicators.set_fleet(block, allow);
-                    if let Err(e) = self.apply() {
-                        error!("applying fleet policy revision {revision}: {e:#}");
+                    let outcome = self.apply().map_err(|e| format!("{e:#}"));
+                    if let Err(e) = &outcome {
+                        error!("applying fleet policy revision {revision}: {e}");
                     }
+                    let _ = self.fleet_applied.send((revision, outcome));
                 }
                 Ok(Job::Reload) | Err(mpsc::RecvTimeoutError::Timeout) => self.reload_files(),
                 // The daemon is stopping.

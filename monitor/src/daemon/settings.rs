@@ -130,6 +130,13 @@ fn flag_or_key<'a>(
     }
 }
 
+/// `path` with `suffix` added to its file name (`events.db` → `events.db.fleet-policy.json`).
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// A file that sets policy must not be writable by anyone but root: whoever can write it can disable
 /// protection.
 pub fn check_owner(what: &str, path: &Path) -> anyhow::Result<()> {
@@ -279,11 +286,19 @@ impl Settings {
                 },
                 groups,
                 // Beside the store (this daemon's own state), named after it: two daemons on one host
-                // keep two copies.
-                cache: store.as_deref().map_or_else(
-                    || PathBuf::from("/var/lib/monitor/fleet-policy.json"),
-                    |store| store.with_extension("fleet-policy.json"),
-                ),
+                // keep two copies. Without a store, named after the control socket for the same reason.
+                cache: match store.as_deref() {
+                    Some(store) => suffixed(store, ".fleet-policy.json"),
+                    None => {
+                        let control = args
+                            .control
+                            .clone()
+                            .or(control.clone())
+                            .unwrap_or_else(|| DEFAULT_CONTROL.into());
+                        let name = suffixed(&control, ".fleet-policy.json");
+                        PathBuf::from("/var/lib/monitor").join(name.file_name().unwrap_or_default())
+                    }
+                },
             }),
         };
         if export.is_some() && store.is_none() {

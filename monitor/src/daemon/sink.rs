@@ -21,7 +21,8 @@ pub struct Sink {
     next_report_id: u64,
     next_seq: u64,
     pub emitted: u64,
-    /// Events the JSON-lines sink could not write.
+    /// Events the JSON-lines sink could not write: a failed flush counts every event of its turn (the
+    /// writer keeps their bytes, so a later flush may still write some of them).
     pub write_errors: u64,
     /// Events written since the last flush: lost with it if it fails.
     unflushed: u64,
