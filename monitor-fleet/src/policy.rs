@@ -164,6 +164,16 @@ impl PolicyState {
         self.revision = self.revision.max(revision);
     }
 
+    /// One entry of a watch of the bucket: a put, or a delete or purge.
+    fn apply(&mut self, entry: &kv::Entry) {
+        match entry.operation {
+            kv::Operation::Put => {
+                self.put(&entry.key, &String::from_utf8_lossy(&entry.value), entry.revision)
+            }
+            kv::Operation::Delete | kv::Operation::Purge => self.delete(&entry.key, entry.revision),
+        }
+    }
+
     /// What applies to an agent in `groups`: the fleet's entries and its groups'. A group's mode wins over
     /// the fleet's; of several groups' modes the strictest. An entry whose value is no indicator or no mode
     /// is reported, not applied.
@@ -321,12 +331,7 @@ async fn session(
         tokio::select! {
             change = changes.next() => match change {
                 Some(Ok(entry)) => {
-                    match entry.operation {
-                        kv::Operation::Put => {
-                            state.put(&entry.key, &String::from_utf8_lossy(&entry.value), entry.revision)
-                        }
-                        kv::Operation::Delete | kv::Operation::Purge => state.delete(&entry.key, entry.revision),
-                    }
+                    state.apply(&entry);
                     current |= entry.delta == 0 || entry.seen_current;
                     unapplied = true;
                 }
@@ -413,12 +418,7 @@ pub async fn snapshot(store: &kv::Store) -> Result<PolicyState, FleetError> {
     let mut entries = store.watch_with_history(">").await.map_err(|e| FleetError::Nats(e.to_string()))?;
     while let Some(entry) = entries.next().await {
         let entry = entry.map_err(|e| FleetError::Nats(e.to_string()))?;
-        match entry.operation {
-            kv::Operation::Put => {
-                state.put(&entry.key, &String::from_utf8_lossy(&entry.value), entry.revision)
-            }
-            kv::Operation::Delete | kv::Operation::Purge => state.delete(&entry.key, entry.revision),
-        }
+        state.apply(&entry);
         if entry.delta == 0 {
             break;
         }

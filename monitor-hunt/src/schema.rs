@@ -164,6 +164,9 @@ mod tests {
         let mut fields = serde_json::Map::new();
         fields.insert("Sni".into(), json!("b\u{fc}cher.example"));
         fields.insert("LateVerdict".into(), json!(true));
+        // What could be mistaken for the field's own key, in a value and as a nested key.
+        fields.insert("Note".into(), json!("\"AdditionalFields\":{\"x\":1}}"));
+        fields.insert("Nested".into(), json!({"AdditionalFields": {"y": [1, "}"]}}));
         for (action, process) in [
             (ActionType::ConnectionSuccess, Some(&process)),
             (ActionType::ExploitGuardNetworkProtectionBlocked, None),

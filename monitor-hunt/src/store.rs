@@ -137,8 +137,14 @@ impl StoreWriter {
             failure: Mutex::new(None),
         });
         let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let mut writer =
-            Writer { conn, path: path.to_path_buf(), retention, shared: Arc::clone(&shared), seq_reserved };
+        let mut writer = Writer {
+            conn,
+            path: path.to_path_buf(),
+            retention,
+            shared: Arc::clone(&shared),
+            seq_reserved,
+            inserts: TABLES.map(schema::insert_statement),
+        };
         // Enforce once at start, so that a store reopened after a long stop is trimmed at once.
         if retention != Retention::default()
             && let Err(e) = writer.enforce_retention()
@@ -268,6 +274,8 @@ struct Writer {
     shared: Arc<Shared>,
     /// Seq numbers up to this one are reserved on disk.
     seq_reserved: u64,
+    /// The `INSERT` statement of each of [`TABLES`].
+    inserts: [String; 2],
 }
 
 impl Writer {
@@ -364,7 +372,7 @@ impl Writer {
             return Ok(());
         }
         let count = pending.len() as u64;
-        let result = insert_batch(&mut self.conn, pending, &mut self.seq_reserved);
+        let result = insert_batch(&mut self.conn, &self.inserts, pending, &mut self.seq_reserved);
         pending.clear();
         result.map_err(|source| {
             self.shared.dropped.fetch_add(count, Ordering::Relaxed);
@@ -411,10 +419,10 @@ impl ToSql for SqlCell<'_> {
 
 fn insert_batch(
     conn: &mut Connection,
+    inserts: &[String; 2],
     events: &[StoredEvent],
     seq_reserved: &mut u64,
 ) -> rusqlite::Result<()> {
-    let inserts = TABLES.map(schema::insert_statement);
     let tx = conn.transaction()?;
     let mut max_seq = 0u64;
     for stored in events {

@@ -124,17 +124,21 @@ impl Sink {
         event.device_id.clone_from(&self.device_id);
         event.seq = self.next_seq;
         self.next_seq += 1;
-        let line = event.to_json_line();
+        let line = if self.store.is_some() {
+            let table = event.table.name();
+            let (line, cells) = event.into_line_and_cells();
+            self.stored.push(StoredEvent { table, cells });
+            line
+        } else {
+            event.to_json_line()
+        };
         if writeln!(self.out, "{line}").is_ok() {
             self.unflushed += 1;
         } else {
             self.write_errors += 1;
         }
-        if self.store.is_some() {
-            self.stored.push(StoredEvent::from(event));
-            if self.stored.len() >= STORE_BATCH {
-                self.hand_to_store();
-            }
+        if self.stored.len() >= STORE_BATCH {
+            self.hand_to_store();
         }
         self.emitted += 1;
     }
