@@ -10,7 +10,7 @@ use aya::{
     programs::ProgramType,
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
 };
-use monitor_common::config::{MODE_BLOCK, MODE_OFF};
+use monitor_common::config::{MODE_AUDIT, MODE_BLOCK, MODE_OFF};
 use serde::Serialize;
 
 use super::kernel::cgroup2_root;
@@ -147,6 +147,7 @@ pub struct Plan {
 }
 
 /// What the operator asked for.
+#[derive(Clone, Copy)]
 pub struct Wanted<'a> {
     pub mode: u32,
     pub ifaces: &'a [String],
@@ -266,10 +267,26 @@ pub fn decide(f: &Features, want: &Wanted<'_>) -> Result<Plan, String> {
     Ok(Plan { cgroup_hooks, inspection, skb, gateway, notes })
 }
 
+/// What an agent under a fleet policy loads: what block mode needs wherever the kernel has it, since the
+/// fleet may ask for block at any time. Where this kernel cannot block and the block is the fleet's (not
+/// this host's configuration, `fleet_asks_block`), the agent starts in audit rather than refuse to run, and
+/// the reason comes back beside the plan; a block the local configuration asks for still refuses.
+pub fn decide_under_fleet(
+    f: &Features,
+    want: &Wanted<'_>,
+    fleet_asks_block: bool,
+) -> Result<(Plan, Option<String>), String> {
+    match decide(f, &Wanted { mode: MODE_BLOCK, ..*want }) {
+        Ok(plan) => Ok((plan, None)),
+        Err(why) if fleet_asks_block => {
+            decide(f, &Wanted { mode: MODE_AUDIT, ..*want }).map(|plan| (plan, Some(why)))
+        }
+        Err(_) => decide(f, want).map(|plan| (plan, None)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use monitor_common::config::MODE_AUDIT;
-
     use super::*;
 
     fn full() -> Features {
@@ -345,6 +362,23 @@ mod tests {
         }
         let plan = decide(&Features { bpf_loop: false, ..full() }, &want(MODE_OFF, &[])).expect("off");
         assert!(plan.notes.is_empty(), "mode off needs no inspection: {:?}", plan.notes);
+    }
+
+    #[test]
+    fn a_fleet_block_the_kernel_cannot_serve_starts_audit_and_says_why() {
+        let weak = Features { bpf_loop: false, ..full() };
+        let (plan, why) = decide_under_fleet(&weak, &want(MODE_BLOCK, &[]), true).expect("audit instead");
+        assert!(plan.cgroup_hooks && !plan.inspection, "{plan:?}");
+        assert!(why.is_some_and(|w| w.contains("block mode")), "the reason is kept for status");
+        // A block this host's configuration asks for still refuses.
+        let err = decide_under_fleet(&weak, &want(MODE_BLOCK, &[]), false).expect_err("local block refused");
+        assert!(err.contains("refuses to start"), "{err}");
+        // Audit asked for: the audit plan, nothing to report.
+        let (_, why) = decide_under_fleet(&weak, &want(MODE_AUDIT, &[]), false).expect("audit");
+        assert!(why.is_none());
+        // A kernel that can block loads what block needs whatever the mode.
+        let (plan, why) = decide_under_fleet(&full(), &want(MODE_AUDIT, &[]), false).expect("full");
+        assert!(plan.inspection && plan.skb && why.is_none(), "{plan:?}");
     }
 
     #[test]

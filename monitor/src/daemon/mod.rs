@@ -138,7 +138,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         indicators.set_fleet(fleet.block.clone(), fleet.allow.clone());
     }
     let fleet_mode = fleet_at_start.as_ref().and_then(|f| f.mode).map(fleet_policy::mode);
-    let start_mode =
+    let mut start_mode =
         fleet_policy::choose_mode(args.mode, fleet_mode, args.prefer_local_mode, args.mode_given);
     let set = indicators.effective();
     for cgroup in &args.cgroups {
@@ -149,25 +149,35 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     for iface in &args.ifaces {
         kernel::check_iface(iface)?;
     }
-    let mode = mode_value(start_mode);
     let capacity = |n: usize| ((n + n / 4).max(1024).min(u32::MAX as usize / 2)) as u32;
     let domain_capacity = capacity(set.domains().count() + 65_536);
     let net_capacity = capacity(set.nets().count() + 16_384);
+    // Why the fleet's block could not be served at start (the agent audits instead; status shows it).
+    let mut fleet_block_refused = None;
     // What the kernel can do decides what is attached; a `--check` by someone else than root cannot probe.
     let plan = if unsafe { libc::geteuid() } == 0 {
         let found = features::Features::detect();
         let wanted = features::Wanted {
-            mode,
+            mode: mode_value(start_mode),
             ifaces: &args.ifaces,
             explicit_cgroups: !args.cgroups.is_empty(),
             map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity, args.wire_flows),
         };
-        // An agent under a fleet policy may be told to block later: it loads what block mode needs when
-        // the kernel has it, and otherwise knows that it cannot block.
-        let for_block = features::Wanted { mode: MODE_BLOCK, ..wanted };
-        let plan = match features::decide(&found, &for_block) {
-            Ok(plan) if args.policy.is_some() => plan,
-            _ => features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?,
+        let plan = if args.policy.is_some() {
+            let fleet_asks_block =
+                start_mode == Mode::Block && !(args.mode_given && args.mode == Mode::Block);
+            let (plan, refused) = features::decide_under_fleet(&found, &wanted, fleet_asks_block)
+                .map_err(|reason| anyhow::anyhow!(reason))?;
+            if let Some(why) = refused {
+                warn!(
+                    "the fleet policy asks for block mode, which this kernel cannot enforce: starting in audit ({why})"
+                );
+                start_mode = Mode::Audit;
+                fleet_block_refused = Some(why);
+            }
+            plan
+        } else {
+            features::decide(&found, &wanted).map_err(|reason| anyhow::anyhow!(reason))?
         };
         for note in &plan.notes {
             warn!("{note}");
@@ -176,6 +186,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let mode = mode_value(start_mode);
     let cgroups = match &plan {
         Some((plan, _)) if !plan.cgroup_hooks => Vec::new(),
         _ if args.cgroups.is_empty() => vec![cgroup2_root()?],
@@ -340,6 +351,11 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(status), Some(policy)) = (&mut fleet, &fleet_at_start) {
         status.received(policy, monitor_fleet::policy::PolicySource::Disk);
         status.applied(policy.revision, Ok(()));
+    }
+    if let (Some(status), Some(why)) = (&mut fleet, fleet_block_refused) {
+        status.failed(format!(
+            "block mode asked for, but this kernel cannot enforce it: running audit ({why})"
+        ));
     }
     let can_block = plan.inspection && plan.skb;
     let daemon = Daemon {
