@@ -4,6 +4,7 @@
 
 #![cfg_attr(test, expect(unused_crate_dependencies, reason = "criterion is for the benches"))]
 
+pub mod device_info;
 pub mod event;
 pub mod extract;
 pub mod policy;

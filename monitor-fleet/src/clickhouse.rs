@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use monitor_hunt::schema::{COLUMNS, ColumnType, TABLES};
+use monitor_hunt::schema::{ColumnType, DEVICE_INFO, FLEET_TABLES, columns_of};
 use serde_json::{Map, Value};
 
 use crate::FleetError;
@@ -171,10 +171,10 @@ pub trait FleetSql {
         parse_answer(&self.send(&format!("{sql} FORMAT {ROW_FORMAT}"), b"", ANSWER_SETTINGS)?)
     }
 
-    /// Creates the database and both tables when absent.
+    /// Creates the database and its tables (both event tables and DeviceInfo) when absent.
     fn ensure_schema(&self) -> Result<(), FleetError> {
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database()))?;
-        for table in TABLES {
+        for table in FLEET_TABLES {
             self.execute(&create_table(self.database(), table))?;
         }
         Ok(())
@@ -251,10 +251,13 @@ impl FleetSql for ClickHouse {
     }
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables.
+/// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables ([`FLEET_TABLES`]). An event is kept once
+/// per `(DeviceId, Seq)`, a heartbeat once per `(DeviceId, Timestamp)`: a redelivered message replaces
+/// itself.
 pub fn create_table(database: &str, table: &str) -> String {
-    let mut columns = Vec::with_capacity(COLUMNS.len() + 1);
-    for (name, ty) in COLUMNS {
+    let schema = columns_of(table).unwrap_or_default();
+    let mut columns = Vec::with_capacity(schema.len() + 1);
+    for &(name, ty) in schema {
         let column = match (name, ty) {
             (_, ColumnType::DateTime) => format!(
                 "{TIMESTAMP_MICROS} Int64, {name} DateTime MATERIALIZED toDateTime(intDiv({TIMESTAMP_MICROS}, 1000000))"
@@ -266,9 +269,10 @@ pub fn create_table(database: &str, table: &str) -> String {
         };
         columns.push(column);
     }
+    let key = if table == DEVICE_INFO { TIMESTAMP_MICROS } else { "Seq" };
     format!(
         "CREATE TABLE IF NOT EXISTS {database}.{table} ({}) ENGINE = ReplacingMergeTree() \
-         PARTITION BY toYYYYMM(Timestamp) ORDER BY (DeviceId, Seq)",
+         PARTITION BY toYYYYMM(Timestamp) ORDER BY (DeviceId, {key})",
         columns.join(", ")
     )
 }
@@ -305,5 +309,8 @@ mod tests {
         );
         assert!(sql.contains("TimestampMicros Int64, Timestamp DateTime MATERIALIZED"), "{sql}");
         assert!(sql.contains("Seq UInt64") && sql.contains("RemotePort Nullable(Int64)"), "{sql}");
+        let sql = create_table("fleet", "DeviceInfo");
+        assert!(sql.contains("ORDER BY (DeviceId, TimestampMicros)"), "a heartbeat once per time: {sql}");
+        assert!(sql.contains("PolicyRevision Nullable(Int64)") && !sql.contains("Seq"), "{sql}");
     }
 }

@@ -58,7 +58,7 @@ fn write_store(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
 }
 
 fn export_options(nats: &NatsServer) -> ExportOptions {
-    ExportOptions { nats: NatsOptions { servers: vec![nats.url()], ..NatsOptions::default() }, replicas: 1 }
+    ExportOptions::new(NatsOptions { servers: vec![nats.url()], ..NatsOptions::default() })
 }
 
 fn ingest_options(nats: &NatsServer, clickhouse: &ClickHouseServer) -> IngestOptions {
@@ -363,13 +363,15 @@ const FLEET_QUERIES: &[&str] = &[
     r#"DeviceNetworkEvents | top 3 by Seq desc | project Seq, LocalPort, Timestamp, DeviceId"#,
     r#"DeviceNetworkEvents | summarize n = count() by InitiatingProcessFileName | where n > 100 | sort by n desc"#,
     r#"DeviceNetworkEvents | where tolower(RemoteUrl) == "site5.example.com" and strlen(RemoteUrl) == 17 | count"#,
+    r#"DeviceNetworkEvents | summarize arg_max(Seq, RemoteUrl, LocalPort) by InitiatingProcessFileName"#,
+    r#"DeviceNetworkEvents | summarize arg_max(Timestamp, *) by DeviceName | project DeviceName, Timestamp, Seq, RemoteUrl, LocalPort"#,
+    r#"DeviceNetworkEvents | summarize Last = arg_min(Seq, RemoteUrl), count() by InitiatingProcessFileName"#,
 ];
 
 /// What `hunt --fleet` does not push down yet, and why (each gives an error naming it).
 const NOT_PUSHED_DOWN: &[(&str, &str)] = &[
     ("union DeviceNetworkEvents, DeviceEvents | count", "`union`: not translated yet"),
     ("DeviceEvents | join kind=inner (DeviceNetworkEvents) on Seq", "`join`: not translated yet"),
-    ("DeviceNetworkEvents | summarize arg_max(Timestamp, *) by DeviceName", "arg_max(): not translated yet"),
     ("DeviceNetworkEvents | project-away AdditionalFields", "`project-away`: needs the column list"),
     ("DeviceNetworkEvents | where RemoteUrl has_any (\"site1\", \"site2\")", "`has_any`: not translated yet"),
 ];
@@ -404,14 +406,6 @@ const SUITE_NOT_ON_FLEET: &[(&str, &str)] = &[
     (
         r#"DeviceEvents | where ReportId == 7 | project-rename Target = RemoteUrl | project Target"#,
         "`project-rename`: needs the column list",
-    ),
-    (
-        r#"DeviceNetworkEvents | where isnotempty(InitiatingProcessFileName) | summarize arg_max(Timestamp, RemoteUrl, ReportId) by InitiatingProcessFileName | where InitiatingProcessFileName in ("curl", "python3") | sort by InitiatingProcessFileName asc"#,
-        "arg_max(): not translated yet",
-    ),
-    (
-        r#"DeviceEvents | summarize arg_min(Timestamp, *) by ActionType | project ActionType, ReportId | sort by ActionType asc"#,
-        "arg_min(): not translated yet",
     ),
     (
         r#"union DeviceNetworkEvents, DeviceEvents | where Timestamp < datetime(2026-11-29T05:20:00Z) | summarize Events = count() by bin(Timestamp, 5m) | sort by Timestamp asc"#,
@@ -739,6 +733,7 @@ fn wrong_credentials_are_a_clear_error_and_right_ones_ship() {
             ..NatsOptions::default()
         },
         replicas: 1,
+        heartbeat_interval: monitor_fleet::export::DEFAULT_HEARTBEAT_INTERVAL,
     };
     let exporter = Exporter::start(&store, DEVICE_ID, with("wrong")).expect("start the exporter");
     wait_for(
@@ -855,9 +850,12 @@ fn fleet_devices_and_timelines_answer_as_each_local_store() {
     };
     let mut out = Vec::new();
     let args = monitor_hunt::cli::DevicesArgs {
-        store: None,
-        format: monitor_hunt::cli::Format::Csv,
-        fleet: fleet_args.clone(),
+        read: monitor_hunt::cli::ReadArgs {
+            store: None,
+            format: monitor_hunt::cli::Format::Csv,
+            fleet: fleet_args.clone(),
+        },
+        stale_after: std::time::Duration::from_secs(120),
     };
     monitor_fleet::views::devices_cli(&args, &mut out).expect("devices --fleet");
     let text = String::from_utf8(out).expect("utf-8");

@@ -5,7 +5,23 @@ use serde_json::Value as Json;
 
 use crate::time::{format_datetime, parse_datetime};
 
+pub use monitor_core::device_info::{DEVICE_INFO, INFO_COLUMNS};
 pub use monitor_core::event::{COLUMNS, Cell, ColumnType, TABLES};
+
+/// Every table `monitor hunt --fleet` reads: the two event tables, and the agents' heartbeats
+/// (`DeviceInfo`), which only the fleet store keeps.
+pub const FLEET_TABLES: [&str; 3] = [TABLES[0], TABLES[1], DEVICE_INFO];
+
+/// The columns of one of [`FLEET_TABLES`].
+pub fn columns_of(table: &str) -> Option<&'static [(&'static str, ColumnType)]> {
+    if TABLES.contains(&table) {
+        Some(&COLUMNS)
+    } else if table == DEVICE_INFO {
+        Some(&INFO_COLUMNS)
+    } else {
+        None
+    }
+}
 
 /// Index of `Timestamp` in [`COLUMNS`].
 pub const TIMESTAMP: usize = 0;

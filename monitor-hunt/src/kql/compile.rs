@@ -16,7 +16,7 @@ use super::optimize::{prune, push_down};
 use super::parser::suggest;
 use super::plan::{Aggregate, CExpr, CSortKey, Func, Op, Plan, PlanSource, RegexArg, UnionPart};
 use super::value::Value;
-use crate::schema::{COLUMNS, TABLES, column_names};
+use crate::schema::{COLUMNS, DEVICE_INFO, FLEET_TABLES, TABLES, column_names};
 
 type Result<T> = std::result::Result<T, QueryError>;
 
@@ -122,6 +122,13 @@ impl Compiler {
                 ops: Vec::new(),
                 columns: column_names(),
             });
+        }
+        if name == DEVICE_INFO {
+            return Err(QueryError::new(
+                span,
+                "DeviceInfo holds the agents' heartbeats, which only the fleet store keeps: \
+                 run the query with `monitor hunt --fleet URL`",
+            ));
         }
         let mut candidates: Vec<&str> = TABLES.to_vec();
         candidates.extend(self.tables.keys().map(String::as_str));
@@ -611,7 +618,7 @@ impl Compiler {
                 if let Some(i) = columns.iter().position(|c| c == name) {
                     return Ok(CExpr::Col(i));
                 }
-                if self.tables.contains_key(name) || TABLES.contains(&name.as_str()) {
+                if self.tables.contains_key(name) || FLEET_TABLES.contains(&name.as_str()) {
                     return Err(QueryError::new(
                         expr.span,
                         format!(

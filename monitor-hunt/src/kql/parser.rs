@@ -11,7 +11,7 @@ use super::ast::{
 use super::error::{QueryError, Span};
 use super::lexer::{Token, TokenKind, tokenize};
 use super::value::Value;
-use crate::schema::TABLES;
+use crate::schema::FLEET_TABLES;
 use crate::time::parse_datetime;
 
 /// Tallest expression tree accepted; evaluation recurses this deep.
@@ -195,7 +195,7 @@ impl Parser {
         match &self.peek().kind {
             TokenKind::Ident(name) => {
                 name == "union"
-                    || TABLES.contains(&name.as_str())
+                    || FLEET_TABLES.contains(&name.as_str())
                     || (self.tabular_lets.contains(name) && self.peek_at(1).kind != TokenKind::LParen)
             }
             _ => false,

@@ -15,7 +15,7 @@ use super::compile::{default_name, unique_name};
 use super::error::{QueryError, Span};
 use super::parse;
 use super::value::Value;
-use crate::schema::{COLUMNS, ColumnType, TABLES};
+use crate::schema::{ColumnType, FLEET_TABLES, columns_of};
 
 /// How a result column's cells are read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,15 +217,15 @@ pub fn quote(text: &str) -> String {
 }
 
 fn table(name: &str, span: Span, target: &Target<'_>) -> Result<Relation> {
-    let Some(table) = TABLES.iter().find(|t| **t == name) else {
+    let (Some(table), Some(schema)) = (FLEET_TABLES.iter().find(|t| **t == name), columns_of(name)) else {
         return Err(QueryError::new(
             span,
-            format!("unknown table '{name}'; expected {}", TABLES.join(" or ")),
+            format!("unknown table '{name}'; expected {}", FLEET_TABLES.join(", ")),
         ));
     };
-    let mut select = Vec::with_capacity(COLUMNS.len());
-    let mut columns = Vec::with_capacity(COLUMNS.len());
-    for (column, ty) in COLUMNS {
+    let mut select = Vec::with_capacity(schema.len());
+    let mut columns = Vec::with_capacity(schema.len());
+    for &(column, ty) in schema {
         let (expr, sql_type) = match (column, ty) {
             (_, ColumnType::DateTime) => ("TimestampMicros".to_string(), SqlType::DateTime),
             // Never NULL in the fleet's tables: as it is stored, so that a range of it is a range of the key.
@@ -292,18 +292,55 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
         }
         OperatorKind::Summarize { aggregates, by } => {
             let (by_select, by_columns) = items_sql(by, &input.columns, now, &[])?;
-            let taken: Vec<String> = by_columns.iter().map(|(n, _)| n.clone()).collect();
             let mut select = by_select;
             let mut columns = by_columns.clone();
+            // What the SELECT over the grouped one reads for each column: the column itself, or (for
+            // arg_max and arg_min) an element of the tuple that carries one row's columns.
+            let mut unpack: Vec<String> = columns.iter().map(|(n, _)| ident(n)).collect();
+            let mut tuples = 0;
             for item in aggregates {
+                let taken: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+                if let Some(arg) = arg_aggregate(&item.expr, &input.columns, &taken, now)? {
+                    let key = format!("__arg{tuples}_key");
+                    let row = format!("__arg{tuples}");
+                    tuples += 1;
+                    let (extreme, pick) = if arg.max { ("max", "argMax") } else { ("min", "argMin") };
+                    select.push(format!("{extreme}({}) AS {}", arg.key_sql, ident(&key)));
+                    // `arg_max(Timestamp, *)` over nothing but the key and the groups is the extreme alone.
+                    if !arg.returned.is_empty() {
+                        select.push(format!(
+                            "{pick}(tuple({}), {}) AS {}",
+                            arg.returned
+                                .iter()
+                                .map(|(_, _, sql)| sql.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            arg.key_sql,
+                            ident(&row)
+                        ));
+                    }
+                    let first = match &item.name {
+                        Some((name, _)) => name.clone(),
+                        None => arg.key_name,
+                    };
+                    let first = unique_name(&taken, &first);
+                    unpack.push(format!("{} AS {}", ident(&key), ident(&first)));
+                    columns.push((first, arg.key_type));
+                    for (i, (name, ty, _)) in arg.returned.into_iter().enumerate() {
+                        let taken: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+                        let name = unique_name(&taken, &name);
+                        unpack.push(format!("tupleElement({}, {}) AS {}", ident(&row), i + 1, ident(&name)));
+                        columns.push((name, ty));
+                    }
+                    continue;
+                }
                 let (sql, ty, base) = aggregate(&item.expr, &input.columns, now)?;
-                let mut names: Vec<String> = taken.clone();
-                names.extend(columns.iter().map(|(n, _)| n.clone()));
                 let name = match &item.name {
                     Some((name, _)) => name.clone(),
-                    None => unique_name(&names, &base),
+                    None => unique_name(&taken, &base),
                 };
                 select.push(format!("{sql} AS {}", ident(&name)));
+                unpack.push(ident(&name));
                 columns.push((name, ty));
             }
             let group = if by_columns.is_empty() {
@@ -311,7 +348,16 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
             } else {
                 format!(" GROUP BY {}", column_list(&by_columns))
             };
-            wrap(select.join(", "), &group, columns, false)
+            let grouped = wrap(select.join(", "), &group, columns.clone(), false);
+            if tuples == 0 {
+                grouped
+            } else {
+                Relation {
+                    sql: format!("SELECT {} FROM ({})", unpack.join(", "), grouped.sql),
+                    columns,
+                    sorted: false,
+                }
+            }
         }
         OperatorKind::Take(count) => {
             let n = row_count(count, now)?;
@@ -406,6 +452,67 @@ fn as_string(value: &str, ty: SqlType, span: Span, what: &str) -> Result<String>
     })
 }
 
+/// An `arg_max(Key, Column, ...)` or `arg_min` of a summarize.
+struct ArgAggregate {
+    max: bool,
+    key_sql: String,
+    key_type: SqlType,
+    /// The name of its first column (the key's extreme), as the local compiler names it.
+    key_name: String,
+    /// The columns it returns from the row with the extreme key: name, type and SQL.
+    returned: Vec<(String, SqlType, String)>,
+}
+
+/// `e` as an arg_max or arg_min (`None`: another aggregate). `taken` are the names of the columns the
+/// summarize makes before it: `*` returns every input column but those and the key's.
+fn arg_aggregate(
+    e: &Expr,
+    input: &[(String, SqlType)],
+    taken: &[String],
+    now: i64,
+) -> Result<Option<ArgAggregate>> {
+    let ExprKind::Call { name, args, .. } = &e.kind else { return Ok(None) };
+    let max = match name.as_str() {
+        "arg_max" => true,
+        "arg_min" => false,
+        _ => return Ok(None),
+    };
+    if args.len() < 2 {
+        return Err(QueryError::new(
+            e.span,
+            format!("{name}() takes 2 to 64 argument(s), found {}", args.len()),
+        ));
+    }
+    let (key_sql, key_type) = expr(&args[0], input, now)?;
+    let key_name = default_name(&args[0]).unwrap_or_else(|| if max { "max_" } else { "min_" }.to_string());
+    let mut names = vec![key_name.clone()];
+    let mut returned = Vec::new();
+    for arg in &args[1..] {
+        match &arg.kind {
+            ExprKind::Star => {
+                for (column, ty) in input {
+                    if !taken.contains(column) && !names.contains(column) {
+                        names.push(column.clone());
+                        returned.push((column.clone(), *ty, ident(column)));
+                    }
+                }
+            }
+            ExprKind::Name(column) => {
+                let (sql, ty) = expr(arg, input, now)?;
+                names.push(column.clone());
+                returned.push((column.clone(), ty, sql));
+            }
+            _ => {
+                return Err(QueryError::new(
+                    arg.span,
+                    format!("expected a column name or '*' to return from {name}()"),
+                ));
+            }
+        }
+    }
+    Ok(Some(ArgAggregate { max, key_sql, key_type, key_name, returned }))
+}
+
 /// An aggregate call, its type and its default name.
 fn aggregate(e: &Expr, input: &[(String, SqlType)], now: i64) -> Result<(String, SqlType, String)> {
     let ExprKind::Call { name, name_span, args } = &e.kind else {
@@ -469,7 +576,6 @@ fn aggregate(e: &Expr, input: &[(String, SqlType)], now: i64) -> Result<(String,
             arity(1, 1)?;
             (format!("groupArray({})", arg(0)?.0), SqlType::Dynamic, named("list"))
         }
-        "arg_max" | "arg_min" => return Err(not_pushed_down(*name_span, &format!("{name}()"))),
         _ => return Err(QueryError::new(*name_span, format!("unknown aggregate '{name}'"))),
     })
 }
@@ -839,7 +945,6 @@ mod tests {
         for (query, what) in [
             ("DeviceEvents | join (DeviceNetworkEvents) on ReportId", "`join`"),
             ("union DeviceEvents, DeviceNetworkEvents", "`union`"),
-            ("DeviceEvents | summarize arg_max(Timestamp, *) by DeviceName", "arg_max()"),
             ("DeviceEvents | project-away Seq", "`project-away`"),
         ] {
             let err = to_clickhouse(query, "fleet", NOW).expect_err(query);
@@ -851,6 +956,29 @@ mod tests {
             assert!(err.excerpt.contains('^'), "points at the place: {}", err.excerpt);
         }
         let err = to_clickhouse("DeviceEvents | where Nope == 1", "fleet", NOW).expect_err("unknown column");
+        assert!(err.message.contains("unknown column 'Nope'"), "{}", err.message);
+    }
+
+    #[test]
+    fn arg_max_takes_its_columns_from_one_row() {
+        let q = sql("DeviceInfo | summarize arg_max(Timestamp, *) by DeviceName");
+        assert!(q.sql.contains("FROM `fleet`.`DeviceInfo` FINAL"), "{}", q.sql);
+        assert!(q.sql.contains("argMax(tuple(`DeviceId`, "), "one tuple, so one row: {}", q.sql);
+        assert!(q.sql.contains("tupleElement(`__arg0`, 1) AS `DeviceId`"), "{}", q.sql);
+        let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(&names[..4], ["DeviceName", "Timestamp", "DeviceId", "ClientVersion"]);
+        assert_eq!(names.len(), monitor_core::device_info::INFO_COLUMNS.len(), "each column once: {names:?}");
+        assert_eq!(q.columns[1].1, SqlType::DateTime);
+        // Named columns, and the first column renamed; then the rest of the summarize.
+        let q = sql("DeviceEvents | summarize Last = arg_min(Seq, RemoteUrl), n = count() by DeviceName");
+        let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["DeviceName", "Last", "RemoteUrl", "n"]);
+        assert!(q.sql.contains("argMin(tuple(`RemoteUrl`), `Seq`)"), "{}", q.sql);
+        let err = to_clickhouse("DeviceEvents | summarize arg_max(Seq, 1 + 2)", "fleet", NOW)
+            .expect_err("not a column");
+        assert!(err.message.contains("a column name or '*'"), "{}", err.message);
+        let err = to_clickhouse("DeviceInfo | summarize arg_max(Timestamp, Nope)", "fleet", NOW)
+            .expect_err("unknown");
         assert!(err.message.contains("unknown column 'Nope'"), "{}", err.message);
     }
 
