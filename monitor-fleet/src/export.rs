@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
+use monitor_core::device_info::DeviceInfo;
 use monitor_hunt::{Spool, SpooledEvent};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -39,6 +40,19 @@ pub struct ExportOptions {
     pub nats: NatsOptions,
     /// Replicas of the stream when the exporter creates it.
     pub replicas: usize,
+    /// How often the agent sends its heartbeat ([`Exporter::heartbeat`]).
+    pub heartbeat_interval: Duration,
+}
+
+/// How often an agent sends its heartbeat unless told otherwise; `monitor devices` calls an agent stale
+/// after four of them are missed.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+
+impl ExportOptions {
+    /// Options for the servers `nats`, with one replica and the default heartbeat.
+    pub fn new(nats: NatsOptions) -> ExportOptions {
+        ExportOptions { nats, replicas: 1, heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL }
+    }
 }
 
 /// What `monitor status` shows about the export.
@@ -58,6 +72,8 @@ pub struct ExportStatus {
     pub last_ack_seconds_ago: Option<f64>,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// Heartbeats acknowledged since the daemon started.
+    pub heartbeats: u64,
     /// Events retention deleted before they were exported (each gap is exported as a `MonitorExportGap`
     /// row), over the store's life.
     pub gap_events: u64,
@@ -66,6 +82,8 @@ pub struct ExportStatus {
 struct Shared {
     status: Mutex<ExportStatus>,
     last_ack: Mutex<Option<Instant>>,
+    /// The latest heartbeat not yet sent: a newer one replaces it.
+    heartbeat: Mutex<Option<DeviceInfo>>,
 }
 
 impl Shared {
@@ -112,6 +130,7 @@ impl Exporter {
                 ..ExportStatus::default()
             }),
             last_ack: Mutex::new(None),
+            heartbeat: Mutex::new(None),
         });
         let (stop, stopped) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -135,6 +154,13 @@ impl Exporter {
             .unwrap_or_else(PoisonError::into_inner)
             .map(|t| t.elapsed().as_secs_f64());
         status
+    }
+
+    /// Hands over the device's heartbeat, sent beside the events as soon as the exporter gets to it (within
+    /// [`IDLE_POLL`] when idle, between two batches when a backlog drains). Not spooled: one that cannot be
+    /// sent is replaced by the next, since a heartbeat speaks of now.
+    pub fn heartbeat(&self, info: DeviceInfo) {
+        *self.shared.heartbeat.lock().unwrap_or_else(PoisonError::into_inner) = Some(info);
     }
 
     /// Stops the exporter; what it has not sent stays in the store for the next run.
@@ -243,6 +269,7 @@ impl ExportTask {
             if *self.stopped.borrow() {
                 return Ok(());
             }
+            self.send_heartbeat(&js).await?;
             let room = SPOOL_BATCH.saturating_sub(in_flight.len()).max(1);
             let batch = self.spool.after(published, room).map_err(|e| FleetError::Store(e.to_string()))?;
             if batch.is_empty() {
@@ -268,6 +295,39 @@ impl ExportTask {
                 s.connected = true;
                 s.last_error = None;
             });
+        }
+    }
+
+    /// Publishes the heartbeat waiting, if any, and waits for its acknowledgement. One that fails is put
+    /// back unless a newer one came meanwhile.
+    async fn send_heartbeat(&self, js: &jetstream::Context) -> Result<(), FleetError> {
+        let Some(info) = self.shared.heartbeat.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Ok(());
+        };
+        let (subject, headers, payload) = match crate::heartbeat::message(&info) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::warn!("export: heartbeat not sent: {e}");
+                return Ok(());
+            }
+        };
+        let sent = async {
+            js.publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| FleetError::Nats(format!("publish a heartbeat: {e}")))?
+                .await
+                .map_err(|e| FleetError::Nats(format!("acknowledgement of a heartbeat: {e}")))
+        }
+        .await;
+        match sent {
+            Ok(_) => {
+                self.shared.update(|s| s.heartbeats += 1);
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.heartbeat.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(info);
+                Err(e)
+            }
         }
     }
 

@@ -22,7 +22,7 @@ use crate::FleetError;
 use crate::clickhouse::{ClickHouse, FleetSql as _};
 use crate::nats::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, NatsOptions, STREAM, SUBJECT_PREFIX};
 use crate::row::{InvalidEvent, Row};
-use monitor_hunt::schema::TABLES;
+use monitor_hunt::schema::{DEVICE_INFO, TABLES};
 
 /// The durable consumer's name unless told otherwise.
 pub const DEFAULT_CONSUMER: &str = "monitor-ingest";
@@ -154,7 +154,7 @@ async fn session(
         let mut batch = Batch::default();
         let mut valid = Vec::with_capacity(messages.len());
         for message in messages {
-            match batch.add(&message.payload) {
+            match batch.add(&message.subject, &message.payload) {
                 Ok(()) => valid.push(message),
                 Err(reason) => {
                     dead_letter(&js, &message, &reason.to_string()).await?;
@@ -216,22 +216,30 @@ async fn commit(
     Ok(())
 }
 
-/// The rows of one fetch, as JSONEachRow lines per table.
+/// The rows of one fetch, as JSONEachRow lines per table: the event tables', then DeviceInfo's.
 #[derive(Default)]
 struct Batch {
     lines: [Vec<u8>; TABLES.len()],
+    heartbeats: Vec<u8>,
 }
 
 impl Batch {
-    /// Writes the event in `payload` straight onto its table's lines.
-    fn add(&mut self, payload: &[u8]) -> Result<(), InvalidEvent> {
+    /// Writes the event or heartbeat (which the subject says) in `payload` straight onto its table's lines.
+    fn add(&mut self, subject: &str, payload: &[u8]) -> Result<(), InvalidEvent> {
+        if crate::heartbeat::is_heartbeat_subject(subject) {
+            return crate::heartbeat::encode_info(payload, &mut self.heartbeats);
+        }
         let row = Row::parse(payload)?;
         let index = TABLES.iter().position(|t| *t == row.table).unwrap_or_default();
         row.write(&mut self.lines[index])
     }
 
     fn insert_into(&self, clickhouse: &ClickHouse) -> Result<(), FleetError> {
-        TABLES.iter().zip(&self.lines).try_for_each(|(table, lines)| clickhouse.insert_lines(table, lines))
+        TABLES
+            .iter()
+            .zip(&self.lines)
+            .try_for_each(|(table, lines)| clickhouse.insert_lines(table, lines))?;
+        clickhouse.insert_lines(DEVICE_INFO, &self.heartbeats)
     }
 }
 

@@ -6,12 +6,15 @@
 //!   inserts batches into ClickHouse ([`clickhouse`]), acknowledging only what ClickHouse accepted.
 //! - [`policy`]: the fleet's indicators and modes in the NATS KV bucket `MONITOR_POLICY`, written by
 //!   `monitor indicators --fleet` and `monitor policy`, watched by every agent started with `--policy`.
+//! - [`heartbeat`]: each exporting agent's `DeviceInfo` every interval, filed by the ingest in the table
+//!   of that name.
 //! - [`hunt`] and [`views`]: `monitor hunt`, `monitor devices` and `monitor timeline` over the fleet store.
 //! - [`samples`]: sample events and stores of them; [`servers`]: real NATS and ClickHouse servers on loopback for the tests and benchmarks.
 
 pub mod cli;
 pub mod clickhouse;
 pub mod export;
+pub mod heartbeat;
 pub mod hunt;
 pub mod ingest;
 pub mod nats;

@@ -31,6 +31,8 @@ pub enum InvalidEvent {
     MissingDeviceId,
     #[error("no Seq, or not a positive integer")]
     MissingSeq,
+    #[error("not a heartbeat: {0}")]
+    BadHeartbeat(String),
 }
 
 /// The values of one event that the tables keep, as slices of the message.

@@ -6,12 +6,13 @@
 use std::io::Write;
 
 use monitor_hunt::cli::{DevicesArgs, TimelineArgs, timeline_filter, write_result, write_timeline};
-use monitor_hunt::devices::{AUDITED, BLOCKED, devices_result};
+use monitor_hunt::devices::{AUDITED, BLOCKED, DeviceHealth, fleet_devices_result};
 use monitor_hunt::gaps::EXPORT_GAP;
 use monitor_hunt::kql::sql::{TableSplits, quote, ranged_reads};
-use monitor_hunt::schema::TABLES;
+use monitor_hunt::schema::{DEVICE_INFO, TABLES};
 use monitor_hunt::{DeviceSummary, TimelineEvent, TimelineFilter};
 use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
 
 use crate::FleetError;
 use crate::clickhouse::{FleetSql, TIMESTAMP_MICROS};
@@ -64,16 +65,73 @@ pub fn devices_in(
         audited = quote(AUDITED),
     );
     let rows = clickhouse.query_rows(&sql)?;
-    Ok(rows
+    let mut health = heartbeats(clickhouse)?;
+    let mut devices: Vec<DeviceSummary> = rows
         .iter()
-        .map(|row| DeviceSummary {
-            name: text(row, "Name"),
-            id: text(row, "Id"),
-            first_seen: long(row, "FirstSeen").unwrap_or(0),
-            last_seen: long(row, "LastSeen").unwrap_or(0),
-            events: long(row, "Events").unwrap_or(0),
-            blocked: long(row, "Blocked").unwrap_or(0),
-            last_protection: Some(text(row, "LastProtection")).filter(|a| !a.is_empty()),
+        .map(|row| {
+            let (name, id) = (text(row, "Name"), text(row, "Id"));
+            DeviceSummary {
+                health: health.remove(&(name.clone(), id.clone())).map(|(_, h)| h),
+                name,
+                id,
+                first_seen: long(row, "FirstSeen").unwrap_or(0),
+                last_seen: long(row, "LastSeen").unwrap_or(0),
+                events: long(row, "Events").unwrap_or(0),
+                blocked: long(row, "Blocked").unwrap_or(0),
+                last_protection: Some(text(row, "LastProtection")).filter(|a| !a.is_empty()),
+            }
+        })
+        .collect();
+    // Agents that sent heartbeats but no event yet: seen from their first heartbeat to their last.
+    for ((name, id), (first, h)) in health {
+        devices.push(DeviceSummary {
+            name,
+            id,
+            first_seen: first,
+            last_seen: h.last_heartbeat,
+            events: 0,
+            blocked: 0,
+            last_protection: None,
+            health: Some(h),
+        });
+    }
+    devices.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+    Ok(devices)
+}
+
+/// Heartbeats by (DeviceName, DeviceId): the time of the first, and the newest.
+type Heartbeats = BTreeMap<(String, String), (i64, DeviceHealth)>;
+
+/// Each agent's newest heartbeat, by DeviceName and DeviceId, with the time of its first. A heartbeat is
+/// kept once per (DeviceId, time), so the newest of a device is one row and each column comes from it.
+fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
+    let latest = |column: &str| format!("argMax({column}, {TIMESTAMP_MICROS})");
+    let sql = format!(
+        "SELECT ifNull(DeviceName, '') AS Name, DeviceId AS Id, min({TIMESTAMP_MICROS}) AS First, \
+         max({TIMESTAMP_MICROS}) AS Last, {} AS Version, {} AS Mode, {} AS Revision, {} AS Drops, {} AS Lag, \
+         {} AS Degraded FROM {}.{DEVICE_INFO} FINAL GROUP BY Name, Id",
+        latest("ifNull(ClientVersion, '')"),
+        latest("ifNull(ProtectionMode, '')"),
+        latest("PolicyRevision"),
+        latest("KernelDrops"),
+        latest("ifNull(ExportLagRows, 0)"),
+        latest("ifNull(DegradedFeatures, '[]')"),
+        clickhouse.database(),
+    );
+    Ok(clickhouse
+        .query_rows(&sql)?
+        .iter()
+        .map(|row| {
+            let health = DeviceHealth {
+                last_heartbeat: long(row, "Last").unwrap_or(0),
+                version: text(row, "Version"),
+                mode: text(row, "Mode"),
+                policy_revision: long(row, "Revision"),
+                kernel_drops: long(row, "Drops"),
+                export_lag_rows: long(row, "Lag").unwrap_or(0),
+                degraded: text(row, "Degraded"),
+            };
+            ((text(row, "Name"), text(row, "Id")), (long(row, "First").unwrap_or(0), health))
         })
         .collect())
 }
@@ -141,8 +199,10 @@ fn long(row: &Map<String, Json>, key: &str) -> Option<i64> {
 
 /// `monitor devices --fleet URL`.
 pub fn devices_cli(args: &DevicesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let clickhouse = connect(&args.fleet)?;
-    write_result(&devices_result(&devices(&clickhouse)?), args.format, out)
+    let clickhouse = connect(&args.read.fleet)?;
+    let devices = devices(&clickhouse)?;
+    let now = monitor_hunt::time::now_micros();
+    write_result(&fleet_devices_result(&devices, now, args.stale_after), args.read.format, out)
 }
 
 /// `monitor timeline --fleet URL --device NAME`.

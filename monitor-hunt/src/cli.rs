@@ -77,8 +77,16 @@ pub struct ReadArgs {
     pub fleet: FleetArgs,
 }
 
-/// List the devices: name, id, first and last seen, events, blocked connections, mode.
-pub type DevicesArgs = ReadArgs;
+/// List the devices: name, id, first and last seen, events, blocked connections, mode; with --fleet also
+/// each agent's health from its heartbeats (stale: none for --stale-after).
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevicesArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// With --fleet: an agent whose last heartbeat is older than this is stale (e.g. 2m, 90s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2m")]
+    pub stale_after: Duration,
+}
 
 /// Run a KQL query over the event store.
 #[derive(clap::Args, Debug, Clone)]
@@ -162,9 +170,9 @@ pub fn timeline_filter(args: &TimelineArgs) -> TimelineFilter {
 
 /// `monitor devices`: the store's devices (one, locally), in `args.format`.
 pub fn devices(args: &DevicesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let path = args.store.clone().unwrap_or_else(crate::default_store_path);
+    let path = args.read.store.clone().unwrap_or_else(crate::default_store_path);
     let store = Store::open(&path)?;
-    write_result(&crate::devices::devices_result(&store.devices()?), args.format, out)
+    write_result(&crate::devices::devices_result(&store.devices()?), args.read.format, out)
 }
 
 /// Prints `events` as lines, or writes them as the HTML page `args.html` (local and fleet timelines alike).
@@ -236,8 +244,8 @@ mod tests {
         else {
             panic!("expected devices");
         };
-        assert_eq!(devices.fleet.url.as_deref(), Some("http://ch:8123/fleet"));
-        assert_eq!(devices.format, Format::Csv);
+        assert_eq!(devices.read.fleet.url.as_deref(), Some("http://ch:8123/fleet"));
+        assert_eq!(devices.read.format, Format::Csv);
         // --device is the fleet's; the local and the fleet store are one or the other.
         assert!(Command::try_parse_from(["monitor", "timeline", "--device", "a"]).is_err());
         assert!(

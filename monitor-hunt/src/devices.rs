@@ -23,13 +23,47 @@ pub struct DeviceSummary {
     pub blocked: i64,
     /// The action of its newest protection row (Blocked or Audited), when it has one.
     pub last_protection: Option<String>,
+    /// What its newest heartbeat says (the fleet store keeps them; `None`: no heartbeat, or a local store).
+    pub health: Option<DeviceHealth>,
+}
+
+/// A device's newest heartbeat (`DeviceInfo` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceHealth {
+    /// Microseconds since the epoch.
+    pub last_heartbeat: i64,
+    pub version: String,
+    /// `block`, `audit` or `off`, as the agent runs it.
+    pub mode: String,
+    pub policy_revision: Option<i64>,
+    pub kernel_drops: Option<i64>,
+    pub export_lag_rows: i64,
+    /// JSON array of the features this kernel could not attach.
+    pub degraded: String,
+}
+
+/// An agent's health at `now`: `ok`, `stale` (no heartbeat for more than `stale_after`), or `no heartbeat`.
+pub fn health(device: &DeviceSummary, now: i64, stale_after: std::time::Duration) -> &'static str {
+    match &device.health {
+        None => "no heartbeat",
+        Some(h)
+            if now.saturating_sub(h.last_heartbeat)
+                > i64::try_from(stale_after.as_micros()).unwrap_or(i64::MAX) =>
+        {
+            "stale"
+        }
+        Some(_) => "ok",
+    }
 }
 
 impl DeviceSummary {
-    /// `block` or `audit`, read from the newest protection row: a block-mode daemon never reports a
+    /// The mode of its newest heartbeat; without one, `block` or `audit` read from the newest protection row: a block-mode daemon never reports a
     /// denied target as Audited and an audit-mode one never blocks. `-` when the device has matched no
     /// indicator yet (its mode is not in its events).
-    pub fn mode(&self) -> &'static str {
+    pub fn mode(&self) -> &str {
+        if let Some(health) = &self.health {
+            return &health.mode;
+        }
         match self.last_protection.as_deref() {
             Some(BLOCKED) => "block",
             Some(AUDITED) => "audit",
@@ -58,6 +92,42 @@ pub fn devices_result(devices: &[DeviceSummary]) -> QueryResult {
             })
             .collect(),
     }
+}
+
+/// The fleet's devices as rows: [`devices_result`]'s columns, then each agent's health at `now` (see
+/// [`health`]) and what its newest heartbeat says.
+pub fn fleet_devices_result(
+    devices: &[DeviceSummary],
+    now: i64,
+    stale_after: std::time::Duration,
+) -> QueryResult {
+    let mut result = devices_result(devices);
+    result.columns.extend(
+        ["Health", "LastHeartbeat", "Version", "PolicyRevision", "KernelDrops", "ExportLagRows", "Degraded"]
+            .map(String::from),
+    );
+    for (row, device) in result.rows.iter_mut().zip(devices) {
+        row.push(Value::String(health(device, now, stale_after).into()));
+        match &device.health {
+            Some(h) => row.extend([
+                Value::DateTime(h.last_heartbeat),
+                Value::String(h.version.clone()),
+                h.policy_revision.map_or(Value::Null, Value::Long),
+                h.kernel_drops.map_or(Value::Null, Value::Long),
+                Value::Long(h.export_lag_rows),
+                Value::String(h.degraded.clone()),
+            ]),
+            None => row.extend([
+                Value::Null,
+                Value::String(String::new()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::String(String::new()),
+            ]),
+        }
+    }
+    result
 }
 
 impl Store {
@@ -90,6 +160,7 @@ impl Store {
                     events: row.get(4)?,
                     blocked: row.get::<_, Option<i64>>(5)?.unwrap_or(0),
                     last_protection: row.get(6)?,
+                    health: None,
                 })
             })
             .map_err(sqlite)?;

@@ -159,6 +159,11 @@ pub struct RunArgs {
     /// Replicas of the stream MONITOR_EVENTS when the export creates it [default: 1].
     #[arg(long, value_name = "N")]
     pub export_replicas: Option<usize>,
+    /// With --export: how often this device sends its heartbeat (version, kernel, mode, policy revision,
+    /// events/s, kernel drops, export lag, degraded features) to the fleet's DeviceInfo table, e.g. 30s,
+    /// 1m [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_interval: Option<String>,
     /// Take indicators and the mode from the fleet's policy (the NATS KV bucket MONITOR_POLICY):
     /// nats://HOST:PORT[,nats://HOST:PORT...]; the last set applied is kept beside the store, so a restart
     /// while NATS is down enforces it [default: off].

@@ -40,7 +40,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|_| ExitCode::SUCCESS)
         }
         #[cfg(target_os = "linux")]
-        Command::Devices(args) if args.fleet.url.is_some() => {
+        Command::Devices(args) if args.read.fleet.url.is_some() => {
             monitor_fleet::views::devices_cli(&args, &mut std::io::stdout().lock()).map(|_| ExitCode::SUCCESS)
         }
         #[cfg(not(target_os = "linux"))]
@@ -53,7 +53,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         })
         | Command::Devices(monitor_hunt::cli::DevicesArgs {
-            fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. },
+            read: monitor_hunt::cli::ReadArgs { fleet: monitor_hunt::cli::FleetArgs { url: Some(_), .. }, .. },
             ..
         }) => anyhow::bail!("--fleet runs on Linux only for now"),
         Command::Hunt(args) => {

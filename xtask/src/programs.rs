@@ -132,6 +132,8 @@ mod tests {
     const NOT_PROGRAMS: &[&str] = &[
         // A KQL column in a `monitor hunt` query.
         "Seq",
+        // A kernel program's name in a heartbeat's DegradedFeatures.
+        "quic_egress",
         // Subcommands of ip, cargo, rustup, apt-get, git, openssl and the monitor.
         "netns",
         "run",

@@ -38,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let cpu_before = cpu_seconds(pid);
     let started_unix = unix_now();
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let exporter = Exporter::start(&args.store, &args.device_id, ExportOptions { nats, replicas: 1 })
+    let exporter = Exporter::start(&args.store, &args.device_id, ExportOptions::new(nats))
         .context("start the exporter")?;
     let mut first_ack_unix = None;
     loop {

@@ -57,8 +57,14 @@ fn devices_sum_up_each_device_of_the_store() {
     assert_eq!(gw1.mode(), "-", "no protection row, no mode: {gw1:?}");
 
     let mut out = Vec::new();
-    let args =
-        DevicesArgs { store: Some(fixture.path.clone()), format: Format::Csv, fleet: Default::default() };
+    let args = DevicesArgs {
+        read: cli::ReadArgs {
+            store: Some(fixture.path.clone()),
+            format: Format::Csv,
+            fleet: Default::default(),
+        },
+        stale_after: std::time::Duration::from_secs(120),
+    };
     cli::devices(&args, &mut out).expect("devices runs");
     let text = String::from_utf8(out).expect("utf-8");
     let mut lines = text.lines();

@@ -5,6 +5,7 @@ pub mod control;
 mod features;
 mod fleet_policy;
 mod flows;
+mod heartbeat;
 mod indicators;
 mod kernel;
 mod metrics;
@@ -390,6 +391,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         fleet,
         fleet_applied,
         can_block,
+        heartbeats: heartbeat::Heartbeats::default(),
     };
     let logger = kernel_logger.map(|logger| runtime.spawn(kernel::forward_logs(logger)));
     let result = runtime.block_on(daemon.serve(events, listener));
@@ -437,6 +439,8 @@ struct Daemon {
     fleet_applied: tokio::sync::mpsc::UnboundedReceiver<policy_worker::FleetApplied>,
     /// What was loaded can enforce block mode (a fleet policy may ask for it later).
     can_block: bool,
+    /// `--export`: the rate between heartbeats.
+    heartbeats: heartbeat::Heartbeats,
 }
 
 impl Daemon {
@@ -469,6 +473,12 @@ impl Daemon {
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut sighup = tokio::signal::unix::signal(SignalKind::hangup()).context("SIGHUP handler")?;
         let mut tick = tokio::time::interval(TICK);
+        // `--export`: the first heartbeat at once (a new device shows up when it is ready), then every
+        // interval.
+        let mut heartbeat = tokio::time::interval(
+            self.args.export.as_ref().map_or(std::time::Duration::from_secs(3_600), |e| e.heartbeat_interval),
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_poll = Instant::now();
         let mut reported_drops = [0u64; DROP_REASONS as usize];
         loop {
@@ -507,6 +517,12 @@ impl Daemon {
                                 }
                             }
                         }
+                    }
+                }
+                _ = heartbeat.tick(), if self.exporter.is_some() => {
+                    let info = self.heartbeats.next(&self.status(), &self.sink.device_name, Instant::now());
+                    if let Some(exporter) = &self.exporter {
+                        exporter.heartbeat(info);
                     }
                 }
                 Some(event) = fleet_events.recv() => self.on_fleet_policy(event),

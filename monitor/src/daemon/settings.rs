@@ -45,6 +45,7 @@ struct ConfigFile {
     export_password: Option<String>,
     export_tls_ca: Option<PathBuf>,
     export_replicas: Option<usize>,
+    heartbeat_interval: Option<String>,
     policy: Option<String>,
     policy_creds: Option<PathBuf>,
     policy_user: Option<String>,
@@ -196,6 +197,7 @@ impl Settings {
             export_password,
             export_tls_ca,
             export_replicas,
+            heartbeat_interval,
             policy,
             policy_creds,
             policy_user,
@@ -247,6 +249,16 @@ impl Settings {
         if device_id.as_deref().is_some_and(|id| id.trim().is_empty() || id.contains(':')) {
             bail!("device_id: must be non-empty and without ':' (it starts the export's message ids)");
         }
+        let heartbeat_interval = match flag_or_key(
+            ("--heartbeat-interval", args.heartbeat_interval.as_deref()),
+            ("heartbeat_interval", heartbeat_interval.as_deref()),
+        )? {
+            Some((key, text, d)) if d < Duration::from_secs(1) || d > Duration::from_secs(3_600) => {
+                bail!("{key}: {text:?} must be 1s to 1h")
+            }
+            Some((_, _, d)) => d,
+            None => monitor_fleet::export::DEFAULT_HEARTBEAT_INTERVAL,
+        };
         let export = match args.export.as_deref().or(export.as_deref()) {
             None => None,
             Some(urls) => {
@@ -264,6 +276,7 @@ impl Settings {
                         tls_ca: args.export_tls_ca.clone().or(export_tls_ca),
                     },
                     replicas,
+                    heartbeat_interval,
                 })
             }
         };
@@ -368,6 +381,7 @@ export_user = "agent"
 export_password = "secret"
 export_tls_ca = "/etc/monitor/ca.pem"
 export_replicas = 3
+heartbeat_interval = "10s"
 policy = "nats://127.0.0.1:4222"
 policy_creds = "/etc/monitor/policy.creds"
 policy_user = "agent"

@@ -132,6 +132,8 @@ fn single_agent(r: &mut Runner, bed: &Bed) {
                 "fleet-agent-1".into(),
                 "--export".into(),
                 nats.url(),
+                "--heartbeat-interval".into(),
+                "1s".into(),
             ],
         )
     }) else {
@@ -209,8 +211,42 @@ fn single_agent(r: &mut Runner, bed: &Bed) {
             assert!(!local.is_empty(), "{query}");
             assert_eq!(fleet, local, "hunt --fleet answers as the local store: {query}");
         }
+
+        // Device health (issue 16): the daemon's heartbeats reach DeviceInfo with what it runs.
+        let latest_info = "DeviceInfo | summarize arg_max(Timestamp, *) by DeviceName";
+        let heartbeats = || hunt(None, &["--fleet", &url], "DeviceInfo | count")[0]["Count"].as_u64().unwrap_or(0);
+        wait_until("heartbeats every second in DeviceInfo", 30, || heartbeats() >= 3, || heartbeats().to_string());
+        let latest = hunt(None, &["--fleet", &url], latest_info);
+        assert_eq!(latest.len(), 1, "one row per device: {latest:?}");
+        let info = &latest[0];
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("the kernel release");
+        assert_eq!(info["DeviceId"], "fleet-agent-1", "{info}");
+        assert_eq!(info["ProtectionMode"], status(&mon)["mode"], "{info}");
+        assert_eq!(info["ClientVersion"], env!("CARGO_PKG_VERSION"), "{info}");
+        assert_eq!((info["OSPlatform"].as_str(), info["OSVersion"].as_str()), (Some("Linux"), Some(release.trim())));
+        assert_eq!(info["DegradedFeatures"], serde_json::json!([]), "nothing degraded on this kernel: {info}");
+        assert!(info["UptimeSeconds"].as_u64().is_some() && info["KernelDrops"] == 0, "{info}");
+        let health = || {
+            let rows = fleet_devices(&url, "3s");
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            rows[0]["Health"].as_str().unwrap_or_default().to_string()
+        };
+        assert_eq!(health(), "ok", "a live agent");
+        let stopped = mon.stop();
+        assert!(stopped.success(), "the daemon stops cleanly: {stopped:?}");
+        wait_until("the stopped agent turns stale", 15, || health() == "stale", health);
     });
-    drop(mon);
+}
+
+/// `monitor devices --fleet URL --format json --stale-after STALE`: the rows.
+fn fleet_devices(url: &str, stale: &str) -> Vec<Value> {
+    let out = tests::monitor::command(None, &[])
+        .arg(monitor_bin())
+        .args(["devices", "--format", "json", "--fleet", url, "--stale-after", stale])
+        .output()
+        .expect("run monitor devices");
+    assert!(out.status.success(), "monitor devices --fleet: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON row")).collect()
 }
 
 /// The three agents, the three NATS nodes and the central namespace (ingest and ClickHouse), on one LAN.
