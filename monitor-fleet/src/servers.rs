@@ -169,6 +169,8 @@ pub struct ClusterNode {
     pub client: SocketAddr,
     pub cluster: SocketAddr,
     pub routes: Vec<SocketAddr>,
+    /// More configuration for the node (for example an `authorization` block, the same on every node).
+    pub extra_config: String,
 }
 
 fn nats_dir() -> Result<tempfile::TempDir, ServerError> {
@@ -225,9 +227,10 @@ impl NatsServer {
             listen: node.client,
             name: node.name.clone(),
             extra_config: format!(
-                "cluster {{\n  name: monitor-test\n  listen: {}\n  routes: [{}]\n}}",
+                "cluster {{\n  name: monitor-test\n  listen: {}\n  routes: [{}]\n}}\n{}",
                 node.cluster,
-                routes.join(", ")
+                routes.join(", "),
+                node.extra_config
             ),
             fsync: Fsync::Always,
         })

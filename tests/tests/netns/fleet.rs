@@ -282,6 +282,7 @@ impl Cluster {
                         .filter(|(o, _)| o != name)
                         .map(|(o, _)| addr(o, ROUTE_PORT))
                         .collect(),
+                    extra_config: String::new(),
                 };
                 let server =
                     NatsServer::cluster_node(&node).unwrap_or_else(|e| panic!("nats node {name}: {e}"));

@@ -1,39 +1,142 @@
-//! The fleet policy from real daemons (issue 16): two block-mode agents, one in group `web`, watch the
-//! NATS KV bucket MONITOR_POLICY on a real nats-server with JetStream; `monitor indicators ... --fleet`
-//! and `monitor policy mode --fleet` change what they enforce, through real squid.
+//! The fleet policy from real daemons (issue 16): three block-mode agents, one in group `web`, watch the
+//! NATS KV bucket MONITOR_POLICY (three replicas) on a real three-node JetStream cluster on loopback, with
+//! the agents' NATS user allowed only to read it; `monitor indicators ... --fleet` and `monitor policy mode
+//! --fleet`, run as the operators' user, change what they enforce, through real squid.
 
 use std::time::{Duration, Instant};
 
-use monitor_fleet::servers::NatsServer;
+use monitor_fleet::servers::{ClusterNode, NatsServer, free_port};
 use tests::{Bed, Cgroup, Monitor, Runner, monitor::monitor_bin};
 
 use super::{SQUID, curl, status};
 
 const REACHES: &str = "fleet_policy_block_reaches_every_agent_and_a_group_only_its_own";
+const READ_ONLY: &str = "fleet_policy_agents_credentials_cannot_write_the_policy";
 const RESTART: &str = "fleet_policy_agent_restarted_while_nats_is_down_still_blocks";
 const MODE: &str = "fleet_policy_mode_change_reaches_every_agent";
 const REMOVAL: &str = "fleet_policy_removal_unblocks";
-const CASES: [&str; 4] = [REACHES, RESTART, MODE, REMOVAL];
+const CASES: [&str; 5] = [REACHES, READ_ONLY, RESTART, MODE, REMOVAL];
 /// How long a change may take to reach an agent in the test (the bench's goal is 1 s).
 const REACH: Duration = Duration::from_secs(5);
+/// How long the cluster may take to elect the bucket's leader after a start.
+const ELECTION: Duration = Duration::from_secs(30);
+const OPERATOR: (&str, &str) = ("operator", "op-secret");
+const AGENT: (&str, &str) = ("agent", "agent-secret");
 
-/// `monitor ARGS --fleet URL`: its standard output; fails the case when the command fails.
-fn fleet_command(nats: &NatsServer, args: &[&str]) -> String {
-    let out = std::process::Command::new(monitor_bin())
-        .args(args)
-        .args(["--fleet", &nats.url()])
-        .output()
-        .unwrap_or_else(|e| panic!("run monitor {args:?}: {e}"));
-    assert!(out.status.success(), "monitor {args:?} --fleet: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Who may do what on every node: the operators everything; the agents only what watching the bucket
+/// takes (the README's "Access" says the same).
+fn authorization() -> String {
+    format!(
+        "authorization {{\n  users = [\n    {{ user: {}, password: {} }}\n    {{ user: {}, password: {}, permissions: {{\n      \
+         publish: {{ allow: [\"$JS.API.INFO\", \"$JS.API.STREAM.INFO.KV_MONITOR_POLICY\", \
+         \"$JS.API.CONSUMER.CREATE.KV_MONITOR_POLICY\", \"$JS.API.CONSUMER.CREATE.KV_MONITOR_POLICY.>\", \
+         \"$JS.API.CONSUMER.DELETE.KV_MONITOR_POLICY.>\", \"$JS.FC.KV_MONITOR_POLICY.>\"] }}\n      \
+         subscribe: {{ allow: [\"_INBOX.>\"] }}\n    }} }}\n  ]\n}}",
+        OPERATOR.0, OPERATOR.1, AGENT.0, AGENT.1
+    )
 }
 
-fn agent(bed: &Bed, name: &str, cg: &Cgroup, nats: &NatsServer, group: Option<&str>) -> Monitor {
-    let mut args: Vec<String> =
-        ["--mode", "block", "--cgroup", &cg.path.display().to_string(), "--policy", &nats.url()]
-            .iter()
-            .map(|a| a.to_string())
+/// A three-node JetStream cluster on loopback.
+struct Cluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let port = || free_port().unwrap_or_else(|e| panic!("a free port: {e}"));
+        let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let routes: Vec<u16> = (0..3).map(|_| port()).collect();
+        let mut nodes: Vec<NatsServer> = (0..3)
+            .map(|i| {
+                NatsServer::cluster_node(&ClusterNode {
+                    name: format!("policy-n{}", i + 1),
+                    client: addr(port()),
+                    cluster: addr(routes[i]),
+                    routes: routes.iter().filter(|&&p| p != routes[i]).map(|&p| addr(p)).collect(),
+                    extra_config: authorization(),
+                })
+                .unwrap_or_else(|e| panic!("nats node {i}: {e}"))
+            })
             .collect();
+        for node in &mut nodes {
+            node.restart().unwrap_or_else(|e| panic!("start nats node {}: {e}\n{}", node.name(), node.log()));
+        }
+        Cluster { nodes }
+    }
+
+    fn urls(&self) -> String {
+        self.nodes.iter().map(NatsServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    fn stop(&mut self) {
+        self.nodes.iter_mut().for_each(NatsServer::kill);
+    }
+
+    fn restart(&mut self) {
+        for node in &mut self.nodes {
+            node.restart()
+                .unwrap_or_else(|e| panic!("restart nats node {}: {e}\n{}", node.name(), node.log()));
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("{}: {}", n.name(), n.log())).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// `monitor ARGS --fleet URLS` as `user`: its standard output, or its standard error on a failure.
+fn try_fleet_command(cluster: &Cluster, user: (&str, &str), args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(monitor_bin())
+        .args(args)
+        .args([
+            "--fleet",
+            &cluster.urls(),
+            "--replicas",
+            "3",
+            "--nats-user",
+            user.0,
+            "--nats-password",
+            user.1,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("run monitor {args:?}: {e}"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// [`try_fleet_command`] as the operators' user; fails the case when the command fails.
+fn fleet_command(cluster: &Cluster, args: &[&str]) -> String {
+    try_fleet_command(cluster, OPERATOR, args).unwrap_or_else(|e| panic!("monitor {args:?} --fleet: {e}"))
+}
+
+/// Runs `policy show` until the bucket answers (created, with three replicas, on the first success).
+fn wait_for_bucket(cluster: &Cluster) {
+    let started = Instant::now();
+    while let Err(e) = try_fleet_command(cluster, OPERATOR, &["policy", "show"]) {
+        assert!(started.elapsed() < ELECTION, "the bucket within {ELECTION:?}: {e}\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn agent(bed: &Bed, name: &str, cg: &Cgroup, cluster: &Cluster, group: Option<&str>) -> Monitor {
+    let mut args: Vec<String> = [
+        "--mode",
+        "block",
+        "--cgroup",
+        &cg.path.display().to_string(),
+        "--policy",
+        &cluster.urls(),
+        "--policy-user",
+        AGENT.0,
+        "--policy-password",
+        AGENT.1,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
     if let Some(group) = group {
         args.extend(["--group".to_string(), group.to_string()]);
     }
@@ -42,6 +145,16 @@ fn agent(bed: &Bed, name: &str, cg: &Cgroup, nats: &NatsServer, group: Option<&s
 
 fn get(web: &Option<Monitor>) -> &Monitor {
     web.as_ref().expect("the web agent runs")
+}
+
+/// The three agents with their cgroups.
+fn each<'a>(
+    web: &'a Option<Monitor>,
+    a2: &'a Monitor,
+    a3: &'a Monitor,
+    cgroups: &'a [Cgroup; 3],
+) -> [(&'a Monitor, &'a Cgroup); 3] {
+    [(get(web), &cgroups[0]), (a2, &cgroups[1]), (a3, &cgroups[2])]
 }
 
 /// Whether `https://HOST/` through squid gets through from `cg`.
@@ -59,28 +172,32 @@ fn until(bed: &Bed, cg: &Cgroup, host: &str, refused: bool, mon: &Monitor) -> Du
             if refused { "refused" } else { "passing" },
             status(mon)["fleet_policy"]
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     started.elapsed()
 }
 
 pub fn cases(r: &mut Runner, bed: &Bed) {
-    // Its server and daemons only when a case runs (set-ups run whatever the filter).
+    // Its servers and daemons only when a case runs (set-ups run whatever the filter).
     if !CASES.iter().any(|c| r.wants(c)) {
         return;
     }
-    let Some(mut nats) = r.setup("fleet_policy_nats_starts", || {
-        let nats = NatsServer::start().unwrap_or_else(|e| panic!("start nats-server: {e}"));
+    let Some(mut cluster) = r.setup("fleet_policy_cluster_starts", || {
+        let cluster = Cluster::start();
         // The bucket exists before the agents look for it (an agent also finds it later, on its retry).
-        fleet_command(&nats, &["policy", "show"]);
-        nats
+        wait_for_bucket(&cluster);
+        cluster
     }) else {
         return;
     };
-    let (web_cg, other_cg) = (Cgroup::new("policy-web"), Cgroup::new("policy-other"));
-    let Some((mut web, other)) = r.setup("fleet_policy_agents_start", || {
-        let web = agent(bed, "policy-web", &web_cg, &nats, Some("web"));
-        (Some(web), agent(bed, "policy-other", &other_cg, &nats, None))
+    let cgroups = [Cgroup::new("policy-web"), Cgroup::new("policy-a2"), Cgroup::new("policy-a3")];
+    let [web_cg, a2_cg, a3_cg] = &cgroups;
+    let Some((mut web, a2, a3)) = r.setup("fleet_policy_agents_start", || {
+        (
+            Some(agent(bed, "policy-web", web_cg, &cluster, Some("web"))),
+            agent(bed, "policy-a2", a2_cg, &cluster, None),
+            agent(bed, "policy-a3", a3_cg, &cluster, Some("db")),
+        )
     }) else {
         return;
     };
@@ -88,27 +205,26 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
     let wait = |what: &str, done: &dyn Fn() -> bool| {
         let started = Instant::now();
         while !done() {
-            assert!(started.elapsed() < Duration::from_secs(20), "{what} within 20 s");
+            assert!(started.elapsed() < ELECTION, "{what} within {ELECTION:?}");
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait("both agents watch the bucket", &|| connected(get(&web)) && connected(&other));
+    wait("the agents watch the bucket", &|| connected(get(&web)) && connected(&a2) && connected(&a3));
 
     r.case(REACHES, || {
-        assert!(
-            passes(bed, &web_cg, "other.test") && passes(bed, &other_cg, "other.test"),
-            "allowed at first"
-        );
-        let said = fleet_command(&nats, &["indicators", "add", "block", "other.test"]);
+        for (_, cg) in each(&web, &a2, &a3, &cgroups) {
+            assert!(passes(bed, cg, "other.test"), "allowed at first");
+        }
+        let said = fleet_command(&cluster, &["indicators", "add", "block", "other.test"]);
         assert!(said.contains("added 1 block indicator(s) for the fleet"), "{said}");
-        let (on_web, on_other) = (
-            until(bed, &web_cg, "other.test", true, get(&web)),
-            until(bed, &other_cg, "other.test", true, &other),
-        );
+        let times: Vec<Duration> = each(&web, &a2, &a3, &cgroups)
+            .iter()
+            .map(|(mon, cg)| until(bed, cg, "other.test", true, mon))
+            .collect();
         eprintln!(
-            "fleet policy: other.test refused on the agents {on_web:?} and {on_other:?} after the command"
+            "fleet policy: other.test refused on the three agents {times:?} after the command returned"
         );
-        for mon in [get(&web), &other] {
+        for (mon, _) in each(&web, &a2, &a3, &cgroups) {
             let blocked = mon.wait_events(10, |e| {
                 e["ActionType"] == "ExploitGuardNetworkProtectionBlocked" && e["RemoteUrl"] == "other.test"
             });
@@ -118,55 +234,79 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
             assert!(policy["revision"].as_u64().is_some_and(|r| r > 0) && policy["block"] == 1, "{policy}");
         }
 
-        fleet_command(&nats, &["indicators", "add", "block", "later.test", "--group", "web"]);
-        until(bed, &web_cg, "later.test", true, get(&web));
-        // The other agent has had the same revision for as long: it still lets later.test through.
-        assert!(passes(bed, &other_cg, "later.test"), "a group's indicator applies only to its agents");
-        let listed = fleet_command(&nats, &["indicators", "list", "block", "--group", "web"]);
+        fleet_command(&cluster, &["indicators", "add", "block", "later.test", "--group", "web"]);
+        until(bed, web_cg, "later.test", true, get(&web));
+        // The others have had the same revision for as long: they still let later.test through.
+        for (_, cg) in &each(&web, &a2, &a3, &cgroups)[1..] {
+            assert!(passes(bed, cg, "later.test"), "a group's indicator applies only to its agents");
+        }
+        let listed = fleet_command(&cluster, &["indicators", "list", "block", "--group", "web"]);
         assert!(listed.contains("block\tother.test") && listed.contains("block\tlater.test"), "{listed}");
-        let shown = fleet_command(&nats, &["policy", "show"]);
+        let shown = fleet_command(&cluster, &["policy", "show"]);
         assert!(
             shown.contains("fleet block other.test") && shown.contains("group:web block later.test"),
             "{shown}"
         );
-        let bad = std::process::Command::new(monitor_bin())
-            .args(["indicators", "add", "block", "fine.test", "not a domain!", "--fleet", &nats.url()])
-            .output()
-            .expect("run monitor");
-        let err = String::from_utf8_lossy(&bad.stderr);
-        assert!(!bad.status.success() && err.contains("nothing was changed"), "{err}");
+        let err = try_fleet_command(
+            &cluster,
+            OPERATOR,
+            &["indicators", "add", "block", "fine.test", "not a domain!"],
+        )
+        .expect_err("a bad value");
+        assert!(err.contains("nothing was changed"), "{err}");
         assert!(
-            !fleet_command(&nats, &["policy", "show"]).contains("fine.test"),
+            !fleet_command(&cluster, &["policy", "show"]).contains("fine.test"),
             "a bad list writes nothing"
         );
     });
 
+    r.case(READ_ONLY, || {
+        // The agents' user watches the bucket (every case here shows it) and can change nothing in it.
+        for args in [&["indicators", "add", "block", "sneaky.test"][..], &["policy", "mode", "off"][..]] {
+            let err = try_fleet_command(&cluster, AGENT, args).expect_err("the agents' user cannot write");
+            // The server refuses the write (the client then times out waiting for an answer).
+            assert!(
+                err.contains("Permissions Violation for Publish to \"$KV.MONITOR_POLICY."),
+                "{args:?}: {err}"
+            );
+        }
+        let shown = fleet_command(&cluster, &["policy", "show"]);
+        assert!(
+            !shown.contains("sneaky.test") && !shown.contains("mode off"),
+            "nothing was written: {shown}"
+        );
+    });
+
     r.case(RESTART, || {
-        nats.kill();
+        cluster.stop();
         // Stopped first: the new daemon takes the same control socket, files and pin directory.
         drop(web.take());
-        web = Some(agent(bed, "policy-web", &web_cg, &nats, Some("web")));
+        web = Some(agent(bed, "policy-web", web_cg, &cluster, Some("web")));
         // The daemon is ready before NATS is back: what it enforces comes from its copy on disk.
         assert!(
-            !passes(bed, &web_cg, "other.test"),
+            !passes(bed, web_cg, "other.test"),
             "the fleet's indicator holds across a restart without NATS"
         );
-        assert!(!passes(bed, &web_cg, "later.test"), "so does its group's");
+        assert!(!passes(bed, web_cg, "later.test"), "so does its group's");
         let policy = status(get(&web))["fleet_policy"].clone();
         assert_eq!(
             (policy["source"].as_str(), policy["connected"].as_bool()),
             (Some("disk"), Some(false)),
             "{policy}"
         );
-        nats.restart().unwrap_or_else(|e| panic!("start nats-server again: {e}"));
-        wait("both agents watch the bucket again", &|| {
-            connected(get(&web)) && connected(&other) && status(get(&web))["fleet_policy"]["source"] == "nats"
+        cluster.restart();
+        wait_for_bucket(&cluster);
+        wait("the agents watch the bucket again", &|| {
+            connected(get(&web))
+                && connected(&a2)
+                && connected(&a3)
+                && status(get(&web))["fleet_policy"]["source"] == "nats"
         });
     });
 
     r.case(MODE, || {
-        fleet_command(&nats, &["policy", "mode", "audit"]);
-        for (mon, cg) in [(get(&web), &web_cg), (&other, &other_cg)] {
+        fleet_command(&cluster, &["policy", "mode", "audit"]);
+        for (mon, cg) in each(&web, &a2, &a3, &cgroups) {
             until(bed, cg, "other.test", false, mon);
             assert_eq!(status(mon)["mode"], "audit");
             let audited = mon.wait_events(10, |e| {
@@ -174,20 +314,21 @@ pub fn cases(r: &mut Runner, bed: &Bed) {
             });
             assert!(!audited.is_empty(), "in audit mode the listed name is reported: {}", mon.stderr());
         }
-        fleet_command(&nats, &["policy", "mode", "block"]);
-        for (mon, cg) in [(get(&web), &web_cg), (&other, &other_cg)] {
+        fleet_command(&cluster, &["policy", "mode", "block"]);
+        for (mon, cg) in each(&web, &a2, &a3, &cgroups) {
             until(bed, cg, "other.test", true, mon);
             assert_eq!(status(mon)["mode"], "block");
         }
     });
 
     r.case(REMOVAL, || {
-        fleet_command(&nats, &["indicators", "remove", "block", "other.test"]);
-        until(bed, &web_cg, "other.test", false, get(&web));
-        until(bed, &other_cg, "other.test", false, &other);
-        fleet_command(&nats, &["indicators", "remove", "block", "later.test", "--group", "web"]);
-        until(bed, &web_cg, "later.test", false, get(&web));
-        assert_eq!(status(&other)["fleet_policy"]["block"], 0);
+        fleet_command(&cluster, &["indicators", "remove", "block", "other.test"]);
+        for (mon, cg) in each(&web, &a2, &a3, &cgroups) {
+            until(bed, cg, "other.test", false, mon);
+        }
+        fleet_command(&cluster, &["indicators", "remove", "block", "later.test", "--group", "web"]);
+        until(bed, web_cg, "later.test", false, get(&web));
+        assert_eq!(status(&a2)["fleet_policy"]["block"], 0);
     });
-    drop((web, other));
+    drop((web, a2, a3));
 }
