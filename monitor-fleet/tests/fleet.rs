@@ -366,6 +366,8 @@ const FLEET_QUERIES: &[&str] = &[
     r#"DeviceNetworkEvents | summarize arg_max(Seq, RemoteUrl, LocalPort) by InitiatingProcessFileName"#,
     r#"DeviceNetworkEvents | summarize arg_max(Timestamp, *) by DeviceName | project DeviceName, Timestamp, Seq, RemoteUrl, LocalPort"#,
     r#"DeviceNetworkEvents | summarize Last = arg_min(Seq, RemoteUrl), count() by InitiatingProcessFileName"#,
+    r#"DeviceNetworkEvents | summarize arg_max(Timestamp, RemoteUrl), max(Timestamp), n = count(), n = dcount(RemoteUrl) by bin(Timestamp, 1s)"#,
+    r#"DeviceNetworkEvents | summarize arg_max(InitiatingProcessParentId, RemoteUrl, LocalPort), count() by InitiatingProcessFileName"#,
 ];
 
 /// What `hunt --fleet` does not push down yet, and why (each gives an error naming it).

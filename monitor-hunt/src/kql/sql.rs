@@ -291,32 +291,42 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
             wrap(parts.join(", "), "", columns, false)
         }
         OperatorKind::Summarize { aggregates, by } => {
-            let (by_select, by_columns) = items_sql(by, &input.columns, now, &[])?;
-            let mut select = by_select;
-            let mut columns = by_columns.clone();
-            // What the SELECT over the grouped one reads for each column: the column itself, or (for
-            // arg_max and arg_min) an element of the tuple that carries one row's columns.
-            let mut unpack: Vec<String> = columns.iter().map(|(n, _)| ident(n)).collect();
-            let mut tuples = 0;
-            for item in aggregates {
+            // The grouped SELECT names its columns privately (`__g0`, `__a0`, ...) and the SELECT over it
+            // gives them their KQL names: ClickHouse reads a name as a SELECT alias before a column, inside
+            // aggregates too, so `max(Timestamp) ... by bin(Timestamp, 1h)` (named Timestamp) would read the
+            // bucket. The outer SELECT also unpacks arg_max's tuple, which carries one row's columns.
+            let by_items = items(by, &input.columns, now, &[])?;
+            let mut select = Vec::new();
+            let mut group = Vec::new();
+            let mut unpack = Vec::new();
+            let mut columns: Vec<Column> = Vec::new();
+            for (i, (sql, (name, ty))) in by_items.into_iter().enumerate() {
+                let private = ident(&format!("__g{i}"));
+                select.push(format!("{sql} AS {private}"));
+                group.push(private.clone());
+                unpack.push(format!("{private} AS {}", ident(&name)));
+                columns.push((name, ty));
+            }
+            for (n, item) in aggregates.iter().enumerate() {
                 let taken: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+                let value = ident(&format!("__a{n}"));
                 if let Some(arg) = arg_aggregate(&item.expr, &input.columns, &taken, now)? {
-                    let key = format!("__arg{tuples}_key");
-                    let row = format!("__arg{tuples}");
-                    tuples += 1;
+                    let row = ident(&format!("__a{n}_row"));
+                    let keys = ident(&format!("__a{n}_n"));
                     let (extreme, pick) = if arg.max { ("max", "argMax") } else { ("min", "argMin") };
-                    select.push(format!("{extreme}({}) AS {}", arg.key_sql, ident(&key)));
+                    select.push(format!("{extreme}({}) AS {value}", arg.key_sql));
+                    // A group whose keys are all null has no row to take: its columns are null, as locally
+                    // (argMax would give the tuple's defaults).
+                    select.push(format!("count({}) AS {keys}", arg.key_sql));
+                    let or_null = |sql: String| format!("if({keys} = 0, NULL, {sql})");
                     // `arg_max(Timestamp, *)` over nothing but the key and the groups is the extreme alone.
                     if !arg.returned.is_empty() {
+                        let returned: Vec<&str> =
+                            arg.returned.iter().map(|(_, _, sql)| sql.as_str()).collect();
                         select.push(format!(
-                            "{pick}(tuple({}), {}) AS {}",
-                            arg.returned
-                                .iter()
-                                .map(|(_, _, sql)| sql.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            arg.key_sql,
-                            ident(&row)
+                            "{pick}(tuple({}), {}) AS {row}",
+                            returned.join(", "),
+                            arg.key_sql
                         ));
                     }
                     let first = match &item.name {
@@ -324,39 +334,31 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
                         None => arg.key_name,
                     };
                     let first = unique_name(&taken, &first);
-                    unpack.push(format!("{} AS {}", ident(&key), ident(&first)));
+                    unpack.push(format!("{} AS {}", or_null(value.clone()), ident(&first)));
                     columns.push((first, arg.key_type));
                     for (i, (name, ty, _)) in arg.returned.into_iter().enumerate() {
                         let taken: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
                         let name = unique_name(&taken, &name);
-                        unpack.push(format!("tupleElement({}, {}) AS {}", ident(&row), i + 1, ident(&name)));
+                        let element = or_null(format!("tupleElement({row}, {})", i + 1));
+                        unpack.push(format!("{element} AS {}", ident(&name)));
                         columns.push((name, ty));
                     }
                     continue;
                 }
                 let (sql, ty, base) = aggregate(&item.expr, &input.columns, now)?;
-                let name = match &item.name {
-                    Some((name, _)) => name.clone(),
-                    None => unique_name(&taken, &base),
-                };
-                select.push(format!("{sql} AS {}", ident(&name)));
-                unpack.push(ident(&name));
+                // As the local compiler names it: an explicit name too is made unique.
+                let name = unique_name(&taken, item.name.as_ref().map_or(&base, |(name, _)| name));
+                select.push(format!("{sql} AS {value}"));
+                unpack.push(format!("{value} AS {}", ident(&name)));
                 columns.push((name, ty));
             }
-            let group = if by_columns.is_empty() {
-                String::new()
-            } else {
-                format!(" GROUP BY {}", column_list(&by_columns))
-            };
-            let grouped = wrap(select.join(", "), &group, columns.clone(), false);
-            if tuples == 0 {
-                grouped
-            } else {
-                Relation {
-                    sql: format!("SELECT {} FROM ({})", unpack.join(", "), grouped.sql),
-                    columns,
-                    sorted: false,
-                }
+            let group =
+                if group.is_empty() { String::new() } else { format!(" GROUP BY {}", group.join(", ")) };
+            let grouped = wrap(select.join(", "), &group, Vec::new(), false);
+            Relation {
+                sql: format!("SELECT {} FROM ({})", unpack.join(", "), grouped.sql),
+                columns,
+                sorted: false,
             }
         }
         OperatorKind::Take(count) => {
@@ -396,17 +398,29 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
 
 /// `name = expr, ...` as SELECT items and the columns they make.
 fn items_sql(
-    items: &[NamedExpr],
+    items_: &[NamedExpr],
     input: &[(String, SqlType)],
     now: i64,
     taken: &[String],
 ) -> Result<(Vec<String>, Vec<Column>)> {
-    let mut select = Vec::with_capacity(items.len());
-    let mut columns: Vec<(String, SqlType)> = Vec::with_capacity(items.len());
+    Ok(items(items_, input, now, taken)?
+        .into_iter()
+        .map(|(sql, (name, ty))| (format!("{sql} AS {}", ident(&name)), (name, ty)))
+        .unzip())
+}
+
+/// `name = expr, ...` as SQL expressions and the columns they make (names unique beside `taken`).
+fn items(
+    items: &[NamedExpr],
+    input: &[(String, SqlType)],
+    now: i64,
+    taken: &[String],
+) -> Result<Vec<(String, Column)>> {
+    let mut out: Vec<(String, Column)> = Vec::with_capacity(items.len());
     for item in items {
         let (sql, ty) = expr(&item.expr, input, now)?;
         let mut names: Vec<String> = taken.to_vec();
-        names.extend(columns.iter().map(|(n, _)| n.clone()));
+        names.extend(out.iter().map(|(_, (n, _))| n.clone()));
         let name = match (&item.name, default_name(&item.expr)) {
             (Some((name, _)), _) => name.clone(),
             (None, Some(name)) => name,
@@ -414,10 +428,9 @@ fn items_sql(
                 (1..).map(|i| format!("Column{i}")).find(|n| !names.contains(n)).unwrap_or_default()
             }
         };
-        select.push(format!("{sql} AS {}", ident(&name)));
-        columns.push((name, ty));
+        out.push((sql, (name, ty)));
     }
-    Ok((select, columns))
+    Ok(out)
 }
 
 fn row_count(count: &Expr, now: i64) -> Result<u64> {
@@ -931,7 +944,8 @@ mod tests {
         );
         assert!(q.sql.contains("FROM `fleet`.`DeviceNetworkEvents` FINAL"), "{}", q.sql);
         assert!(q.sql.contains(&format!("({NOW} - 3600000000)")), "ago() is integer arithmetic: {}", q.sql);
-        assert!(q.sql.contains("GROUP BY `DeviceName`") && q.sql.contains("LIMIT 5"), "{}", q.sql);
+        assert!(q.sql.contains("GROUP BY `__g0`") && q.sql.contains("LIMIT 5"), "{}", q.sql);
+        assert!(q.sql.contains("SELECT `__g0` AS `DeviceName`, `__a0` AS `count_` FROM"), "{}", q.sql);
         assert_eq!(q.columns, vec![("DeviceName".into(), SqlType::String), ("count_".into(), SqlType::Long)]);
         assert!(
             !q.sql.contains("toStartOfInterval") && !q.sql.contains("JSONExtract"),
@@ -964,7 +978,11 @@ mod tests {
         let q = sql("DeviceInfo | summarize arg_max(Timestamp, *) by DeviceName");
         assert!(q.sql.contains("FROM `fleet`.`DeviceInfo` FINAL"), "{}", q.sql);
         assert!(q.sql.contains("argMax(tuple(`DeviceId`, "), "one tuple, so one row: {}", q.sql);
-        assert!(q.sql.contains("tupleElement(`__arg0`, 1) AS `DeviceId`"), "{}", q.sql);
+        assert!(
+            q.sql.contains("if(`__a0_n` = 0, NULL, tupleElement(`__a0_row`, 1)) AS `DeviceId`"),
+            "{}",
+            q.sql
+        );
         let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(&names[..4], ["DeviceName", "Timestamp", "DeviceId", "ClientVersion"]);
         assert_eq!(names.len(), monitor_core::device_info::INFO_COLUMNS.len(), "each column once: {names:?}");
@@ -974,6 +992,13 @@ mod tests {
         let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["DeviceName", "Last", "RemoteUrl", "n"]);
         assert!(q.sql.contains("argMin(tuple(`RemoteUrl`), `Seq`)"), "{}", q.sql);
+        // A group named as a column of the input does not stand for that column inside the aggregates.
+        let q = sql(
+            "DeviceEvents | summarize arg_max(Timestamp, RemoteUrl), m = max(Timestamp), m = count() by bin(Timestamp, 1h)",
+        );
+        let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["Timestamp", "Timestamp1", "RemoteUrl", "m", "m1"]);
+        assert!(q.sql.contains("max(`Timestamp`) AS `__a0`"), "{}", q.sql);
         let err = to_clickhouse("DeviceEvents | summarize arg_max(Seq, 1 + 2)", "fleet", NOW)
             .expect_err("not a column");
         assert!(err.message.contains("a column name or '*'"), "{}", err.message);
