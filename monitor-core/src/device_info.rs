@@ -12,7 +12,7 @@ pub const DEVICE_INFO: &str = "DeviceInfo";
 
 /// The columns of `DeviceInfo`: [`DeviceInfo`]'s fields in their order, by their JSON names (a test holds
 /// the two together).
-pub const INFO_COLUMNS: [(&str, ColumnType); 15] = [
+pub const INFO_COLUMNS: [(&str, ColumnType); 16] = [
     ("Timestamp", ColumnType::DateTime),
     ("DeviceId", ColumnType::String),
     ("DeviceName", ColumnType::String),
@@ -28,6 +28,7 @@ pub const INFO_COLUMNS: [(&str, ColumnType); 15] = [
     ("ExportLagSeconds", ColumnType::Long),
     ("DegradedFeatures", ColumnType::Dynamic),
     ("UptimeSeconds", ColumnType::Long),
+    ("HeartbeatIntervalSeconds", ColumnType::Long),
 ];
 
 /// One heartbeat, as it is published (JSON with `Table: "DeviceInfo"`).
@@ -63,6 +64,8 @@ pub struct DeviceInfo {
     /// Programs or hooks this kernel could not attach, by name; empty when nothing is degraded.
     pub degraded_features: Vec<String>,
     pub uptime_seconds: u64,
+    /// How often this agent sends one: `monitor devices` calls it stale after four are missed.
+    pub heartbeat_interval_seconds: u64,
 }
 
 impl DeviceInfo {
@@ -95,6 +98,7 @@ mod tests {
             export_lag_seconds: 1,
             degraded_features: vec!["quic_egress".into()],
             uptime_seconds: 60,
+            heartbeat_interval_seconds: 30,
         }
     }
 

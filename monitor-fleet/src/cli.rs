@@ -98,7 +98,7 @@ pub fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     });
     let counts = counts.lock().map(|c| c.clone()).unwrap_or_default();
     tracing::info!(
-        "ingest stopped: {} events ingested in {} batches, {} dead-lettered",
+        "ingest stopped: {} messages (events and heartbeats) ingested in {} batches, {} dead-lettered",
         counts.ingested,
         counts.batches,
         counts.dead_lettered

@@ -69,6 +69,7 @@ pub fn encode_info(payload: &[u8], out: &mut Vec<u8>) -> Result<(), InvalidEvent
     // Dynamic: JSON text, as AdditionalFields is kept.
     row.insert("DegradedFeatures".into(), Value::from(Value::from(info.degraded_features).to_string()));
     row.insert("UptimeSeconds".into(), long(info.uptime_seconds));
+    row.insert("HeartbeatIntervalSeconds".into(), long(info.heartbeat_interval_seconds));
     // Serialising a map of strings and numbers into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &row);
     let _ = out.write_all(b"\n");
@@ -98,6 +99,7 @@ mod tests {
             export_lag_seconds: 0,
             degraded_features: vec!["quic_egress".into()],
             uptime_seconds: 60,
+            heartbeat_interval_seconds: 30,
         }
     }
 

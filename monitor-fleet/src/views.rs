@@ -1,7 +1,8 @@
 //! `monitor devices --fleet` and `monitor timeline --fleet --device NAME`: the local views, answered by
 //! the fleet store. The rows are the local ones ([`DeviceSummary`], [`TimelineEvent`]) and print the same
-//! way; each view is one query that ClickHouse runs (both tables, `FINAL` so a redelivered event counts
-//! once), in SQL that ClickHouse 18.16 runs.
+//! way; each view reads both event tables in one query that ClickHouse runs (`FINAL` so a redelivered
+//! event counts once), in SQL that ClickHouse 18.16 runs. `devices` adds each agent's health from its
+//! newest heartbeat (`DeviceInfo`, a second query).
 
 use std::io::Write;
 
@@ -102,24 +103,28 @@ pub fn devices_in(
 /// Heartbeats by (DeviceName, DeviceId): the time of the first, and the newest.
 type Heartbeats = BTreeMap<(String, String), (i64, DeviceHealth)>;
 
-/// Each agent's newest heartbeat, by DeviceName and DeviceId, with the time of its first. A heartbeat is
-/// kept once per (DeviceId, time), so the newest of a device is one row and each column comes from it.
+/// Each agent's newest heartbeat, by DeviceName and DeviceId, with the time of its first: every column
+/// from that one row (one tuple: argMax of a Nullable column alone would skip the rows where it is null).
+/// A fleet store whose ingest has not created `DeviceInfo` yet has no heartbeats.
 fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
-    let latest = |column: &str| format!("argMax({column}, {TIMESTAMP_MICROS})");
     let sql = format!(
-        "SELECT ifNull(DeviceName, '') AS Name, DeviceId AS Id, min({TIMESTAMP_MICROS}) AS First, \
-         max({TIMESTAMP_MICROS}) AS Last, {} AS Version, {} AS Mode, {} AS Revision, {} AS Drops, {} AS Lag, \
-         {} AS Degraded FROM {}.{DEVICE_INFO} FINAL GROUP BY Name, Id",
-        latest("ifNull(ClientVersion, '')"),
-        latest("ifNull(ProtectionMode, '')"),
-        latest("PolicyRevision"),
-        latest("KernelDrops"),
-        latest("ifNull(ExportLagRows, 0)"),
-        latest("ifNull(DegradedFeatures, '[]')"),
+        "SELECT Name, Id, First, Last, tupleElement(H, 1) AS Version, tupleElement(H, 2) AS Mode, \
+         tupleElement(H, 3) AS Revision, tupleElement(H, 4) AS Drops, tupleElement(H, 5) AS Lag, \
+         tupleElement(H, 6) AS Degraded, tupleElement(H, 7) AS Interval FROM (\
+         SELECT ifNull(DeviceName, '') AS Name, DeviceId AS Id, min({TIMESTAMP_MICROS}) AS First, \
+         max({TIMESTAMP_MICROS}) AS Last, argMax(tuple(ifNull(ClientVersion, ''), ifNull(ProtectionMode, ''), \
+         PolicyRevision, KernelDrops, ifNull(ExportLagRows, 0), ifNull(DegradedFeatures, '[]'), \
+         HeartbeatIntervalSeconds), {TIMESTAMP_MICROS}) AS H \
+         FROM {}.{DEVICE_INFO} FINAL GROUP BY Name, Id)",
         clickhouse.database(),
     );
-    Ok(clickhouse
-        .query_rows(&sql)?
+    let rows = match clickhouse.query_rows(&sql) {
+        Err(FleetError::ClickHouse(text)) if text.contains("Code: 60") || text.contains("UNKNOWN_TABLE") => {
+            return Ok(Heartbeats::new());
+        }
+        rows => rows?,
+    };
+    Ok(rows
         .iter()
         .map(|row| {
             let health = DeviceHealth {
@@ -130,6 +135,7 @@ fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
                 kernel_drops: long(row, "Drops"),
                 export_lag_rows: long(row, "Lag").unwrap_or(0),
                 degraded: text(row, "Degraded"),
+                interval_seconds: long(row, "Interval"),
             };
             ((text(row, "Name"), text(row, "Id")), (long(row, "First").unwrap_or(0), health))
         })

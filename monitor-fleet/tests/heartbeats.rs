@@ -43,6 +43,7 @@ fn info(device_id: &str, device_name: &str, at: i64, mode: &str) -> DeviceInfo {
         export_lag_seconds: 0,
         degraded_features: vec!["quic_egress".into()],
         uptime_seconds: 30,
+        heartbeat_interval_seconds: 1,
     }
 }
 
@@ -119,8 +120,11 @@ fn heartbeats_reach_device_info_and_tell_live_agents_from_stale_ones() {
     );
     assert_eq!(exporter.status().heartbeats, 1, "{:?}", exporter.status());
 
-    // A newer heartbeat of the first agent: arg_max takes every column from it.
-    exporter.heartbeat(info(SAMPLE_DEVICE_ID, "agent-1.example", now_micros(), "audit"));
+    // A newer heartbeat of the first agent, without a policy now: arg_max takes every column from it, nulls
+    // too.
+    let mut newer = info(SAMPLE_DEVICE_ID, "agent-1.example", now_micros(), "audit");
+    newer.policy_revision = None;
+    exporter.heartbeat(newer);
     wait_for("the newer heartbeat", || heartbeat_rows(&clickhouse) == 3, || format!("{:?}", ingest.counts()));
     let query = "DeviceInfo | summarize arg_max(Timestamp, *) by DeviceName | sort by DeviceName asc";
     let latest = monitor_fleet::hunt::query_at(&clickhouse, query, now_micros()).expect("the query runs");
@@ -128,7 +132,8 @@ fn heartbeats_reach_device_info_and_tell_live_agents_from_stale_ones() {
     assert_eq!(latest.columns[..3].join(","), "DeviceName,Timestamp,DeviceId");
     assert_eq!(cell(&latest, 0, "DeviceName"), &Kql::String("agent-1.example".into()));
     assert_eq!(cell(&latest, 0, "ProtectionMode"), &Kql::String("audit".into()), "the newest heartbeat's");
-    assert_eq!(cell(&latest, 0, "PolicyRevision"), &Kql::Long(41));
+    assert_eq!(cell(&latest, 0, "PolicyRevision"), &Kql::Null, "the newest heartbeat's, null");
+    assert_eq!(cell(&latest, 1, "PolicyRevision"), &Kql::Long(41));
     assert_eq!(cell(&latest, 0, "OSVersion"), &Kql::String("6.12.0-test".into()));
     assert_eq!(cell(&latest, 1, "ProtectionMode"), &Kql::String("audit".into()));
     let recent = monitor_fleet::hunt::query_at(
@@ -155,11 +160,25 @@ fn heartbeats_reach_device_info_and_tell_live_agents_from_stale_ones() {
     let now = now_micros();
     let stale_after = Duration::from_secs(120);
     assert_eq!(monitor_hunt::devices::health(live, now, stale_after), "ok");
+    assert_eq!(
+        live.health.as_ref().map(|h| h.policy_revision),
+        Some(None),
+        "the newest heartbeat's: {live:?}"
+    );
+    assert_eq!(quiet.health.as_ref().and_then(|h| h.policy_revision), Some(41));
     assert_eq!(monitor_hunt::devices::health(quiet, now, stale_after), "stale");
     let result = monitor_hunt::devices::fleet_devices_result(&devices, now, stale_after);
     assert_eq!(cell(&result, 1, "Health"), &Kql::String("stale".into()));
     assert_eq!(cell(&result, 0, "Version"), &Kql::String("9.9.9".into()));
     assert_eq!(cell(&result, 0, "Degraded"), &Kql::String(r#"["quic_egress"]"#.into()));
+
+    // A fleet store whose ingest made no DeviceInfo yet (an older one): the devices, without heartbeats.
+    let older = ClickHouse::new(&server.url("older"), None, None).expect("a ClickHouse URL");
+    older.execute("CREATE DATABASE older").expect("a database");
+    for table in monitor_hunt::schema::TABLES {
+        older.execute(&monitor_fleet::clickhouse::create_table("older", table)).expect("an event table");
+    }
+    assert_eq!(monitor_fleet::views::devices(&older).expect("devices without DeviceInfo"), Vec::new());
 
     // The local store keeps no heartbeats, and says where they are.
     let local = monitor_hunt::Store::open(&store).expect("open the store");

@@ -40,20 +40,17 @@ pub struct DeviceHealth {
     pub export_lag_rows: i64,
     /// JSON array of the features this kernel could not attach.
     pub degraded: String,
+    /// How often the agent sends one.
+    pub interval_seconds: Option<i64>,
 }
 
-/// An agent's health at `now`: `ok`, `stale` (no heartbeat for more than `stale_after`), or `no heartbeat`.
+/// An agent's health at `now`: `ok`, `stale` (no heartbeat for more than `stale_after`, or four of its own
+/// intervals when they are longer), or `no heartbeat`.
 pub fn health(device: &DeviceSummary, now: i64, stale_after: std::time::Duration) -> &'static str {
-    match &device.health {
-        None => "no heartbeat",
-        Some(h)
-            if now.saturating_sub(h.last_heartbeat)
-                > i64::try_from(stale_after.as_micros()).unwrap_or(i64::MAX) =>
-        {
-            "stale"
-        }
-        Some(_) => "ok",
-    }
+    let Some(h) = &device.health else { return "no heartbeat" };
+    let stale_after = i64::try_from(stale_after.as_micros()).unwrap_or(i64::MAX);
+    let missed_four = h.interval_seconds.unwrap_or(0).saturating_mul(4_000_000);
+    if now.saturating_sub(h.last_heartbeat) > stale_after.max(missed_four) { "stale" } else { "ok" }
 }
 
 impl DeviceSummary {

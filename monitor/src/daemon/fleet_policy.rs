@@ -29,6 +29,8 @@ pub struct FleetPolicyStatus {
     pub invalid: Vec<String>,
     pub errors: u64,
     pub last_error: Option<String>,
+    /// The fleet asks for block mode and this kernel cannot enforce it: why, and that the agent audits.
+    pub block_refused: Option<String>,
 }
 
 impl FleetPolicyStatus {

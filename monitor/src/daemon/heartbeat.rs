@@ -1,7 +1,7 @@
 //! `--export`: the device's heartbeat, a `DeviceInfo` row every `heartbeat_interval`, built from the same
 //! typed [`Status`] that `monitor status` shows, and handed to the exporter.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use monitor_core::device_info::{DEVICE_INFO, DeviceInfo};
 
@@ -16,7 +16,13 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// The heartbeat for `status` at `now`: events per second since the previous one (since the start for
     /// the first).
-    pub fn next(&mut self, status: &Status, device_name: &str, now: Instant) -> DeviceInfo {
+    pub fn next(
+        &mut self,
+        status: &Status,
+        device_name: &str,
+        interval: Duration,
+        now: Instant,
+    ) -> DeviceInfo {
         let events_per_second = match self.last {
             Some((at, events)) => {
                 let seconds = now.duration_since(at).as_secs_f64();
@@ -47,6 +53,7 @@ impl Heartbeats {
             export_lag_seconds: export.map_or(0, |e| e.lag_seconds.round() as u64),
             degraded_features: status.degraded.iter().map(|d| (*d).to_string()).collect(),
             uptime_seconds: status.uptime_seconds as u64,
+            heartbeat_interval_seconds: interval.as_secs(),
         }
     }
 }

@@ -165,8 +165,10 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
             map_bytes: map_bytes(args.ring_buffer_bytes, domain_capacity, net_capacity, args.wire_flows),
         };
         let plan = if args.policy.is_some() {
+            // The fleet's block, not this host's: the fleet's mode wins unless the configuration sets one
+            // and prefers it.
             let fleet_asks_block =
-                start_mode == Mode::Block && !(args.mode_given && args.mode == Mode::Block);
+                fleet_mode == Some(Mode::Block) && !(args.prefer_local_mode && args.mode_given);
             let (plan, refused) = features::decide_under_fleet(&found, &wanted, fleet_asks_block)
                 .map_err(|reason| anyhow::anyhow!(reason))?;
             if let Some(why) = refused {
@@ -354,9 +356,7 @@ pub fn run(cli_args: RunArgs) -> anyhow::Result<ExitCode> {
         status.applied(policy.revision, Ok(()));
     }
     if let (Some(status), Some(why)) = (&mut fleet, fleet_block_refused) {
-        status.failed(format!(
-            "block mode asked for, but this kernel cannot enforce it: running audit ({why})"
-        ));
+        status.block_refused = Some(format!("running audit: {why}"));
     }
     let can_block = plan.inspection && plan.skb;
     let daemon = Daemon {
@@ -520,7 +520,8 @@ impl Daemon {
                     }
                 }
                 _ = heartbeat.tick(), if self.exporter.is_some() => {
-                    let info = self.heartbeats.next(&self.status(), &self.sink.device_name, Instant::now());
+                    let interval = heartbeat.period();
+                    let info = self.heartbeats.next(&self.status(), &self.sink.device_name, interval, Instant::now());
                     if let Some(exporter) = &self.exporter {
                         exporter.heartbeat(info);
                     }
@@ -781,15 +782,19 @@ impl Daemon {
             self.args.prefer_local_mode,
             self.args.mode_given,
         );
-        if mode == Mode::Block && !self.can_block {
-            let why = "block mode asked for, but this kernel cannot enforce it (see the notes in `monitor status`): running audit";
-            match &mut self.fleet {
-                Some(status) if self.fleet_mode == Some(Mode::Block) => status.failed(why.into()),
-                _ => warn!("{why}"),
+        let refused = mode == Mode::Block && !self.can_block;
+        if let Some(status) = &mut self.fleet {
+            if !refused {
+                status.block_refused = None;
+            } else if status.block_refused.is_none() {
+                let why = "running audit: this kernel cannot enforce block mode (see the notes in `monitor status`)";
+                warn!("fleet policy: block mode asked for; {why}");
+                status.block_refused = Some(why.into());
             }
-            return Mode::Audit;
+        } else if refused {
+            warn!("block mode asked for, but this kernel cannot enforce it: running audit");
         }
-        mode
+        if refused { Mode::Audit } else { mode }
     }
 
     /// Writes the wanted mode, uninspectable choice and hold timeout to the kernel when they differ from
