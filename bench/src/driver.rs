@@ -55,6 +55,8 @@ pub enum Part {
     Extraction,
     /// Export to NATS JetStream, drain after an outage, ingest into ClickHouse, fleet query latency.
     Fleet,
+    /// Time from `monitor indicators add --fleet` to the first refused connection on three agents.
+    Policy,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -102,6 +104,10 @@ pub struct Args {
     /// dozen keep the medians steady on a shared 2-core machine, where single rounds spread by ±20%.
     #[arg(long, default_value_t = 12)]
     pub gateway_rounds: usize,
+    /// Rounds of the fleet policy's time to block (each: add a fleet indicator, wait until three agents
+    /// refuse it, remove it).
+    #[arg(long, default_value_t = 10)]
+    pub policy_rounds: usize,
     /// Parts to leave out (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub skip: Vec<Part>,
@@ -167,7 +173,8 @@ impl Args {
     /// The parts whose figures replace their sections of earlier results (and keep the rest): a run of
     /// only the fleet or the gateway part, or both. Empty for any other run.
     pub fn merged_sections(&self) -> Vec<Part> {
-        let own = |p: &Part| matches!(p, Part::Fleet | Part::Gateway) && !self.skip.contains(p);
+        let own =
+            |p: &Part| matches!(p, Part::Fleet | Part::Gateway | Part::Policy) && !self.skip.contains(p);
         if !self.only.is_empty() && self.only.iter().all(own) { self.only.clone() } else { Vec::new() }
     }
 
@@ -865,6 +872,10 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
         results.gateway = Some(gateway(&bench, &settings, args.gateway_rounds, &big_list)?);
     }
     drop(variants);
+    if args.runs(Part::Policy) {
+        eprintln!("bench: fleet policy, time to block ({} rounds)", args.policy_rounds);
+        results.policy = Some(crate::policy::run(bed, &bench.loadgen, args.policy_rounds)?);
+    }
 
     if args.runs(Part::Extraction) {
         eprintln!("bench: extraction ({} flows)", settings.flows);
@@ -905,6 +916,7 @@ fn finish(
     estimate_ratios(&mut results);
     results.goals = goals(&results);
     results.goals.extend(results.fleet.iter().flat_map(fleet_report::goals));
+    results.goals.extend(results.policy.iter().flat_map(crate::policy::goals));
     results.notes.extend(notes(&results));
     Ok(results)
 }
@@ -1257,6 +1269,9 @@ pub fn merge_sections(mut earlier: Results, run: Results, parts: &[Part]) -> Res
                 ("fleet", fleet_report::GOAL_PREFIX, run.fleet.as_ref().map_or(0.0, |f| f.duration_s))
             }
             Part::Gateway => ("gateway", GATEWAY_GOAL_PREFIX, run.duration_s),
+            Part::Policy => {
+                ("policy", crate::policy::GOAL_PREFIX, run.policy.as_ref().map_or(0.0, |p| p.duration_s))
+            }
             _ => continue,
         };
         let note = format!("The {name} section was measured in a run of its own");
@@ -1273,6 +1288,7 @@ pub fn merge_sections(mut earlier: Results, run: Results, parts: &[Part]) -> Res
         ));
         match part {
             Part::Fleet => earlier.fleet = run.fleet.clone(),
+            Part::Policy => earlier.policy = run.policy.clone(),
             _ => earlier.gateway = run.gateway.clone(),
         }
     }

@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod loadgen;
 pub mod markdown;
 pub mod micro;
+pub mod policy;
 pub mod procfs;
 pub mod report;
 pub mod stats;

@@ -277,6 +277,9 @@ pub struct Results {
     /// The fleet path (issue 14); absent in results from before it was measured.
     #[serde(default)]
     pub fleet: Option<FleetResult>,
+    /// Time to block across the fleet (issue 16); absent in results from before it was measured.
+    #[serde(default)]
+    pub policy: Option<crate::policy::PolicyResult>,
     pub goals: Vec<Goal>,
     pub notes: Vec<String>,
 }
@@ -667,6 +670,9 @@ impl Results {
             }
         }
 
+        if let Some(p) = &self.policy {
+            crate::policy::markdown(p, &mut out);
+        }
         if let Some(f) = &self.fleet {
             crate::fleet_report::markdown(f, &mut out);
         }

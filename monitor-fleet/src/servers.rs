@@ -236,6 +236,27 @@ impl NatsServer {
         })
     }
 
+    /// A JetStream cluster of `nodes` nodes on loopback ports, each with `extra_config` too, started one
+    /// after the other (each waits until it greets a client; JetStream elects its leaders after).
+    pub fn loopback_cluster(nodes: usize, extra_config: &str) -> Result<Vec<NatsServer>, ServerError> {
+        let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let routes: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let mut servers = Vec::with_capacity(nodes);
+        for (i, route) in routes.iter().enumerate() {
+            servers.push(NatsServer::cluster_node(&ClusterNode {
+                name: format!("monitor-node-{}", i + 1),
+                client: loopback(free_port()?),
+                cluster: loopback(*route),
+                routes: routes.iter().filter(|p| *p != route).map(|p| loopback(*p)).collect(),
+                extra_config: extra_config.to_string(),
+            })?);
+        }
+        for server in &mut servers {
+            server.restart()?;
+        }
+        Ok(servers)
+    }
+
     pub fn port(&self) -> u16 {
         self.listen.port()
     }

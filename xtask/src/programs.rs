@@ -134,6 +134,8 @@ mod tests {
         "Seq",
         // A kernel program's name in a heartbeat's DegradedFeatures.
         "quic_egress",
+        // A key of `monitor status` that the bench reads.
+        "fleet_policy",
         // Subcommands of ip, cargo, rustup, apt-get, git, openssl and the monitor.
         "netns",
         "run",

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use monitor_fleet::servers::{ClusterNode, NatsServer, free_port};
+use monitor_fleet::servers::NatsServer;
 use tests::{Bed, Cgroup, Monitor, Runner, monitor::monitor_bin};
 
 use super::{SQUID, curl, status};
@@ -43,24 +43,8 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
-        let port = || free_port().unwrap_or_else(|e| panic!("a free port: {e}"));
-        let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let routes: Vec<u16> = (0..3).map(|_| port()).collect();
-        let mut nodes: Vec<NatsServer> = (0..3)
-            .map(|i| {
-                NatsServer::cluster_node(&ClusterNode {
-                    name: format!("policy-n{}", i + 1),
-                    client: addr(port()),
-                    cluster: addr(routes[i]),
-                    routes: routes.iter().filter(|&&p| p != routes[i]).map(|&p| addr(p)).collect(),
-                    extra_config: authorization(),
-                })
-                .unwrap_or_else(|e| panic!("nats node {i}: {e}"))
-            })
-            .collect();
-        for node in &mut nodes {
-            node.restart().unwrap_or_else(|e| panic!("start nats node {}: {e}\n{}", node.name(), node.log()));
-        }
+        let nodes = NatsServer::loopback_cluster(3, &authorization())
+            .unwrap_or_else(|e| panic!("start a three-node nats cluster: {e}"));
         Cluster { nodes }
     }
 
