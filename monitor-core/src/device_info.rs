@@ -64,7 +64,9 @@ pub struct DeviceInfo {
     /// Programs or hooks this kernel could not attach, by name; empty when nothing is degraded.
     pub degraded_features: Vec<String>,
     pub uptime_seconds: u64,
-    /// How often this agent sends one: `monitor devices` calls it stale after four are missed.
+    /// How often this agent sends one: `monitor devices` calls it stale after four are missed (0: not
+    /// said, by an agent older than this field).
+    #[serde(default)]
     pub heartbeat_interval_seconds: u64,
 }
 

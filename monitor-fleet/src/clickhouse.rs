@@ -176,6 +176,23 @@ pub trait FleetSql {
         self.execute(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database()))?;
         for table in FLEET_TABLES {
             self.execute(&create_table(self.database(), table))?;
+            // A table an older ingest made gets the columns added since.
+            let have: Vec<String> = self
+                .query_rows(&format!(
+                    "SELECT name FROM system.columns WHERE database = '{}' AND table = '{table}'",
+                    self.database()
+                ))?
+                .iter()
+                .filter_map(|row| row.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            for (name, definition) in column_definitions(table) {
+                if !have.contains(&name) {
+                    self.execute(&format!(
+                        "ALTER TABLE {}.{table} ADD COLUMN {definition}",
+                        self.database()
+                    ))?;
+                }
+            }
         }
         Ok(())
     }
@@ -251,24 +268,31 @@ impl FleetSql for ClickHouse {
     }
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables ([`FLEET_TABLES`]). An event is kept once
-/// per `(DeviceId, Seq)`, a heartbeat once per `(DeviceId, Timestamp)`: a redelivered message replaces
-/// itself.
-pub fn create_table(database: &str, table: &str) -> String {
-    let schema = columns_of(table).unwrap_or_default();
-    let mut columns = Vec::with_capacity(schema.len() + 1);
-    for &(name, ty) in schema {
-        let column = match (name, ty) {
-            (_, ColumnType::DateTime) => format!(
-                "{TIMESTAMP_MICROS} Int64, {name} DateTime MATERIALIZED toDateTime(intDiv({TIMESTAMP_MICROS}, 1000000))"
-            ),
+/// Each stored column of one of [`FLEET_TABLES`] and its definition (a time is two: the microseconds kept
+/// and the DateTime computed from them).
+fn column_definitions(table: &str) -> Vec<(String, String)> {
+    let mut columns = Vec::new();
+    for &(name, ty) in columns_of(table).unwrap_or_default() {
+        let definition = match (name, ty) {
+            (_, ColumnType::DateTime) => {
+                columns.push((TIMESTAMP_MICROS.to_string(), format!("{TIMESTAMP_MICROS} Int64")));
+                format!("{name} DateTime MATERIALIZED toDateTime(intDiv({TIMESTAMP_MICROS}, 1000000))")
+            }
             ("DeviceId", _) => format!("{name} String"),
             ("Seq", _) => format!("{name} UInt64"),
             (_, ColumnType::Long) => format!("{name} Nullable(Int64)"),
             (_, ColumnType::String | ColumnType::Dynamic) => format!("{name} Nullable(String)"),
         };
-        columns.push(column);
+        columns.push((name.to_string(), definition));
     }
+    columns
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for one of the Defender tables ([`FLEET_TABLES`]). An event is kept once
+/// per `(DeviceId, Seq)`, a heartbeat once per `(DeviceId, Timestamp)`: a redelivered message replaces
+/// itself.
+pub fn create_table(database: &str, table: &str) -> String {
+    let columns: Vec<String> = column_definitions(table).into_iter().map(|(_, d)| d).collect();
     let key = if table == DEVICE_INFO { TIMESTAMP_MICROS } else { "Seq" };
     format!(
         "CREATE TABLE IF NOT EXISTS {database}.{table} ({}) ENGINE = ReplacingMergeTree() \

@@ -119,7 +119,9 @@ fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
         clickhouse.database(),
     );
     let rows = match clickhouse.query_rows(&sql) {
-        Err(FleetError::ClickHouse(text)) if text.contains("Code: 60") || text.contains("UNKNOWN_TABLE") => {
+        Err(FleetError::ClickHouse(text))
+            if text.contains("Code: 60,") || text.contains("Code: 60.") || text.contains("UNKNOWN_TABLE") =>
+        {
             return Ok(Heartbeats::new());
         }
         rows => rows?,

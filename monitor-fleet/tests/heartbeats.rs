@@ -179,6 +179,22 @@ fn heartbeats_reach_device_info_and_tell_live_agents_from_stale_ones() {
         older.execute(&monitor_fleet::clickhouse::create_table("older", table)).expect("an event table");
     }
     assert_eq!(monitor_fleet::views::devices(&older).expect("devices without DeviceInfo"), Vec::new());
+    // A DeviceInfo an older ingest made, without the columns added since: a newer ingest adds them.
+    older.execute(&monitor_fleet::clickhouse::create_table("older", DEVICE_INFO)).expect("DeviceInfo");
+    older
+        .execute("ALTER TABLE older.DeviceInfo DROP COLUMN HeartbeatIntervalSeconds")
+        .expect("an older table");
+    older.ensure_schema().expect("the schema brought up to date");
+    older
+        .insert_lines(DEVICE_INFO, &{
+            let mut line = Vec::new();
+            let (_, _, payload) = monitor_fleet::heartbeat::message(&info("old-id", "agent-9", now, "audit"))
+                .expect("a heartbeat");
+            monitor_fleet::heartbeat::encode_info(&payload, &mut line).expect("a row");
+            line
+        })
+        .expect("a heartbeat row in the upgraded table");
+    assert_eq!(monitor_fleet::views::devices(&older).expect("devices").len(), 1);
 
     // The local store keeps no heartbeats, and says where they are.
     let local = monitor_hunt::Store::open(&store).expect("open the store");

@@ -318,7 +318,16 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
                     // A group whose keys are all null has no row to take: its columns are null, as locally
                     // (argMax would give the tuple's defaults).
                     select.push(format!("count({}) AS {keys}", arg.key_sql));
-                    let or_null = |sql: String| format!("if({keys} = 0, NULL, {sql})");
+                    // Only where the key can be null, and not around a Dynamic column, which may be an
+                    // array (never Nullable in ClickHouse): there a group without a row gives its default.
+                    let nullable_key = !matches!(arg.key_type, SqlType::String | SqlType::DateTime);
+                    let or_null = |sql: String, ty: SqlType| {
+                        if nullable_key && ty != SqlType::Dynamic {
+                            format!("if({keys} = 0, NULL, {sql})")
+                        } else {
+                            sql
+                        }
+                    };
                     // `arg_max(Timestamp, *)` over nothing but the key and the groups is the extreme alone.
                     if !arg.returned.is_empty() {
                         let returned: Vec<&str> =
@@ -334,12 +343,12 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
                         None => arg.key_name,
                     };
                     let first = unique_name(&taken, &first);
-                    unpack.push(format!("{} AS {}", or_null(value.clone()), ident(&first)));
+                    unpack.push(format!("{} AS {}", or_null(value.clone(), arg.key_type), ident(&first)));
                     columns.push((first, arg.key_type));
                     for (i, (name, ty, _)) in arg.returned.into_iter().enumerate() {
                         let taken: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
                         let name = unique_name(&taken, &name);
-                        let element = or_null(format!("tupleElement({row}, {})", i + 1));
+                        let element = or_null(format!("tupleElement({row}, {})", i + 1), ty);
                         unpack.push(format!("{element} AS {}", ident(&name)));
                         columns.push((name, ty));
                     }
@@ -422,8 +431,8 @@ fn items(
         let mut names: Vec<String> = taken.to_vec();
         names.extend(out.iter().map(|(_, (n, _))| n.clone()));
         let name = match (&item.name, default_name(&item.expr)) {
-            (Some((name, _)), _) => name.clone(),
-            (None, Some(name)) => name,
+            (Some((name, _)), _) => unique_name(&names, name),
+            (None, Some(name)) => unique_name(&names, &name),
             (None, None) => {
                 (1..).map(|i| format!("Column{i}")).find(|n| !names.contains(n)).unwrap_or_default()
             }
@@ -978,11 +987,7 @@ mod tests {
         let q = sql("DeviceInfo | summarize arg_max(Timestamp, *) by DeviceName");
         assert!(q.sql.contains("FROM `fleet`.`DeviceInfo` FINAL"), "{}", q.sql);
         assert!(q.sql.contains("argMax(tuple(`DeviceId`, "), "one tuple, so one row: {}", q.sql);
-        assert!(
-            q.sql.contains("if(`__a0_n` = 0, NULL, tupleElement(`__a0_row`, 1)) AS `DeviceId`"),
-            "{}",
-            q.sql
-        );
+        assert!(q.sql.contains("tupleElement(`__a0_row`, 1) AS `DeviceId`"), "{}", q.sql);
         let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(&names[..4], ["DeviceName", "Timestamp", "DeviceId", "ClientVersion"]);
         assert_eq!(names.len(), monitor_core::device_info::INFO_COLUMNS.len(), "each column once: {names:?}");
@@ -992,6 +997,12 @@ mod tests {
         let names: Vec<&str> = q.columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["DeviceName", "Last", "RemoteUrl", "n"]);
         assert!(q.sql.contains("argMin(tuple(`RemoteUrl`), `Seq`)"), "{}", q.sql);
+        // A Long key may be null everywhere in a group: then there is no row, and its columns are null.
+        assert!(
+            q.sql.contains("if(`__a0_n` = 0, NULL, tupleElement(`__a0_row`, 1)) AS `RemoteUrl`"),
+            "{}",
+            q.sql
+        );
         // A group named as a column of the input does not stand for that column inside the aggregates.
         let q = sql(
             "DeviceEvents | summarize arg_max(Timestamp, RemoteUrl), m = max(Timestamp), m = count() by bin(Timestamp, 1h)",

@@ -783,7 +783,10 @@ impl Daemon {
             self.args.mode_given,
         );
         let refused = mode == Mode::Block && !self.can_block;
-        if let Some(status) = &mut self.fleet {
+        // The fleet's block, not this host's (whose block would not have started on this kernel).
+        let fleets =
+            self.fleet_mode == Some(Mode::Block) && !(self.args.prefer_local_mode && self.args.mode_given);
+        if let Some(status) = self.fleet.as_mut().filter(|_| fleets || !refused) {
             if !refused {
                 status.block_refused = None;
             } else if status.block_refused.is_none() {
