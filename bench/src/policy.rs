@@ -164,11 +164,15 @@ pub fn run(bed: &Bed, loadgen: &Path, rounds: usize) -> anyhow::Result<PolicyRes
     // The name passes first: a probe that fails is then the monitor's refusal, not squid's.
     until_all(bed, loadgen, &cgroups, false, Instant::now(), &mut Vec::new())?;
     let counter = |mon: &Monitor, key: &str| -> anyhow::Result<u64> {
-        let s = status(mon)?;
-        Ok(match key {
-            "blocked" => s["flows"]["blocked"].as_u64().unwrap_or(0),
-            _ => s["fleet_policy"]["revision"].as_u64().unwrap_or(0),
-        })
+        if key == "blocked" {
+            // The agent's Blocked rows for the name (written when it has handled the refused connection).
+            let text = std::fs::read_to_string(&mon.events_path).unwrap_or_default();
+            return Ok(text
+                .lines()
+                .filter(|l| l.contains("NetworkProtectionBlocked") && l.contains(NAME))
+                .count() as u64);
+        }
+        Ok(status(mon)?["fleet_policy"]["revision"].as_u64().unwrap_or(0))
     };
     for round in 0..rounds {
         eprintln!("bench: fleet policy round {} of {rounds}", round + 1);
@@ -183,7 +187,14 @@ pub fn run(bed: &Bed, loadgen: &Path, rounds: usize) -> anyhow::Result<PolicyRes
         let times = until_all(bed, loadgen, &cgroups, true, returned, &mut probes)?;
         for (mon, (blocked, revision)) in agents.iter().zip(&before) {
             // The refusal was the agent's: it counted a block, and the new revision is in its maps.
-            ensure!(counter(mon, "blocked")? > *blocked, "a refused probe that the agent did not block");
+            let reported = Instant::now();
+            while counter(mon, "blocked")? <= *blocked {
+                ensure!(
+                    reported.elapsed() < Duration::from_secs(3),
+                    "a refused probe that the agent did not block"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
             ensure!(counter(mon, "revision")? > *revision, "refused before the agent had the new revision");
             let applied = status(mon)?["fleet_policy"]["applied_at_unix"].as_f64();
             result
