@@ -874,7 +874,10 @@ pub fn run(args: &Args) -> anyhow::Result<Results> {
     drop(variants);
     if args.runs(Part::Policy) {
         eprintln!("bench: fleet policy, time to block ({} rounds)", args.policy_rounds);
-        results.policy = Some(crate::policy::run(bed, &bench.loadgen, args.policy_rounds)?);
+        let probe = |cg: &Cgroup| {
+            bench.probe(cg, Workload::HttpsProxy, crate::policy::NAME).map(|report| report.ok == 0)
+        };
+        results.policy = Some(crate::policy::run(bed, &probe, args.policy_rounds)?);
     }
 
     if args.runs(Part::Extraction) {

@@ -6,15 +6,13 @@
 //! reached its kernel maps. The name is removed and seen passing again before the next round.
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use monitor_fleet::servers::NatsServer;
 use serde::{Deserialize, Serialize};
-use tests::bed::{ROUTER_V4, SQUID_PORT};
-use tests::{Bed, Cgroup, Monitor, client};
+use tests::{Bed, Cgroup, Monitor};
 
 use crate::fleet::unix_now;
 use crate::markdown::{Goal, table};
@@ -25,7 +23,7 @@ pub const GOAL_PREFIX: &str = "fleet policy: ";
 /// The goal: a fleet indicator blocks on every agent within this.
 pub const GOAL_MS: f64 = 1_000.0;
 /// A name the bed's squid serves, so that a probe that is not refused succeeds.
-const NAME: &str = "other.test";
+pub const NAME: &str = "other.test";
 /// How long one round may wait for every agent.
 const ROUND_LIMIT: Duration = Duration::from_secs(10);
 const AGENTS: usize = 3;
@@ -63,37 +61,23 @@ fn fleet_command(urls: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One HTTPS request to [`NAME`] through squid from `cgroup`: whether it was refused, and how long it took.
-fn refused(bed: &Bed, loadgen: &Path, cgroup: &Cgroup) -> anyhow::Result<(bool, Duration)> {
-    let cert = bed.cert().display().to_string();
-    let loadgen = loadgen.display().to_string();
-    let addr = format!("{ROUTER_V4}:{SQUID_PORT}");
-    let argv = [
-        loadgen.as_str(),
-        "--addr",
-        &addr,
-        "--tls",
-        "--cert",
-        &cert,
-        "--connect",
-        "--host",
-        NAME,
-        "--requests",
-        "1",
-        "--workers",
-        "1",
-    ];
-    let started = Instant::now();
-    let run = client(cgroup, &bed.client_ns, &argv, ROUND_LIMIT);
-    let report: crate::loadgen::LoadReport = serde_json::from_str(run.stdout.trim())
-        .with_context(|| format!("load generator printed no report: {}", run.stderr.trim()))?;
-    Ok((report.ok == 0, started.elapsed()))
+/// One HTTPS request to [`NAME`] through squid from a cgroup: whether it was refused (the driver's probe).
+pub type Probe<'a> = dyn Fn(&Cgroup) -> anyhow::Result<bool> + Sync + 'a;
+
+/// The agent's Blocked rows for [`NAME`], written once it has handled a refused connection.
+fn blocked_rows(mon: &Monitor) -> u64 {
+    let text = std::fs::read_to_string(&mon.events_path).unwrap_or_default();
+    text.lines().filter(|l| l.contains("NetworkProtectionBlocked") && l.contains(NAME)).count() as u64
+}
+
+/// The fleet policy revision in the agent's maps.
+fn revision(mon: &Monitor) -> anyhow::Result<u64> {
+    Ok(status(mon)?["fleet_policy"]["revision"].as_u64().unwrap_or(0))
 }
 
 /// Waits until every agent's probes are refused (`want`) or pass; each agent's time from `from`.
 fn until_all(
-    bed: &Bed,
-    loadgen: &Path,
+    probe: &Probe<'_>,
     cgroups: &[Cgroup],
     want: bool,
     from: Instant,
@@ -106,8 +90,9 @@ fn until_all(
                 scope.spawn(move || -> anyhow::Result<(f64, Vec<f64>)> {
                     let mut took = Vec::new();
                     loop {
-                        let (is_refused, probe) = refused(bed, loadgen, cg)?;
-                        took.push(probe.as_secs_f64() * 1e3);
+                        let started = Instant::now();
+                        let is_refused = probe(cg)?;
+                        took.push(started.elapsed().as_secs_f64() * 1e3);
                         if is_refused == want {
                             return Ok((from.elapsed().as_secs_f64() * 1e3, took));
                         }
@@ -131,7 +116,7 @@ fn until_all(
     })
 }
 
-pub fn run(bed: &Bed, loadgen: &Path, rounds: usize) -> anyhow::Result<PolicyResult> {
+pub fn run(bed: &Bed, probe: &Probe<'_>, rounds: usize) -> anyhow::Result<PolicyResult> {
     let started = Instant::now();
     let cluster = NatsServer::loopback_cluster(3, "").context("start a three-node nats cluster")?;
     let urls = cluster.iter().map(NatsServer::url).collect::<Vec<_>>().join(",");
@@ -162,40 +147,27 @@ pub fn run(bed: &Bed, loadgen: &Path, rounds: usize) -> anyhow::Result<PolicyRes
     let mut result = PolicyResult { agents: AGENTS, nodes: cluster.len(), rounds, ..PolicyResult::default() };
     let mut probes = Vec::new();
     // The name passes first: a probe that fails is then the monitor's refusal, not squid's.
-    until_all(bed, loadgen, &cgroups, false, Instant::now(), &mut Vec::new())?;
-    let counter = |mon: &Monitor, key: &str| -> anyhow::Result<u64> {
-        if key == "blocked" {
-            // The agent's Blocked rows for the name (written when it has handled the refused connection).
-            let text = std::fs::read_to_string(&mon.events_path).unwrap_or_default();
-            return Ok(text
-                .lines()
-                .filter(|l| l.contains("NetworkProtectionBlocked") && l.contains(NAME))
-                .count() as u64);
-        }
-        Ok(status(mon)?["fleet_policy"]["revision"].as_u64().unwrap_or(0))
-    };
+    until_all(probe, &cgroups, false, Instant::now(), &mut Vec::new())?;
     for round in 0..rounds {
         eprintln!("bench: fleet policy round {} of {rounds}", round + 1);
-        let before: Vec<(u64, u64)> = agents
-            .iter()
-            .map(|m| Ok((counter(m, "blocked")?, counter(m, "revision")?)))
-            .collect::<anyhow::Result<_>>()?;
+        let before: Vec<(u64, u64)> =
+            agents.iter().map(|m| Ok((blocked_rows(m), revision(m)?))).collect::<anyhow::Result<_>>()?;
         let invoked = Instant::now();
         fleet_command(&urls, &["indicators", "add", "block", NAME])?;
         let (returned, returned_unix) = (Instant::now(), unix_now());
         result.command_ms.push(returned.duration_since(invoked).as_secs_f64() * 1e3);
-        let times = until_all(bed, loadgen, &cgroups, true, returned, &mut probes)?;
-        for (mon, (blocked, revision)) in agents.iter().zip(&before) {
+        let times = until_all(probe, &cgroups, true, returned, &mut probes)?;
+        for (mon, (blocked, was)) in agents.iter().zip(&before) {
             // The refusal was the agent's: it counted a block, and the new revision is in its maps.
             let reported = Instant::now();
-            while counter(mon, "blocked")? <= *blocked {
+            while blocked_rows(mon) <= *blocked {
                 ensure!(
                     reported.elapsed() < Duration::from_secs(3),
                     "a refused probe that the agent did not block"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            ensure!(counter(mon, "revision")? > *revision, "refused before the agent had the new revision");
+            ensure!(revision(mon)? > *was, "refused before the agent had the new revision");
             let applied = status(mon)?["fleet_policy"]["applied_at_unix"].as_f64();
             result
                 .to_applied_ms
@@ -203,7 +175,7 @@ pub fn run(bed: &Bed, loadgen: &Path, rounds: usize) -> anyhow::Result<PolicyRes
         }
         result.to_refused_ms.extend(times);
         fleet_command(&urls, &["indicators", "remove", "block", NAME])?;
-        until_all(bed, loadgen, &cgroups, false, Instant::now(), &mut Vec::new())?;
+        until_all(probe, &cgroups, false, Instant::now(), &mut Vec::new())?;
     }
     result.probe_ms = stats::median(&probes).unwrap_or(0.0);
     drop(agents);

@@ -105,7 +105,7 @@ mod tests {
     }
 
     #[test]
-    fn the_columns_are_the_fields_in_order() {
+    fn every_field_is_a_column_and_every_column_a_field() {
         let json: serde_json::Value = serde_json::from_str(&sample().to_json()).expect("JSON");
         let keys: Vec<&str> = json.as_object().expect("an object").keys().map(String::as_str).collect();
         let mut columns: Vec<&str> = INFO_COLUMNS.iter().map(|(name, _)| *name).collect();

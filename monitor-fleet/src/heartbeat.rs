@@ -7,7 +7,8 @@
 
 use std::io::Write as _;
 
-use monitor_core::device_info::{DEVICE_INFO, DeviceInfo};
+use monitor_core::device_info::{DEVICE_INFO, DeviceInfo, INFO_COLUMNS};
+use monitor_core::event::ColumnType;
 use serde_json::{Map, Value};
 
 use crate::FleetError;
@@ -51,25 +52,24 @@ pub fn encode_info(payload: &[u8], out: &mut Vec<u8>) -> Result<(), InvalidEvent
     }
     let micros = monitor_hunt::time::parse_datetime(&info.timestamp)
         .ok_or_else(|| monitor_hunt::schema::RejectReason::BadTimestamp(info.timestamp.clone()))?;
-    let long = |n: u64| Value::from(i64::try_from(n).unwrap_or(i64::MAX));
+    // The row is the heartbeat's JSON column by column, as INFO_COLUMNS types them: the time in
+    // microseconds, a Dynamic as its JSON text, numbers past i64 at its largest.
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(&info) else {
+        return Err(InvalidEvent::BadHeartbeat("not an object".into()));
+    };
     let mut row = Map::new();
-    row.insert(TIMESTAMP_MICROS.into(), Value::from(micros));
-    row.insert("DeviceId".into(), Value::from(info.device_id));
-    row.insert("DeviceName".into(), Value::from(info.device_name));
-    row.insert("ClientVersion".into(), Value::from(info.client_version));
-    row.insert("OSPlatform".into(), Value::from(info.os_platform));
-    row.insert("OSVersion".into(), Value::from(info.os_version));
-    row.insert("OSArchitecture".into(), Value::from(info.os_architecture));
-    row.insert("ProtectionMode".into(), Value::from(info.protection_mode));
-    row.insert("PolicyRevision".into(), info.policy_revision.map_or(Value::Null, long));
-    row.insert("EventsPerSecond".into(), long(info.events_per_second));
-    row.insert("KernelDrops".into(), info.kernel_drops.map_or(Value::Null, long));
-    row.insert("ExportLagRows".into(), long(info.export_lag_rows));
-    row.insert("ExportLagSeconds".into(), long(info.export_lag_seconds));
-    // Dynamic: JSON text, as AdditionalFields is kept.
-    row.insert("DegradedFeatures".into(), Value::from(Value::from(info.degraded_features).to_string()));
-    row.insert("UptimeSeconds".into(), long(info.uptime_seconds));
-    row.insert("HeartbeatIntervalSeconds".into(), long(info.heartbeat_interval_seconds));
+    for (name, ty) in INFO_COLUMNS {
+        let value = fields.remove(name).unwrap_or(Value::Null);
+        let (key, value) = match ty {
+            ColumnType::DateTime => (TIMESTAMP_MICROS, Value::from(micros)),
+            ColumnType::Dynamic => (name, Value::from(value.to_string())),
+            ColumnType::Long => {
+                (name, value.as_u64().map_or(value, |n| Value::from(i64::try_from(n).unwrap_or(i64::MAX))))
+            }
+            ColumnType::String => (name, value),
+        };
+        row.insert(key.into(), value);
+    }
     // Serialising a map of strings and numbers into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, &row);
     let _ = out.write_all(b"\n");
@@ -79,28 +79,12 @@ pub fn encode_info(payload: &[u8], out: &mut Vec<u8>) -> Result<(), InvalidEvent
 #[cfg(test)]
 mod tests {
     use super::*;
-    use monitor_core::device_info::INFO_COLUMNS;
 
     fn info() -> DeviceInfo {
-        DeviceInfo {
-            table: DEVICE_INFO.into(),
-            timestamp: "2026-12-03T10:00:00.000001Z".into(),
-            device_id: "id-1".into(),
-            device_name: "web.1".into(),
-            client_version: "0.1.0".into(),
-            os_platform: "Linux".into(),
-            os_version: "6.12.0".into(),
-            os_architecture: "x86_64".into(),
-            protection_mode: "block".into(),
-            policy_revision: None,
-            events_per_second: 12,
-            kernel_drops: Some(3),
-            export_lag_rows: 0,
-            export_lag_seconds: 0,
-            degraded_features: vec!["quic_egress".into()],
-            uptime_seconds: 60,
-            heartbeat_interval_seconds: 30,
-        }
+        let mut info = crate::samples::sample_device_info("id-1", "web.1", 1_796_292_000_000_001, "block");
+        info.policy_revision = None;
+        info.kernel_drops = Some(3);
+        info
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use monitor_core::device_info::{DEVICE_INFO, DeviceInfo};
 use monitor_hunt::time::format_datetime;
 use monitor_hunt::{CHANNEL_CAPACITY, Retention, StoreWriter};
 use serde_json::{Value, json};
@@ -15,6 +16,29 @@ pub const SAMPLE_DEVICE_ID: &str = "0123456789abcdef0123456789abcdef";
 /// Events handed to the store writer before waiting for it to commit them: below its queue's capacity,
 /// so that a store of any size is written without a drop.
 const WRITE_CHUNK: u64 = (CHANNEL_CAPACITY / 2) as u64;
+
+/// A heartbeat of device `device_name` (`device_id`) at `at` (microseconds since the epoch) in `mode`.
+pub fn sample_device_info(device_id: &str, device_name: &str, at: i64, mode: &str) -> DeviceInfo {
+    DeviceInfo {
+        table: DEVICE_INFO.into(),
+        timestamp: format_datetime(at),
+        device_id: device_id.into(),
+        device_name: device_name.into(),
+        client_version: "9.9.9".into(),
+        os_platform: "Linux".into(),
+        os_version: "6.12.0-test".into(),
+        os_architecture: "x86_64".into(),
+        protection_mode: mode.into(),
+        policy_revision: Some(41),
+        events_per_second: 17,
+        kernel_drops: Some(2),
+        export_lag_rows: 0,
+        export_lag_seconds: 0,
+        degraded_features: vec!["quic_egress".into()],
+        uptime_seconds: 30,
+        heartbeat_interval_seconds: 1,
+    }
+}
 
 /// The event with `seq` of device `device_name` at `at` (microseconds since the epoch): every fifth one a
 /// block in DeviceEvents, the others ConnectionSuccess in DeviceNetworkEvents, seven remote names.

@@ -6,14 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use monitor_core::device_info::{DEVICE_INFO, DeviceInfo};
+use monitor_core::device_info::DEVICE_INFO;
 use monitor_fleet::clickhouse::{ClickHouse, FleetSql};
 use monitor_fleet::ingest::{DEFAULT_CONSUMER, Ingest, IngestOptions};
-use monitor_fleet::samples::{SAMPLE_DEVICE_ID, write_sample_store};
+use monitor_fleet::samples::{SAMPLE_DEVICE_ID, sample_device_info as info, write_sample_store};
 use monitor_fleet::servers::{ClickHouseServer, NatsServer};
 use monitor_fleet::{ExportOptions, Exporter, NatsOptions};
 use monitor_hunt::kql::Value as Kql;
-use monitor_hunt::time::{format_datetime, now_micros};
+use monitor_hunt::time::now_micros;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -22,28 +22,6 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool, context: impl Fn() -> St
     while !done() {
         assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}: {}", context());
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn info(device_id: &str, device_name: &str, at: i64, mode: &str) -> DeviceInfo {
-    DeviceInfo {
-        table: DEVICE_INFO.into(),
-        timestamp: format_datetime(at),
-        device_id: device_id.into(),
-        device_name: device_name.into(),
-        client_version: "9.9.9".into(),
-        os_platform: "Linux".into(),
-        os_version: "6.12.0-test".into(),
-        os_architecture: "x86_64".into(),
-        protection_mode: mode.into(),
-        policy_revision: Some(41),
-        events_per_second: 17,
-        kernel_drops: Some(2),
-        export_lag_rows: 0,
-        export_lag_seconds: 0,
-        degraded_features: vec!["quic_egress".into()],
-        uptime_seconds: 30,
-        heartbeat_interval_seconds: 1,
     }
 }
 

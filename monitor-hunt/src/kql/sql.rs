@@ -407,12 +407,12 @@ fn operator(input: Relation, op: &Operator, now: i64) -> Result<Relation> {
 
 /// `name = expr, ...` as SELECT items and the columns they make.
 fn items_sql(
-    items_: &[NamedExpr],
+    named: &[NamedExpr],
     input: &[(String, SqlType)],
     now: i64,
     taken: &[String],
 ) -> Result<(Vec<String>, Vec<Column>)> {
-    Ok(items(items_, input, now, taken)?
+    Ok(items(named, input, now, taken)?
         .into_iter()
         .map(|(sql, (name, ty))| (format!("{sql} AS {}", ident(&name)), (name, ty)))
         .unzip())
