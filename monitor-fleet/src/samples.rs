@@ -43,11 +43,16 @@ pub fn sample_device_info(device_id: &str, device_name: &str, at: i64, mode: &st
 /// The event with `seq` of device `device_name` at `at` (microseconds since the epoch): every fifth one a
 /// block in DeviceEvents, the others ConnectionSuccess in DeviceNetworkEvents, seven remote names.
 pub fn sample_event(seq: u64, device_name: &str, at: i64) -> Value {
+    sample_event_of(SAMPLE_DEVICE_ID, seq, device_name, at)
+}
+
+/// [`sample_event`] of the device with id `device_id`.
+pub fn sample_event_of(device_id: &str, seq: u64, device_name: &str, at: i64) -> Value {
     let blocked = seq.is_multiple_of(5);
     json!({
         "Timestamp": format_datetime(at),
         "Table": if blocked { "DeviceEvents" } else { "DeviceNetworkEvents" },
-        "DeviceId": SAMPLE_DEVICE_ID,
+        "DeviceId": device_id,
         "DeviceName": device_name,
         "ActionType": if blocked { "ExploitGuardNetworkProtectionBlocked" } else { "ConnectionSuccess" },
         "RemoteIP": if seq.is_multiple_of(2) { "10.0.0.5" } else { "93.184.216.34" },
@@ -77,13 +82,24 @@ pub fn write_sample_store(
     device_name: &str,
     at: impl Fn(u64) -> i64,
 ) -> Result<Vec<u64>, FleetError> {
+    write_sample_store_of(path, count, SAMPLE_DEVICE_ID, device_name, at)
+}
+
+/// [`write_sample_store`] for the device with id `device_id`.
+pub fn write_sample_store_of(
+    path: &Path,
+    count: u64,
+    device_id: &str,
+    device_name: &str,
+    at: impl Fn(u64) -> i64,
+) -> Result<Vec<u64>, FleetError> {
     let store = |e: monitor_hunt::StoreError| FleetError::Store(e.to_string());
     let writer = StoreWriter::open(path, Retention::default()).map_err(store)?;
     let first = writer.first_seq();
     let seqs: Vec<u64> = (first..first + count).collect();
     for chunk in seqs.chunks(WRITE_CHUNK as usize) {
         for &seq in chunk {
-            writer.send(&sample_event(seq, device_name, at(seq)));
+            writer.send(&sample_event_of(device_id, seq, device_name, at(seq)));
         }
         writer.flush().map_err(store)?;
     }

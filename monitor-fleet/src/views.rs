@@ -144,15 +144,18 @@ fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
         .collect())
 }
 
-/// The timeline of the device named `device`, newest first, as the local store gives it. `now`
-/// (microseconds since the epoch) anchors `since`.
+/// The timeline of the device named `device` (of every device with `None`), newest first, as the local
+/// store gives it. `now` (microseconds since the epoch) anchors `since`.
 pub fn timeline(
     clickhouse: &impl FleetSql,
-    device: &str,
+    device: Option<&str>,
     filter: &TimelineFilter,
     now: i64,
 ) -> Result<Vec<TimelineEvent>, FleetError> {
-    let mut conditions = vec![format!("ifNull(DeviceName, '') = {}", quote(device))];
+    let mut conditions = Vec::new();
+    if let Some(device) = device {
+        conditions.push(format!("ifNull(DeviceName, '') = {}", quote(device)));
+    }
     if let Some(since) = filter.since {
         let age = i64::try_from(since.as_micros()).unwrap_or(i64::MAX);
         conditions.push(format!("{TIMESTAMP_MICROS} >= {}", now.saturating_sub(age)));
@@ -160,8 +163,11 @@ pub fn timeline(
     if let Some(process) = &filter.process {
         conditions.push(format!("lower(ifNull(InitiatingProcessFileName, '')) = lower({})", quote(process)));
     }
+    if let Some(action) = &filter.action {
+        conditions.push(format!("ifNull(ActionType, '') = {}", quote(action)));
+    }
     let columns = format!(
-        "{TIMESTAMP_MICROS} AS Micros, Seq AS N, ifNull(DeviceName, '') AS Device, ifNull(ActionType, '') AS Action, \
+        "{TIMESTAMP_MICROS} AS Micros, Seq AS N, ifNull(DeviceName, '') AS Device, DeviceId AS Id, ifNull(ActionType, '') AS Action, \
          ifNull(InitiatingProcessFileName, '') AS Process, InitiatingProcessId AS Pid, \
          ifNull(InitiatingProcessAccountName, '') AS Account, ifNull(RemoteIP, '') AS Ip, RemotePort AS Port, \
          ifNull(Protocol, '') AS Proto, ifNull(RemoteUrl, '') AS Url, ifNull(AdditionalFields, '') AS Fields"
@@ -179,6 +185,8 @@ pub fn timeline(
             timestamp: long(row, "Micros").unwrap_or(0),
             table: text(row, "Source"),
             device: text(row, "Device"),
+            device_id: text(row, "Id"),
+            seq: long(row, "N"),
             action: text(row, "Action"),
             process: text(row, "Process"),
             pid: long(row, "Pid"),
@@ -222,6 +230,6 @@ pub fn timeline_cli(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<
     };
     let clickhouse = connect(&args.fleet)?;
     let now = monitor_hunt::time::now_micros();
-    let events = timeline(&clickhouse, device, &timeline_filter(args), now)?;
+    let events = timeline(&clickhouse, Some(device), &timeline_filter(args), now)?;
     write_timeline(&events, args, now, out)
 }

@@ -811,17 +811,22 @@ fn assert_views_answer_as_each_local_store(fleet: &impl FleetSql, dir: &Path) {
         monitor_hunt::TimelineFilter::default(),
         monitor_hunt::TimelineFilter { since: Some(Duration::from_millis(9_900)), ..Default::default() },
         monitor_hunt::TimelineFilter { process: Some("CURL".into()), limit: Some(7), ..Default::default() },
+        monitor_hunt::TimelineFilter {
+            action: Some(monitor_hunt::devices::BLOCKED.into()),
+            limit: Some(3),
+            ..Default::default()
+        },
     ];
     for ((name, ..), store) in agents.iter().zip(&stores) {
         for filter in &filters {
             let local = store.timeline(filter, now).expect("the local timeline");
             let remote =
-                monitor_fleet::views::timeline(fleet, name, filter, now).expect("the fleet timeline");
+                monitor_fleet::views::timeline(fleet, Some(name), filter, now).expect("the fleet timeline");
             assert!(!local.is_empty(), "{name} {filter:?}: the filter finds something");
             assert_eq!(remote, local, "{name} {filter:?}");
         }
     }
-    let unknown = monitor_fleet::views::timeline(fleet, "nobody' OR '1'='1", &filters[0], now)
+    let unknown = monitor_fleet::views::timeline(fleet, Some("nobody' OR '1'='1"), &filters[0], now)
         .expect("a name is a literal, never SQL");
     assert!(unknown.is_empty(), "{unknown:?}");
 }

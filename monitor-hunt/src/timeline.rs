@@ -19,6 +19,8 @@ pub struct TimelineFilter {
     pub process: Option<String>,
     /// At most this many (the newest).
     pub limit: Option<usize>,
+    /// Only events with this ActionType (e.g. ExploitGuardNetworkProtectionBlocked).
+    pub action: Option<String>,
 }
 
 /// One line of the timeline.
@@ -28,6 +30,10 @@ pub struct TimelineEvent {
     pub timestamp: i64,
     pub table: String,
     pub device: String,
+    /// The device's stable id, and the event's number on it (none on events of a store older than the
+    /// export): together they name the event across the fleet.
+    pub device_id: String,
+    pub seq: Option<i64>,
     pub action: String,
     /// Empty for flows seen only on the wire.
     pub process: String,
@@ -90,9 +96,11 @@ impl Store {
         let select = |table: &str| {
             format!(
                 "SELECT '{table}', Timestamp, DeviceName, ActionType, InitiatingProcessFileName, InitiatingProcessId, \
-                 InitiatingProcessAccountName, RemoteIP, RemotePort, Protocol, RemoteUrl, AdditionalFields, ReportId \
+                 InitiatingProcessAccountName, RemoteIP, RemotePort, Protocol, RemoteUrl, AdditionalFields, ReportId, \
+                 DeviceId, Seq \
                  FROM {table} WHERE (?1 IS NULL OR Timestamp >= ?1) \
-                 AND (?2 IS NULL OR InitiatingProcessFileName = ?2 COLLATE NOCASE)"
+                 AND (?2 IS NULL OR InitiatingProcessFileName = ?2 COLLATE NOCASE) \
+                 AND (?4 IS NULL OR ActionType = ?4)"
             )
         };
         let sql = format!(
@@ -104,7 +112,7 @@ impl Store {
             |source| StoreError::Sqlite { op: "read the timeline", path: self.path().to_path_buf(), source };
         let mut statement = self.conn.prepare(&sql).map_err(sqlite)?;
         let rows = statement
-            .query_map(rusqlite::params![since, filter.process, limit], |row| {
+            .query_map(rusqlite::params![since, filter.process, limit, filter.action], |row| {
                 let text = |i: usize| -> rusqlite::Result<String> {
                     Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default())
                 };
@@ -114,6 +122,8 @@ impl Store {
                     timestamp: parse_datetime(&timestamp).unwrap_or(0),
                     table: text(0)?,
                     device: text(2)?,
+                    device_id: text(13)?,
+                    seq: row.get(14)?,
                     action: text(3)?,
                     process: text(4)?,
                     pid: row.get(5)?,
@@ -434,6 +444,8 @@ mod tests {
             timestamp: 1_000_000,
             table: "DeviceNetworkEvents".into(),
             device: "host".into(),
+            device_id: "id".into(),
+            seq: Some(1),
             action: "ConnectionSuccess".into(),
             process: "curl".into(),
             pid: Some(42),
