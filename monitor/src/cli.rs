@@ -44,6 +44,10 @@ pub enum Command {
     /// Read the events every agent exports (NATS JetStream) into ClickHouse, the fleet store.
     #[cfg(target_os = "linux")]
     Ingest(monitor_fleet::cli::IngestArgs),
+    /// Serve the web console: devices and health, timelines, KQL hunting, the Blocked view, live (over the
+    /// local store, or the fleet store with --fleet).
+    #[cfg(target_os = "linux")]
+    Console(Box<monitor_console::ConsoleArgs>),
 }
 
 #[derive(Args, Debug)]

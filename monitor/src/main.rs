@@ -68,6 +68,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(target_os = "linux")]
         Command::Ingest(args) => monitor_fleet::cli::ingest(&args).map(|()| ExitCode::SUCCESS),
         #[cfg(target_os = "linux")]
+        Command::Console(args) => monitor_console::run(&args).map(|()| ExitCode::SUCCESS),
+        #[cfg(target_os = "linux")]
         Command::Run(args) => crate::daemon::run(*args),
         #[cfg(target_os = "linux")]
         Command::Indicators(args) if args.fleet.fleet.is_some() || args.fleet.group.is_some() => {

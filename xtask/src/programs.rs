@@ -1,6 +1,6 @@
 //! Every program the tests, the bench and the xtask tasks run, and where each comes from. The Debian
 //! packages `cargo xtask setup --test-peers` installs are read from this table, and a unit test scans
-//! tests/, bench/, xtask/ and monitor-fleet/ (its test servers) for the programs the code starts, so a
+//! tests/, bench/, xtask/, monitor-fleet/ (its test servers) and monitor-console/ (its browser) for the programs the code starts, so a
 //! new one cannot be forgotten here.
 
 /// Where a program comes from on a fresh machine.
@@ -41,6 +41,8 @@ pub const PROGRAMS: &[Program] = &[
     peer("openssl", "openssl"),
     peer("gnutls-cli", "gnutls-bin"),
     peer("chromium", "chromium"),
+    // The console's browser tests drive Chromium through WebDriver.
+    peer("chromedriver", "chromium-driver"),
     peer("python3", "python3"),
     peer("tshark", "tshark"),
     // The test bed and the checks on what the daemon attached.
@@ -466,7 +468,7 @@ mod tests {
     fn every_program_the_code_starts_is_installed() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let mut files = Vec::new();
-        for dir in ["tests", "bench", "xtask", "monitor-fleet"] {
+        for dir in ["tests", "bench", "xtask", "monitor-fleet", "monitor-console/tests"] {
             rust_files(&root.join(dir), &mut files);
         }
         // The table itself, and its test's examples.
@@ -494,8 +496,17 @@ mod tests {
              xtask/src/programs.rs, or to NOT_PROGRAMS if the word is an argument): {missing:#?}"
         );
         // The scan itself still sees what it must (a scan that finds nothing passes nothing).
-        for name in ["bpftool", "curl", "squid", "ip", "nsenter", "python3", "chromium", "qemu-system-x86_64"]
-        {
+        for name in [
+            "bpftool",
+            "curl",
+            "squid",
+            "ip",
+            "nsenter",
+            "python3",
+            "chromium",
+            "chromedriver",
+            "qemu-system-x86_64",
+        ] {
             assert!(seen.iter().any(|s| s == name), "the scan no longer finds {name} in the sources");
         }
     }
