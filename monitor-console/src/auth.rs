@@ -11,12 +11,20 @@ pub const COOKIE: &str = "monitor_console_token";
 /// The shortest token accepted: guessing it over the network must be hopeless.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-/// Refuses a listening address the settings do not allow: anything but loopback needs a token.
-pub fn check_listen(listen: SocketAddr, token: Option<&str>) -> Result<(), String> {
-    if let Some(token) = token
-        && token.chars().count() < MIN_TOKEN_LEN
-    {
-        return Err(format!("--token must be at least {MIN_TOKEN_LEN} characters"));
+/// Refuses settings that would open the console to others: anything but loopback needs a token, and so
+/// do policy edits (any local user can reach a loopback port). A token is at least [`MIN_TOKEN_LEN`]
+/// characters a URL and a cookie carry as they are (letters, digits, `-`, `.`, `_`, `~`).
+pub fn check_settings(listen: SocketAddr, token: Option<&str>, policy_edits: bool) -> Result<(), String> {
+    if let Some(token) = token {
+        if token.chars().count() < MIN_TOKEN_LEN {
+            return Err(format!("--token must be at least {MIN_TOKEN_LEN} characters"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b)) {
+            return Err("--token: use letters, digits, '-', '.', '_' and '~' only".into());
+        }
+    }
+    if policy_edits && token.is_none() {
+        return Err("--allow-policy-edits needs --token: any local user can reach a loopback port".into());
     }
     if !listen.ip().is_loopback() && token.is_none() {
         return Err(format!(
@@ -86,11 +94,14 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:8080".parse().expect("an address");
         let local: SocketAddr = "127.0.0.1:8080".parse().expect("an address");
         let local6: SocketAddr = "[::1]:8080".parse().expect("an address");
-        assert!(check_listen(any, None).is_err());
-        assert!(check_listen(any, Some("short")).is_err());
-        assert!(check_listen(any, Some("0123456789abcdef")).is_ok());
-        assert!(check_listen(local, None).is_ok());
-        assert!(check_listen(local6, None).is_ok());
+        assert!(check_settings(any, None, false).is_err());
+        assert!(check_settings(any, Some("short"), false).is_err());
+        assert!(check_settings(any, Some("0123456789abcdef"), false).is_ok());
+        assert!(check_settings(any, Some("0123456789abcdef;x=1"), false).is_err(), "breaks the cookie");
+        assert!(check_settings(local, None, false).is_ok());
+        assert!(check_settings(local6, None, false).is_ok());
+        assert!(check_settings(local, None, true).is_err(), "edits need a token");
+        assert!(check_settings(local, Some("0123456789abcdef"), true).is_ok());
     }
 
     #[test]

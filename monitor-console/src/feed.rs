@@ -3,7 +3,7 @@
 //! sent before to every page (server-sent events). An event that reaches the store late (an agent's
 //! export catching up) is still new if its time is within the window.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,21 +33,34 @@ pub enum FeedMessage {
     Error(Arc<String>),
 }
 
-/// The events already sent, by key, with their time; forgotten once older than the window.
+/// The keys of the events of the last read. A read takes the newest events, so an event of an earlier
+/// read that is not in this one is older than all of it and can never come back: these keys are all that
+/// must be remembered (at most [`READ_LIMIT`]).
 #[derive(Debug, Default)]
 pub struct Seen {
-    keys: HashMap<String, i64>,
+    keys: HashSet<String>,
+}
+
+/// What a read brought.
+#[derive(Debug, Default)]
+pub struct Fresh {
+    /// The events not seen before, oldest first.
+    pub events: Vec<TimelineEvent>,
+    /// Every event of a full read was new: older new ones may lie beyond it, so the pages reload.
+    pub overflowed: bool,
 }
 
 impl Seen {
-    /// The events of `read` not seen before, oldest first; all of them are seen afterwards.
-    pub fn fresh(&mut self, read: Vec<TimelineEvent>, now: i64) -> Vec<TimelineEvent> {
-        let mut fresh: Vec<TimelineEvent> =
-            read.into_iter().filter(|e| self.keys.insert(event_key(e), e.timestamp).is_none()).collect();
-        fresh.sort_by_key(|e| (e.timestamp, e.seq));
-        let horizon = now.saturating_sub(i64::try_from(WINDOW.as_micros()).unwrap_or(i64::MAX) * 2);
-        self.keys.retain(|_, at| *at >= horizon);
-        fresh
+    /// The events of `read` (the newest, at most `limit`) not seen before; `read` is what is seen after.
+    pub fn fresh(&mut self, read: Vec<TimelineEvent>, limit: usize) -> Fresh {
+        let keys: HashSet<String> = read.iter().map(event_key).collect();
+        let full = read.len() >= limit;
+        let mut events: Vec<TimelineEvent> =
+            read.into_iter().filter(|e| !self.keys.contains(&event_key(e))).collect();
+        let overflowed = full && events.len() == keys.len() && !self.keys.is_empty();
+        events.sort_by_key(|e| (e.timestamp, e.seq));
+        self.keys = keys;
+        Fresh { events, overflowed }
     }
 
     pub fn len(&self) -> usize {
@@ -84,6 +97,7 @@ impl Feed {
 
     async fn run(self, source: Arc<Source>, poll: Duration) {
         let mut seen = Seen::default();
+        let mut failing = false;
         let mut ticker = tokio::time::interval(poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -102,28 +116,32 @@ impl Feed {
                     limit: Some(READ_LIMIT),
                     ..TimelineFilter::default()
                 };
-                reader.events(None, &filter, now)
+                reader.events(&filter, now)
             })
             .await;
             let events = match read {
                 Ok(Ok(events)) => events,
                 Ok(Err(e)) => {
+                    failing = true;
                     let _ = self.sender.send(FeedMessage::Error(Arc::new(format!("{e:#}"))));
                     continue;
                 }
                 Err(e) => {
+                    failing = true;
                     let _ = self.sender.send(FeedMessage::Error(Arc::new(format!("the reader failed: {e}"))));
                     continue;
                 }
             };
-            let fresh = seen.fresh(events, now);
-            if !self.primed.load(Ordering::SeqCst) {
-                // What is there now is in the lists a page loads on Ready.
+            let fresh = seen.fresh(events, READ_LIMIT);
+            // First read, back after a failure, or more new events than a read holds: what is there now
+            // is in the lists a page loads on Ready.
+            if !self.primed.load(Ordering::SeqCst) || failing || fresh.overflowed {
+                failing = false;
                 self.primed.store(true, Ordering::SeqCst);
                 let _ = self.sender.send(FeedMessage::Ready);
                 continue;
             }
-            for event in fresh {
+            for event in fresh.events {
                 let json = crate::render::event(&event).to_string();
                 let _ = self.sender.send(FeedMessage::Event(Arc::new(json)));
             }
@@ -141,19 +159,24 @@ mod tests {
     fn each_event_once_oldest_first_late_ones_too() {
         let now = 10_000_000_000;
         let mut seen = Seen::default();
-        let first = seen.fresh(vec![event(2, now - 10), event(1, now - 20)], now);
-        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
+        let first = seen.fresh(vec![event(2, now - 10), event(1, now - 20)], 10);
+        assert_eq!(first.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![Some(1), Some(2)]);
         // The next read sees them again, a new one, and one stored late with an older time.
-        let second = seen.fresh(vec![event(3, now), event(2, now - 10), event(9, now - 1_000_000)], now);
-        assert_eq!(second.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![Some(9), Some(3)]);
-        assert!(seen.fresh(vec![event(3, now)], now).is_empty());
+        let second = seen.fresh(vec![event(3, now), event(2, now - 10), event(9, now - 1_000_000)], 10);
+        assert_eq!(second.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![Some(9), Some(3)]);
+        assert!(!second.overflowed);
+        assert!(seen.fresh(vec![event(3, now)], 10).events.is_empty());
+        assert_eq!(seen.len(), 1, "only the last read's keys are kept");
     }
 
     #[test]
-    fn old_keys_are_forgotten() {
+    fn a_full_read_of_new_events_asks_for_a_reload() {
         let now = 10_000_000_000;
         let mut seen = Seen::default();
-        seen.fresh(vec![event(1, now - 3 * WINDOW.as_micros() as i64), event(2, now)], now);
-        assert_eq!(seen.len(), 1, "only the recent key is kept");
+        seen.fresh(vec![event(1, now - 10)], 2);
+        let burst = seen.fresh(vec![event(5, now), event(4, now - 1)], 2);
+        assert!(burst.overflowed, "events 2 and 3 may be beyond the read");
+        let next = seen.fresh(vec![event(6, now + 1), event(5, now)], 2);
+        assert!(!next.overflowed, "the read reaches what was seen");
     }
 }

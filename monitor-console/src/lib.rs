@@ -120,7 +120,8 @@ impl ConsoleArgs {
             None => None,
         };
         let token = self.token.clone().filter(|t| !t.is_empty());
-        auth::check_listen(self.listen, token.as_deref()).map_err(anyhow::Error::msg)?;
+        auth::check_settings(self.listen, token.as_deref(), self.allow_policy_edits)
+            .map_err(anyhow::Error::msg)?;
         Ok(ConsoleOptions {
             listen: self.listen,
             source,
@@ -142,7 +143,8 @@ pub struct Console {
 impl Console {
     /// Binds and serves on a thread of its own; answers once the port is open.
     pub fn start(options: ConsoleOptions) -> anyhow::Result<Console> {
-        auth::check_listen(options.listen, options.token.as_deref()).map_err(anyhow::Error::msg)?;
+        let edits = options.policy.as_ref().is_some_and(|p| p.editable);
+        auth::check_settings(options.listen, options.token.as_deref(), edits).map_err(anyhow::Error::msg)?;
         let listener = std::net::TcpListener::bind(options.listen)
             .with_context(|| format!("listen on {}", options.listen))?;
         listener.set_nonblocking(true).context("a non-blocking listener")?;
@@ -269,6 +271,15 @@ mod tests {
         assert!(fleet.source.is_fleet());
         assert_eq!(fleet.policy.as_ref().map(|p| p.editable), Some(false));
         let edits = parse(&["--policy", "nats://127.0.0.1:4222", "--allow-policy-edits"]).expect("edits");
+        assert!(edits.options().is_err(), "edits need a token");
+        let edits = parse(&[
+            "--policy",
+            "nats://127.0.0.1:4222",
+            "--allow-policy-edits",
+            "--token",
+            "0123456789abcdef",
+        ])
+        .expect("edits");
         assert_eq!(edits.options().expect("settings").policy.map(|p| p.editable), Some(true));
     }
 

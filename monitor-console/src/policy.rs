@@ -69,10 +69,13 @@ impl PolicyEdit {
     }
 }
 
-/// The bucket's revision and its entries, one line each (`<scope> <list|mode> <value>`).
+/// The bucket's revision and its entries, one line each (`<scope> <list|mode> <value>`). Reading never
+/// creates the bucket: a fleet without one has an empty policy.
 pub async fn show(access: &PolicyAccess) -> anyhow::Result<Json> {
-    let store = policy::open_bucket(&access.nats, access.replicas).await?;
-    let state = policy::snapshot(&store).await?;
+    let state = match policy::existing_bucket(&access.nats).await? {
+        Some(store) => policy::snapshot(&store).await?,
+        None => policy::PolicyState::default(),
+    };
     Ok(
         json!({ "editable": access.editable, "revision": state.revision, "entries": policy::describe(&state) }),
     )

@@ -27,8 +27,9 @@ use crate::policy::{PolicyAccess, PolicyEdit};
 use crate::render;
 use crate::source::{HuntFailure, Source};
 
-/// At most this many rows of a query go to the page (the download has them all).
+/// At most this many rows of a query go to the page; a download has up to [`DOWNLOAD_ROWS`].
 pub const PAGE_ROWS: usize = 5_000;
+pub const DOWNLOAD_ROWS: usize = 1_000_000;
 /// The longest query accepted, in bytes.
 pub const MAX_QUERY: usize = 64 * 1024;
 /// At most this many events per list.
@@ -97,8 +98,9 @@ async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Res
                     })
                 });
             if from_link {
-                // The link's token becomes a cookie, and leaves the address bar (and the history).
-                let cookie = format!("{}={expected}; HttpOnly; SameSite=Strict; Path=/", auth::COOKIE);
+                // The link's token becomes a cookie, and leaves the address bar (and the history). Lax, so
+                // that a link from mail or chat works; writes need JSON from the console's own origin anyway.
+                let cookie = format!("{}={expected}; HttpOnly; SameSite=Lax; Path=/", auth::COOKIE);
                 let mut response = Redirect::to("/").into_response();
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
                     response.headers_mut().insert(header::SET_COOKIE, value);
@@ -190,11 +192,14 @@ async fn events(State(state): State<Shared>, Query(query): Query<EventsQuery>) -
     let filter = TimelineFilter {
         since: query.since.map(Duration::from_secs),
         limit: Some(query.limit.unwrap_or(200).clamp(1, MAX_EVENTS)),
-        action: query.action.map(|a| if a == "blocked" { BLOCKED.to_string() } else { a }),
+        action: query
+            .action
+            .filter(|a| !a.is_empty())
+            .map(|a| if a == "blocked" { BLOCKED.to_string() } else { a }),
+        device: query.device.filter(|d| !d.is_empty()),
         ..TimelineFilter::default()
     };
-    let device = query.device.filter(|d| !d.is_empty());
-    match blocking(move || source.events(device.as_deref(), &filter, now_micros())).await {
+    match blocking(move || source.events(&filter, now_micros())).await {
         Ok(events) => Json(render::events(&events)).into_response(),
         Err(response) => response,
     }
@@ -205,13 +210,31 @@ struct HuntBody {
     query: String,
 }
 
-async fn run_query(state: &AppState, query: String) -> Result<QueryResult, Response> {
+/// Runs `query` for at most `cap` rows (a `take` after it, so the store never hands over more); answers the
+/// rows and whether there were more.
+async fn run_query(state: &AppState, query: String, cap: usize) -> Result<(QueryResult, bool), Response> {
     if query.len() > MAX_QUERY {
         return Err(problem(StatusCode::PAYLOAD_TOO_LARGE, format!("a query is at most {MAX_QUERY} bytes")));
     }
     let source = Arc::clone(&state.source);
-    match tokio::task::spawn_blocking(move || source.hunt(&query, now_micros())).await {
-        Ok(Ok(result)) => Ok(result),
+    let ran = tokio::task::spawn_blocking(move || {
+        let limited = format!("{query}\n| take {}", cap + 1);
+        match source.hunt(&limited, now_micros()) {
+            // An error past the query's own text (it ends where no `take` may follow): the query alone
+            // says what is wrong with it.
+            Err(HuntFailure::Query { error, .. }) if error.span.start >= query.len() => {
+                source.hunt(&query, now_micros())
+            }
+            other => other,
+        }
+    })
+    .await;
+    match ran {
+        Ok(Ok(mut result)) => {
+            let more = result.rows.len() > cap;
+            result.rows.truncate(cap);
+            Ok((result, more))
+        }
         Ok(Err(failure)) => {
             let status = match failure {
                 HuntFailure::Query { .. } => StatusCode::BAD_REQUEST,
@@ -224,12 +247,10 @@ async fn run_query(state: &AppState, query: String) -> Result<QueryResult, Respo
 }
 
 async fn hunt(State(state): State<Shared>, Json(body): Json<HuntBody>) -> Response {
-    match run_query(&state, body.query).await {
-        Ok(mut result) => {
-            let total = result.rows.len();
-            result.rows.truncate(PAGE_ROWS);
+    match run_query(&state, body.query, PAGE_ROWS).await {
+        Ok((result, more)) => {
             let mut answer = render::result(&result);
-            answer["total"] = json!(total);
+            answer["truncated"] = json!(more);
             Json(answer).into_response()
         }
         Err(response) => response,
@@ -252,14 +273,28 @@ async fn download(State(state): State<Shared>, Query(query): Query<DownloadQuery
         "json" => ("application/x-ndjson; charset=utf-8", "jsonl", monitor_hunt::write_json_lines),
         other => return problem(StatusCode::BAD_REQUEST, format!("format {other:?}: csv or json")),
     };
-    let result = match run_query(&state, query.q).await {
-        Ok(result) => result,
+    let result = match run_query(&state, query.q, DOWNLOAD_ROWS).await {
+        Ok((_, true)) => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "more than {DOWNLOAD_ROWS} rows: narrow the query, or run it with monitor hunt --format"
+                ),
+            );
+        }
+        Ok((result, false)) => result,
         Err(response) => return response,
     };
-    let mut body = Vec::new();
-    if let Err(e) = write(&result, &mut body) {
-        return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("write the result: {e}"));
-    }
+    let written = tokio::task::spawn_blocking(move || {
+        let mut body = Vec::new();
+        write(&result, &mut body).map(|()| body)
+    })
+    .await;
+    let body = match written {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("write the result: {e}")),
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, format!("write the result: {e}")),
+    };
     let disposition = format!("attachment; filename=\"hunt.{extension}\"");
     ([(header::CONTENT_TYPE, content_type.to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response()

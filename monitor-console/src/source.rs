@@ -54,23 +54,11 @@ impl Source {
         }
     }
 
-    /// The events of the device named `device` (of every device with `None`), newest first.
-    pub fn events(
-        &self,
-        device: Option<&str>,
-        filter: &TimelineFilter,
-        now: i64,
-    ) -> anyhow::Result<Vec<TimelineEvent>> {
+    /// The events `filter` asks for (of one device, or of every device), newest first.
+    pub fn events(&self, filter: &TimelineFilter, now: i64) -> anyhow::Result<Vec<TimelineEvent>> {
         match self {
-            Source::Store(path) => {
-                let mut events = Self::store(path)?.timeline(filter, now)?;
-                // A local store holds one device (a renamed host keeps its old rows under the old name).
-                if let Some(device) = device {
-                    events.retain(|e| e.device == device);
-                }
-                Ok(events)
-            }
-            Source::Fleet(clickhouse) => Ok(monitor_fleet::views::timeline(clickhouse, device, filter, now)?),
+            Source::Store(path) => Ok(Self::store(path)?.timeline(filter, now)?),
+            Source::Fleet(clickhouse) => Ok(monitor_fleet::views::timeline(clickhouse, filter, now)?),
         }
     }
 

@@ -359,6 +359,26 @@ async fn session(
     }
 }
 
+/// The bucket if it exists (a reader's side: nothing is created).
+pub async fn existing_bucket(nats: &NatsOptions) -> Result<Option<kv::Store>, FleetError> {
+    let js = jetstream::new(nats.connect("monitor-policy-reader").await?);
+    // Absent is an answer; a NATS that does not answer is an error.
+    match js.get_stream(format!("KV_{POLICY_BUCKET}")).await {
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(FleetError::Nats(format!("look for the bucket {POLICY_BUCKET}: {e}"))),
+        Ok(_) => {}
+    }
+    js.get_key_value(POLICY_BUCKET)
+        .await
+        .map(Some)
+        .map_err(|e| FleetError::Nats(format!("open the bucket {POLICY_BUCKET}: {e}")))
+}
+
 /// The operators' side: the bucket, created when absent (with `replicas`).
 pub async fn open_bucket(nats: &NatsOptions, replicas: usize) -> Result<kv::Store, FleetError> {
     let js = jetstream::new(nats.connect("monitor-policy-admin").await?);

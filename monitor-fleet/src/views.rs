@@ -144,16 +144,15 @@ fn heartbeats(clickhouse: &impl FleetSql) -> Result<Heartbeats, FleetError> {
         .collect())
 }
 
-/// The timeline of the device named `device` (of every device with `None`), newest first, as the local
+/// The timeline of the device `filter` names (of every device without one), newest first, as the local
 /// store gives it. `now` (microseconds since the epoch) anchors `since`.
 pub fn timeline(
     clickhouse: &impl FleetSql,
-    device: Option<&str>,
     filter: &TimelineFilter,
     now: i64,
 ) -> Result<Vec<TimelineEvent>, FleetError> {
     let mut conditions = Vec::new();
-    if let Some(device) = device {
+    if let Some(device) = &filter.device {
         conditions.push(format!("ifNull(DeviceName, '') = {}", quote(device)));
     }
     if let Some(since) = filter.since {
@@ -223,13 +222,14 @@ pub fn devices_cli(args: &DevicesArgs, out: &mut dyn Write) -> anyhow::Result<()
 
 /// `monitor timeline --fleet URL --device NAME`.
 pub fn timeline_cli(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let Some(device) = &args.device else {
+    if args.device.is_none() {
         anyhow::bail!(
             "the fleet holds many devices: name one with --device NAME (`monitor devices --fleet URL` lists them)"
         );
-    };
+    }
     let clickhouse = connect(&args.fleet)?;
     let now = monitor_hunt::time::now_micros();
-    let events = timeline(&clickhouse, Some(device), &timeline_filter(args), now)?;
+    // The filter carries --device.
+    let events = timeline(&clickhouse, &timeline_filter(args), now)?;
     write_timeline(&events, args, now, out)
 }

@@ -820,14 +820,23 @@ fn assert_views_answer_as_each_local_store(fleet: &impl FleetSql, dir: &Path) {
     for ((name, ..), store) in agents.iter().zip(&stores) {
         for filter in &filters {
             let local = store.timeline(filter, now).expect("the local timeline");
-            let remote =
-                monitor_fleet::views::timeline(fleet, Some(name), filter, now).expect("the fleet timeline");
+            let mine = monitor_hunt::TimelineFilter { device: Some(name.to_string()), ..filter.clone() };
+            let remote = monitor_fleet::views::timeline(fleet, &mine, now).expect("the fleet timeline");
+            assert_eq!(
+                store.timeline(&mine, now).expect("the local timeline"),
+                local,
+                "one device per store"
+            );
             assert!(!local.is_empty(), "{name} {filter:?}: the filter finds something");
             assert_eq!(remote, local, "{name} {filter:?}");
         }
     }
-    let unknown = monitor_fleet::views::timeline(fleet, Some("nobody' OR '1'='1"), &filters[0], now)
-        .expect("a name is a literal, never SQL");
+    let unknown = monitor_fleet::views::timeline(
+        fleet,
+        &monitor_hunt::TimelineFilter { device: Some("nobody' OR '1'='1".into()), ..Default::default() },
+        now,
+    )
+    .expect("a name is a literal, never SQL");
     assert!(unknown.is_empty(), "{unknown:?}");
 }
 

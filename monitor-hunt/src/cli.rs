@@ -165,7 +165,13 @@ pub fn timeline(args: &TimelineArgs, out: &mut dyn Write) -> anyhow::Result<()> 
 
 /// The filter `args` asks for.
 pub fn timeline_filter(args: &TimelineArgs) -> TimelineFilter {
-    TimelineFilter { since: args.since, process: args.process.clone(), limit: args.limit, action: None }
+    TimelineFilter {
+        since: args.since,
+        process: args.process.clone(),
+        limit: args.limit,
+        action: None,
+        device: args.device.clone(),
+    }
 }
 
 /// `monitor devices`: the store's devices (one, locally), in `args.format`.

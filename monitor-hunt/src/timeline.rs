@@ -21,6 +21,8 @@ pub struct TimelineFilter {
     pub limit: Option<usize>,
     /// Only events with this ActionType (e.g. ExploitGuardNetworkProtectionBlocked).
     pub action: Option<String>,
+    /// Only events of the device with this DeviceName.
+    pub device: Option<String>,
 }
 
 /// One line of the timeline.
@@ -100,7 +102,7 @@ impl Store {
                  DeviceId, Seq \
                  FROM {table} WHERE (?1 IS NULL OR Timestamp >= ?1) \
                  AND (?2 IS NULL OR InitiatingProcessFileName = ?2 COLLATE NOCASE) \
-                 AND (?4 IS NULL OR ActionType = ?4)"
+                 AND (?4 IS NULL OR ActionType = ?4) AND (?5 IS NULL OR DeviceName = ?5)"
             )
         };
         let sql = format!(
@@ -112,7 +114,7 @@ impl Store {
             |source| StoreError::Sqlite { op: "read the timeline", path: self.path().to_path_buf(), source };
         let mut statement = self.conn.prepare(&sql).map_err(sqlite)?;
         let rows = statement
-            .query_map(rusqlite::params![since, filter.process, limit, filter.action], |row| {
+            .query_map(rusqlite::params![since, filter.process, limit, filter.action, filter.device], |row| {
                 let text = |i: usize| -> rusqlite::Result<String> {
                     Ok(row.get::<_, Option<String>>(i)?.unwrap_or_default())
                 };

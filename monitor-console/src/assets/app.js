@@ -8,6 +8,9 @@ const state = {
   device: "",
   seen: { recent: new Set(), timeline: new Set(), blocked: new Set() },
   devicesTimer: null,
+  // Each refresh's number, and the feed's events that arrived during the current one.
+  generation: 0,
+  pending: null,
 };
 
 const RECENT = 50;
@@ -115,8 +118,7 @@ function prependEvent(table, event, seen, limit) {
   }
 }
 
-async function loadDevices() {
-  const result = await api("/api/devices");
+function drawDevices(result) {
   drawResult($("devices-table"), result, (tr, td, column, value) => {
     if (column === "DeviceName") td.replaceChildren(deviceLink(value));
     if (column === "Health") td.classList.add("health-" + String(value).replace(/\s+/g, "-"));
@@ -126,22 +128,23 @@ async function loadDevices() {
   const current = state.device || select.value;
   select.replaceChildren();
   names.forEach((n) => { const o = el("option", n); o.value = n; select.appendChild(o); });
-  if (names.includes(current)) select.value = current;
+  if (current && !names.includes(current)) { const o = el("option", current); o.value = current; select.appendChild(o); }
+  if (current) select.value = current;
   state.device = select.value;
 }
 
-async function loadRecent() {
-  drawEvents($("recent-table"), await api("/api/events?limit=" + RECENT), state.seen.recent);
+async function loadDevices() {
+  drawDevices(await api("/api/devices"));
+}
+
+function timelinePath(device) {
+  return "/api/events?limit=" + LIST + "&device=" + encodeURIComponent(device);
 }
 
 async function loadTimeline() {
-  if (!state.device) { drawEvents($("timeline-table"), [], state.seen.timeline); return; }
-  const events = await api("/api/events?limit=" + LIST + "&device=" + encodeURIComponent(state.device));
-  drawEvents($("timeline-table"), events, state.seen.timeline);
-}
-
-async function loadBlocked() {
-  drawEvents($("blocked-table"), await api("/api/events?action=blocked&limit=" + LIST), state.seen.blocked);
+  const device = state.device;
+  const events = device ? await api(timelinePath(device)) : [];
+  if (device === state.device) drawEvents($("timeline-table"), events, state.seen.timeline);
 }
 
 function report(error) {
@@ -149,14 +152,41 @@ function report(error) {
   $("live").classList.add("off");
 }
 
+// Reloads every list. Events the feed pushes meanwhile wait and are added after the draw (the lists'
+// answers may predate them); an answer older than a later refresh is dropped.
 async function refreshAll() {
+  const generation = ++state.generation;
+  state.pending = state.pending || [];
   try {
-    await loadDevices();
-    await Promise.all([loadRecent(), loadTimeline(), loadBlocked()]);
-  } catch (error) { report(error); }
+    const device = state.device;
+    const [devices, recent, timeline, blocked] = await Promise.all([
+      api("/api/devices"),
+      api("/api/events?limit=" + RECENT),
+      device ? api(timelinePath(device)) : Promise.resolve([]),
+      api("/api/events?action=blocked&limit=" + LIST),
+    ]);
+    if (generation !== state.generation) return;
+    drawDevices(devices);
+    drawEvents($("recent-table"), recent, state.seen.recent);
+    if (device === state.device) drawEvents($("timeline-table"), timeline, state.seen.timeline);
+    drawEvents($("blocked-table"), blocked, state.seen.blocked);
+  } catch (error) {
+    report(error);
+  } finally {
+    if (generation === state.generation) {
+      const waiting = state.pending;
+      state.pending = null;
+      waiting.forEach(showEvent);
+    }
+  }
 }
 
 function onEvent(event) {
+  if (state.pending) { state.pending.push(event); return; }
+  showEvent(event);
+}
+
+function showEvent(event) {
   prependEvent($("recent-table"), event, state.seen.recent, RECENT);
   if (event.device === state.device) prependEvent($("timeline-table"), event, state.seen.timeline, LIST);
   if (event.action === (state.info && state.info.blocked)) {
@@ -206,8 +236,8 @@ async function runQuery() {
       body: JSON.stringify({ query: box.value }),
     });
     drawResult($("hunt-table"), result);
-    const shown = result.rows.length < result.total ? ` (the first ${result.rows.length} shown; the download has all)` : "";
-    $("hunt-status").textContent = `${result.total} rows in ${Math.round(performance.now() - started)} ms${shown}`;
+    const count = result.truncated ? `more than ${result.rows.length} rows (the first ${result.rows.length} shown; download them all)` : `${result.rows.length} rows`;
+    $("hunt-status").textContent = `${count} in ${Math.round(performance.now() - started)} ms`;
   } catch (failure) {
     $("hunt-table").replaceChildren();
     $("hunt-status").textContent = "";
