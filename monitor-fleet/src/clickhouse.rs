@@ -88,6 +88,12 @@ impl ClickHouse {
         if host.is_empty() {
             return Err(bad("no host"));
         }
+        if host.contains('@') {
+            // They would show in logs, in `ps` and on the console's page.
+            return Err(bad(
+                "give the user and password with their options (or the environment), not in the URL",
+            ));
+        }
         if !valid_identifier(database) {
             return Err(bad("the database must be a name of letters, digits and _"));
         }
@@ -318,6 +324,7 @@ mod tests {
             ("http://127.0.0.1:8123", "no database"),
             ("http://127.0.0.1:8123/fl;eet", "letters, digits"),
             ("https:///fleet", "no host"),
+            ("http://default:secret@127.0.0.1:8123/fleet", "not in the URL"),
         ] {
             let err = ClickHouse::new(url, None, None).expect_err(url).to_string();
             assert!(err.contains(why), "{url}: {err}");
